@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything wgprobe needs on a fresh Debian 12 machine (as root) and create the project venv in .venv.
+# Idempotent and quick when everything is already there. Never installs anything by hand-picked download: system
+# packages come from Debian with --no-install-recommends, Python packages from PyPI into the venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (the lab builds network namespaces and installs Debian packages)" >&2
+  exit 2
+fi
+
+# wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iproute2: netns;
+# tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers.
+pkgs=(wireguard-go wireguard-tools nftables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.wgprobe-installed
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
