@@ -12,7 +12,7 @@ fi
 
 # wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iproute2: netns;
 # tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers.
-pkgs=(wireguard-go wireguard-tools nftables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps)
+pkgs=(wireguard-go wireguard-tools nftables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,145 @@
+"""The cryptographic primitives of §5.4, under the whitepaper's names.
+
+HASH, MAC, HMAC and KDF are BLAKE2s from `hashlib`; AEAD is ChaCha20-Poly1305 and DH is X25519 from
+`cryptography`; XAEAD (cookies only) is XChaCha20-Poly1305 from libsodium via PyNaCl.
+
+A client probe has a CPU budget of about 0.5 ms for a handshake plus one echo, most of it in three X25519
+operations, so the helpers here avoid needless objects: HMAC is computed by hand from two BLAKE2s calls (twice
+as fast as `hmac.new`), and the constants every handshake starts from are computed once at import.
+
+Every failure of a primitive on network input is converted here into a `ProtocolError` subclass.
+"""
+
+import hashlib
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from probe.wireguard.constants import (
+    CONSTRUCTION,
+    COOKIE_NONCE_SIZE,
+    IDENTIFIER,
+    KEY_SIZE,
+)
+from probe.wireguard.errors import AuthenticationError, InvalidKeyError
+
+_blake2s = hashlib.blake2s
+_HMAC_BLOCK_SIZE: Final = 64  # BLAKE2s block size, the HMAC padding length (RFC 2104)
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+_ZERO_NONCE_PREFIX: Final = bytes(4)
+
+
+def hash_(data: bytes) -> bytes:
+    """HASH(input): BLAKE2s with a 32-byte digest."""
+    return _blake2s(data).digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """MAC(key, input): keyed BLAKE2s with a 16-byte digest (used for mac1, mac2 and cookies)."""
+    return _blake2s(data, key=key, digest_size=16).digest()
+
+
+def hmac(key: bytes, data: bytes) -> bytes:
+    """HMAC(key, input): RFC 2104 HMAC over BLAKE2s-256.
+
+    Written out rather than via the `hmac` module because it is on the handshake's hot path; the unit tests
+    check it against `hmac.new(key, data, hashlib.blake2s)`.
+    """
+    if len(key) > _HMAC_BLOCK_SIZE:
+        key = _blake2s(key).digest()
+    key = key.ljust(_HMAC_BLOCK_SIZE, b"\0")
+    inner = _blake2s(key.translate(_IPAD) + data).digest()
+    return _blake2s(key.translate(_OPAD) + inner).digest()
+
+
+def kdf1(key: bytes, data: bytes) -> bytes:
+    """KDF1(key, input) = τ1, the HKDF-style extraction of §5.4."""
+    t0 = hmac(key, data)
+    return hmac(t0, b"\x01")
+
+
+def kdf2(key: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """KDF2(key, input) = (τ1, τ2)."""
+    t0 = hmac(key, data)
+    t1 = hmac(t0, b"\x01")
+    return t1, hmac(t0, t1 + b"\x02")
+
+
+def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """KDF3(key, input) = (τ1, τ2, τ3)."""
+    t0 = hmac(key, data)
+    t1 = hmac(t0, b"\x01")
+    t2 = hmac(t0, t1 + b"\x02")
+    return t1, t2, hmac(t0, t2 + b"\x03")
+
+
+def aead_nonce(counter: int) -> bytes:
+    """The 96-bit ChaCha20-Poly1305 nonce: 32 zero bits then the little-endian 64-bit counter (§5.4)."""
+    return _ZERO_NONCE_PREFIX + counter.to_bytes(8, "little")
+
+
+def aead_encrypt(key: bytes, counter: int, plaintext: bytes, associated: bytes) -> bytes:
+    """AEAD(key, counter, plain, auth) for one-shot handshake fields; sessions keep their cipher objects."""
+    return ChaCha20Poly1305(key).encrypt(aead_nonce(counter), plaintext, associated)
+
+
+def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, associated: bytes) -> bytes:
+    """Inverse of `aead_encrypt`; a bad tag raises `AuthenticationError`."""
+    try:
+        return ChaCha20Poly1305(key).decrypt(aead_nonce(counter), ciphertext, associated)
+    except InvalidTag:
+        raise AuthenticationError("AEAD authentication failed") from None
+
+
+def xaead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """XAEAD(key, nonce, plain, auth): XChaCha20-Poly1305 with a 24-byte random nonce (§5.4.7)."""
+    return bytes(crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, associated, nonce, key))
+
+
+def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+    """Inverse of `xaead_encrypt`; a bad tag or malformed input raises `AuthenticationError`."""
+    if len(nonce) != COOKIE_NONCE_SIZE or len(key) != KEY_SIZE:
+        raise AuthenticationError("XAEAD nonce or key has the wrong length")
+    try:
+        return bytes(crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, associated, nonce, key))
+    except (CryptoError, ValueError, TypeError):
+        raise AuthenticationError("XAEAD authentication failed") from None
+
+
+def dh_private(raw: bytes) -> X25519PrivateKey:
+    """Load a 32-byte X25519 scalar (X25519 clamps it, so any 32 bytes are a valid private key)."""
+    if len(raw) != KEY_SIZE:
+        raise InvalidKeyError(f"private key must be {KEY_SIZE} bytes, got {len(raw)}")
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def dh_public_bytes(private: X25519PrivateKey) -> bytes:
+    """The 32-byte public key of an X25519 private key."""
+    return private.public_key().public_bytes_raw()
+
+
+def dh(private: X25519PrivateKey, public: bytes) -> bytes:
+    """DH(private, public): X25519. A low-order public key (all-zero result) raises `InvalidKeyError`.
+
+    wireguard-go and the kernel reject an all-zero shared secret the same way, so a peer sending one is
+    treated as an invalid key rather than silently producing predictable keys.
+    """
+    if len(public) != KEY_SIZE:
+        raise InvalidKeyError(f"public key must be {KEY_SIZE} bytes, got {len(public)}")
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise InvalidKeyError("X25519 with a low-order public key (all-zero shared secret)") from None
+
+
+# §5.4.2: every handshake starts from Ci = HASH(CONSTRUCTION) and Hi = HASH(Ci ‖ IDENTIFIER).
+INITIAL_CHAINING_KEY: Final = hash_(CONSTRUCTION)
+INITIAL_HASH: Final = hash_(INITIAL_CHAINING_KEY + IDENTIFIER)
