@@ -1,0 +1,80 @@
+"""The fast packet codec: IPv4/IPv6, ICMP/ICMPv6, UDP and TCP with `struct`, plus pure verifiers.
+
+This is the hot path of every probe (a few microseconds per packet), so it imports nothing heavy: scapy is
+used only by `probe.packets.evidence.dissect`, lazily. Addresses are packed 4/16-byte `bytes` throughout;
+builders also accept `ipaddress` objects and strings.
+"""
+
+from probe.packets.checksum import internet_checksum
+from probe.packets.errors import ChecksumError, EvidenceError, IdsExhaustedError, PacketError
+from probe.packets.evidence import dissect, pcap_bytes, write_pcap
+from probe.packets.icmp import (
+    Echo,
+    IcmpError,
+    IcmpErrorKind,
+    IcmpOther,
+    Quoted,
+    build_icmp_echo,
+    build_icmp_error,
+    parse_icmp,
+    parse_quoted,
+)
+from probe.packets.ids import IdAllocator, icmp_identifiers, source_ports
+from probe.packets.ip import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Address,
+    IPPacket,
+    build_ip,
+    packed,
+    parse_ip,
+)
+from probe.packets.tcp import TcpFlags, TcpSegment, build_tcp_syn, parse_tcp
+from probe.packets.udp import Udp, build_udp, parse_udp
+from probe.packets.verify import Mismatch, Verdict, verify_echo_reply, verify_tcp_reply, verify_udp_reply
+
+__all__ = [
+    "PROTO_ICMP",
+    "PROTO_ICMPV6",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "Address",
+    "ChecksumError",
+    "Echo",
+    "EvidenceError",
+    "IPPacket",
+    "IcmpError",
+    "IcmpErrorKind",
+    "IcmpOther",
+    "IdAllocator",
+    "IdsExhaustedError",
+    "Mismatch",
+    "PacketError",
+    "Quoted",
+    "TcpFlags",
+    "TcpSegment",
+    "Udp",
+    "Verdict",
+    "build_icmp_echo",
+    "build_icmp_error",
+    "build_ip",
+    "build_tcp_syn",
+    "build_udp",
+    "dissect",
+    "icmp_identifiers",
+    "internet_checksum",
+    "packed",
+    "parse_icmp",
+    "parse_ip",
+    "parse_quoted",
+    "parse_tcp",
+    "parse_udp",
+    "pcap_bytes",
+    "source_ports",
+    "verify_echo_reply",
+    "verify_tcp_reply",
+    "verify_udp_reply",
+    "write_pcap",
+]

@@ -1,0 +1,228 @@
+"""Pure verifiers: judge one captured packet against the probe that was sent, and say what is wrong with it.
+
+Capture and judgement are separate (cloudprober probes/ping/pingutils.go): a stage collects the inner
+packets that come back through the tunnel and calls one function here per packet; nothing here does I/O or
+keeps state.
+
+Every function returns a `Verdict`. Its `mismatch` is None when the packet is the expected answer, else one
+member of the closed `Mismatch` set. Stages map those onto their own failure reasons, e.g. `icmp_error` onto
+"forward_unreachable" and the rest onto "reply_invalid"; a stage still waiting for its answer may also
+choose to skip packets that are simply someone else's (`wrong_identifier`, `wrong_port`,
+`foreign_icmp_error`).
+
+Checks run outermost first, so the reported mismatch is the first thing a reader of the dissection would
+notice: parse (malformed, bad_checksum), addressed to us, protocol, message type, source, identifiers,
+payload. Fields no checksum covers and that routers may rewrite (IPv6 hop limit, traffic class, flow label;
+RFC 8200 section 3) are reported (`ttl`) but never judged.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from probe.packets.errors import ChecksumError, PacketError
+from probe.packets.icmp import Echo, IcmpError, IcmpOther, Quoted, parse_icmp
+from probe.packets.ip import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Address,
+    IPPacket,
+    packed,
+    parse_ip,
+)
+from probe.packets.tcp import TcpFlags, TcpSegment, parse_tcp
+from probe.packets.udp import Udp, parse_udp
+
+
+class Mismatch(StrEnum):
+    """Why a packet is not the answer to a probe. Closed: safe as a metric label."""
+
+    malformed = "malformed"  # not a parseable IP packet or message, or only a fragment of one
+    bad_checksum = "bad_checksum"  # IPv4 header, ICMP, ICMPv6, UDP or TCP checksum does not verify (RFC 1071)
+    wrong_destination = "wrong_destination"  # not addressed to the probe's own (tunnel) address
+    wrong_protocol = "wrong_protocol"  # not the protocol the probe used (nor an ICMP error about it)
+    wrong_type = "wrong_type"  # right protocol but not an answer: not an echo reply, not a SYN-ACK or RST
+    wrong_source = "wrong_source"  # the answer comes from another host than the probed target
+    wrong_identifier = "wrong_identifier"  # ICMP echo identifier differs
+    wrong_sequence = "wrong_sequence"  # ICMP echo sequence number differs
+    wrong_port = "wrong_port"  # UDP/TCP ports are not the probe's, reversed
+    wrong_ack = "wrong_ack"  # TCP acknowledgment number is not the SYN's sequence number + 1
+    wrong_payload = "wrong_payload"  # payload differs from what was sent
+    icmp_error = "icmp_error"  # an ICMP error about this very probe: see Verdict.icmp_error
+    foreign_icmp_error = "foreign_icmp_error"  # an ICMP error about some other packet
+
+
+Reply = Echo | Udp | TcpSegment | IcmpError | IcmpOther
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    mismatch: Mismatch | None
+    ttl: int | None
+    """TTL or hop limit of the packet judged; None when it did not parse. Lets a stage see how far away the
+    answer came from (and spot a reply forged by the relay itself)."""
+    source: bytes | None
+    """IP source of the packet judged: the target, or the router that sent an ICMP error."""
+    reply: Reply | None
+    """The parsed message, when it got that far."""
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch is None
+
+    @property
+    def icmp_error(self) -> IcmpError | None:
+        return self.reply if isinstance(self.reply, IcmpError) else None
+
+
+_MALFORMED = Verdict(Mismatch.malformed, None, None, None)
+_BAD_CHECKSUM = Verdict(Mismatch.bad_checksum, None, None, None)
+
+
+def verify_echo_reply(
+    packet: bytes, *, expect_src: Address, expect_dst: Address, identifier: int, sequence: int, payload: bytes
+) -> Verdict:
+    """Judge `packet` as the echo reply from `expect_src` (the target) to `expect_dst` (our own address)."""
+    src, dst = packed(expect_src), packed(expect_dst)
+    ip = _outer(packet, dst)
+    if isinstance(ip, Verdict):
+        return ip
+    proto = PROTO_ICMP if ip.version == 4 else PROTO_ICMPV6
+    if ip.proto != proto:
+        return Verdict(Mismatch.wrong_protocol, ip.ttl, ip.src, None)
+    message = _icmp(ip)
+    if isinstance(message, Verdict):
+        return message
+    if isinstance(message, IcmpError):
+        return _judge_error(ip, message, src, dst, lambda q: q.identifier == identifier and q.sequence == sequence)
+    if not isinstance(message, Echo) or not message.is_reply or message.code != 0:
+        return Verdict(Mismatch.wrong_type, ip.ttl, ip.src, message)
+    mismatch = None
+    if ip.src != src:
+        mismatch = Mismatch.wrong_source
+    elif message.identifier != identifier:
+        mismatch = Mismatch.wrong_identifier
+    elif message.sequence != sequence:
+        mismatch = Mismatch.wrong_sequence
+    elif message.payload != payload:
+        mismatch = Mismatch.wrong_payload
+    return Verdict(mismatch, ip.ttl, ip.src, message)
+
+
+def verify_udp_reply(
+    packet: bytes,
+    *,
+    expect_src: Address,
+    expect_dst: Address,
+    expect_sport: int,
+    expect_dport: int,
+    payload: bytes | None = None,
+) -> Verdict:
+    """Judge `packet` as the UDP answer from `expect_src`:`expect_sport` (the target and the port the probe
+    was sent to) to `expect_dst`:`expect_dport` (our address and source port). `payload=None` skips the
+    payload check, for services whose answer differs from the question (DNS); an echo service's answer must
+    match exactly.
+    """
+    src, dst = packed(expect_src), packed(expect_dst)
+    ip = _outer(packet, dst)
+    if isinstance(ip, Verdict):
+        return ip
+    if ip.proto != PROTO_UDP:
+        return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_UDP, our_port=expect_dport, their_port=expect_sport)
+    try:
+        udp = parse_udp(ip)
+    except ChecksumError:
+        return Verdict(Mismatch.bad_checksum, ip.ttl, ip.src, None)
+    except PacketError:
+        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
+    mismatch = None
+    if ip.src != src:
+        mismatch = Mismatch.wrong_source
+    elif udp.sport != expect_sport or udp.dport != expect_dport:
+        mismatch = Mismatch.wrong_port
+    elif payload is not None and udp.payload != payload:
+        mismatch = Mismatch.wrong_payload
+    return Verdict(mismatch, ip.ttl, ip.src, udp)
+
+
+def verify_tcp_reply(
+    packet: bytes, *, expect_src: Address, expect_dst: Address, expect_sport: int, expect_dport: int, seq: int
+) -> Verdict:
+    """Judge `packet` as the answer to a SYN with sequence number `seq`: a SYN-ACK (port open) or a RST (port
+    closed) — either proves the flow crossed the NAT and came back. Ports as in `verify_udp_reply`."""
+    src, dst = packed(expect_src), packed(expect_dst)
+    ip = _outer(packet, dst)
+    if isinstance(ip, Verdict):
+        return ip
+    if ip.proto != PROTO_TCP:
+        return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_TCP, our_port=expect_dport, their_port=expect_sport)
+    try:
+        segment = parse_tcp(ip)
+    except ChecksumError:
+        return Verdict(Mismatch.bad_checksum, ip.ttl, ip.src, None)
+    except PacketError:
+        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
+    mismatch = None
+    # RFC 793 page 65 (RFC 9293 section 3.10.7.1): the RST answering a SYN carries ACK = SEG.SEQ + 1 as well.
+    if not (segment.is_syn_ack or (segment.is_rst and segment.flags & TcpFlags.ACK)):
+        mismatch = Mismatch.wrong_type
+    elif ip.src != src:
+        mismatch = Mismatch.wrong_source
+    elif segment.sport != expect_sport or segment.dport != expect_dport:
+        mismatch = Mismatch.wrong_port
+    elif segment.ack != (seq + 1) & 0xFFFFFFFF:
+        mismatch = Mismatch.wrong_ack
+    return Verdict(mismatch, ip.ttl, ip.src, segment)
+
+
+def _outer(packet: bytes, dst: bytes) -> IPPacket | Verdict:
+    """Parse the IP layer and check it is addressed to us; a Verdict means judgement is already over."""
+    try:
+        ip = parse_ip(packet)
+    except ChecksumError:
+        return _BAD_CHECKSUM
+    except PacketError:
+        return _MALFORMED
+    if ip.dst != dst:
+        return Verdict(Mismatch.wrong_destination, ip.ttl, ip.src, None)
+    if ip.fragmented:
+        # A fragment cannot be judged alone. Probe answers are small; a relay's NAT reassembles (conntrack
+        # needs whole datagrams) and the tunnel MTU fits them, so a fragment here is itself a fault.
+        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
+    return ip
+
+
+def _icmp(ip: IPPacket) -> Echo | IcmpError | IcmpOther | Verdict:
+    try:
+        return parse_icmp(ip)
+    except ChecksumError:
+        return Verdict(Mismatch.bad_checksum, ip.ttl, ip.src, None)
+    except PacketError:
+        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
+
+
+def _icmp_or_wrong_protocol(
+    ip: IPPacket, src: bytes, dst: bytes, *, proto: int, our_port: int, their_port: int
+) -> Verdict:
+    """A UDP or TCP probe's answer in another protocol: an ICMP error about the probe, or just wrong."""
+    if ip.proto != (PROTO_ICMP if ip.version == 4 else PROTO_ICMPV6):
+        return Verdict(Mismatch.wrong_protocol, ip.ttl, ip.src, None)
+    message = _icmp(ip)
+    if isinstance(message, Verdict):
+        return message
+    if not isinstance(message, IcmpError):
+        return Verdict(Mismatch.wrong_protocol, ip.ttl, ip.src, message)
+    return _judge_error(
+        ip, message, src, dst, lambda q: q.proto == proto and q.sport == our_port and q.dport == their_port
+    )
+
+
+def _judge_error(
+    ip: IPPacket, error: IcmpError, src: bytes, dst: bytes, same_flow: Callable[[Quoted], bool]
+) -> Verdict:
+    """An ICMP error is about our probe when it quotes a packet from us to the target of the probe's flow."""
+    quoted = error.quoted
+    ours = quoted.src == dst and quoted.dst == src and same_flow(quoted)
+    return Verdict(Mismatch.icmp_error if ours else Mismatch.foreign_icmp_error, ip.ttl, ip.src, error)
