@@ -1,0 +1,218 @@
+"""The asyncio shell around the sans-I/O WireGuard core: one connected UDP socket per flow to one relay endpoint.
+
+The socket is *connected* so the kernel reports ICMP port-unreachable for it (as ConnectionRefusedError); an
+unconnected socket would see a closed port only as a timeout. The handshake is retried a bounded number of times,
+each initiation spaced past wireguard-go's per-key flood limit (it silently ignores a second initiation from the
+same key within 20 ms). Every datagram a relay sends is handled: anything that fails to parse, authenticate or
+match is counted in `rejected` and dropped, never raised into the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+from probe.errors import WgProbeError
+from probe.sockets import udp_socket
+from probe.wireguard import (
+    CookieState,
+    Identity,
+    InitiatorHandshake,
+    ProtocolError,
+    PublicKey,
+    TransportSession,
+)
+from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
+
+# A little above the 20 ms limit: timer granularity on a loaded machine must not make us land just inside it.
+INITIATION_SPACING = HANDSHAKE_INITIATION_RATE + 0.005
+_UNREACHABLE = b""  # queue marker for an ICMP port-unreachable (a real datagram is never empty)
+
+
+class TunnelError(WgProbeError):
+    """The tunnel could not be established; the subclass says why."""
+
+
+class HandshakeTimeout(TunnelError):
+    """No valid response to any initiation (wrong relay key, unregistered client key, dropped, or filtered)."""
+
+
+class PortUnreachable(TunnelError):
+    """The relay's host answered ICMP port unreachable: nothing listens on that port."""
+
+
+class CookieFailed(TunnelError):
+    """The relay answered with cookie replies but never accepted an initiation carrying the cookie."""
+
+
+class InitiationPacer:
+    """Spaces initiations per (local key, relay key) past the relay's flood limit, across all tunnels using it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._last: dict[tuple[bytes, bytes], float] = {}
+        self._clock = clock
+
+    async def wait_turn(self, identity: Identity, relay: PublicKey) -> None:
+        key = (identity.public_key.raw, relay.raw)
+        while True:
+            now = self._clock()
+            due = self._last.get(key, -1e9) + INITIATION_SPACING
+            if now >= due:
+                self._last[key] = now
+                return
+            await asyncio.sleep(due - now)
+
+
+DEFAULT_PACER = InitiationPacer()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if data:
+            self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionRefusedError):
+            self.queue.put_nowait(_UNREACHABLE)
+
+
+@dataclass
+class Record:
+    """Inner packets sent and received, with wall-clock times, for evidence (pcap) of a failed probe."""
+
+    packets: list[tuple[float, str, bytes]] = field(default_factory=list)
+
+    def add(self, direction: str, packet: bytes) -> None:
+        self.packets.append((time.time(), direction, packet))
+
+
+@dataclass
+class Tunnel:
+    """An established WireGuard session over a connected UDP socket. Create with `Tunnel.open`."""
+
+    transport: asyncio.DatagramTransport
+    protocol: _Datagrams
+    session: TransportSession
+    handshake_seconds: float
+    initiations: int
+    cookies: int  # cookie replies taken before the relay accepted an initiation (it was under load)
+    record: Record | None = None
+    rejected: int = 0
+
+    @classmethod
+    async def open(
+        cls,
+        identity: Identity,
+        relay_key: PublicKey,
+        address: IPv4Address | IPv6Address,
+        port: int,
+        *,
+        timeout: float = 1.0,
+        attempts: int = 3,
+        preshared_key: bytes | None = None,
+        cookie_state: CookieState | None = None,
+        pacer: InitiationPacer = DEFAULT_PACER,
+        record: Record | None = None,
+        netns: str | None = None,
+    ) -> Tunnel:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = udp_socket(family, netns)
+        try:
+            sock.connect((str(address), port))
+            transport, protocol = await loop.create_datagram_endpoint(_Datagrams, sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise TunnelError(f"cannot open UDP socket to {address}:{port}: {exc.strerror or exc}") from exc
+        try:
+            session, seconds, sent, cookies = await _handshake(
+                transport, protocol, identity, relay_key, timeout, attempts, preshared_key, cookie_state, pacer
+            )
+        except BaseException:
+            transport.close()
+            raise
+        return cls(transport, protocol, session, seconds, sent, cookies, record)
+
+    def send(self, packet: bytes) -> None:
+        """Encrypt and send one inner IP packet."""
+        if self.record is not None:
+            self.record.add("out", packet)
+        self.transport.sendto(self.session.encrypt(packet))
+
+    async def recv(self, timeout: float) -> bytes | None:
+        """The next authenticated inner packet (padding left on: parse by the IP length), or None at timeout.
+
+        Keepalives, unauthenticated, replayed and malformed datagrams are skipped and counted in `rejected`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                data = await asyncio.wait_for(self.protocol.queue.get(), remaining)
+            except TimeoutError:
+                return None
+            if not data:  # the port-unreachable marker
+                continue
+            try:
+                packet = self.session.decrypt(data)
+            except ProtocolError:
+                self.rejected += 1
+                continue
+            if not packet:
+                continue  # keepalive
+            if self.record is not None:
+                self.record.add("in", packet)
+            return packet
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def _handshake(
+    transport: asyncio.DatagramTransport,
+    protocol: _Datagrams,
+    identity: Identity,
+    relay_key: PublicKey,
+    timeout: float,
+    attempts: int,
+    preshared_key: bytes | None,
+    cookie_state: CookieState | None,
+    pacer: InitiationPacer,
+) -> tuple[TransportSession, float, int, int]:
+    handshake = InitiatorHandshake(identity, relay_key, preshared_key, cookie_state=cookie_state)
+    cookies = 0
+    sent = 0
+    # A cookie reply earns one immediate retry on top of the budget: it proves the relay is alive but loaded.
+    while sent < attempts + min(cookies, attempts):
+        await pacer.wait_turn(identity, relay_key)
+        transport.sendto(handshake.create_initiation(time.time()))
+        sent += 1
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                data = await asyncio.wait_for(protocol.queue.get(), remaining)
+            except TimeoutError:
+                break
+            if not data:  # the port-unreachable marker
+                raise PortUnreachable("ICMP port unreachable: nothing listens on that port")
+            try:
+                session = handshake.receive(data, time.time())
+            except ProtocolError:
+                continue  # not for us, forged or stale: keep waiting for the real answer
+            if session is not None:
+                return session, time.perf_counter() - started, sent, cookies
+            cookies += 1
+            break  # cookie taken: the next initiation carries mac2
+    if cookies:
+        raise CookieFailed(f"relay sent {cookies} cookie repl(ies) but accepted no initiation in {sent} attempts")
+    raise HandshakeTimeout(f"no handshake response to {sent} initiation(s) within {timeout:g}s each")
