@@ -73,6 +73,7 @@ def agent_toml(plan: LabPlan, agent: AgentPlan) -> str:
         "# Written by `probe lab up`: a ready agent config for this lab's vantage point " + agent.netns + ".",
         "[agent]",
         f'name = "{agent.name}"',
+        f'netns = "{agent.netns}"  # probe from this vantage point\'s namespace, even when run from the host',
         "",
     ]
     for ident in agent.identities:

@@ -1,0 +1,193 @@
+"""The agent config: a good file read back exactly, defaults, key secrecy, endpoints, where the file is found."""
+
+import base64
+import shutil
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from probe.config import AgentConfig, Endpoint, Identity, find_config, load_config
+from probe.errors import ConfigError
+
+DATA = Path(__file__).parent.parent / "data" / "config"
+KEY_1 = bytes(range(1, 33))  # what tests/data/config/keys/lab-agent-1.key holds
+KEY_2 = bytes(range(33, 65))
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    copy = tmp_path / "config"
+    shutil.copytree(DATA, copy)
+    for key in (copy / "keys").iterdir():
+        key.chmod(0o600)
+    return copy
+
+
+def test_good_config_reads_back_exactly(config_dir: Path) -> None:
+    config = load_config(config_dir / "good.toml")
+    assert config.path == config_dir / "good.toml"
+    assert config.agent.name == "lab-agent"
+    first, second = config.identities
+    assert first.private_key_file == config_dir / "keys" / "lab-agent-1.key"  # relative to the config file
+    assert (first.private_key, first.ipv4, first.ipv6) == (
+        KEY_1,
+        IPv4Address("10.64.0.2"),
+        IPv6Address("fc00:bbbb:bbbb:bb01::2"),
+    )
+    assert (second.private_key, second.ipv4, second.ipv6) == (KEY_2, IPv4Address("10.64.0.3"), None)
+    assert config.inventory.source == str(config_dir / "relays.json")
+    assert not config.inventory.is_url
+    assert (config.inventory.include_inactive, config.inventory.refresh_interval) == (True, 60.0)
+    assert config.checks.forward_target == IPv4Address("198.18.0.2")
+    assert config.checks.forward_target_v6 == IPv6Address("fd77::2")
+    assert config.checks.reflector == Endpoint(IPv4Address("198.18.0.2"), 7777)
+    assert config.checks.reflector_v6 == Endpoint(IPv6Address("fd77::2"), 7777)
+    probe = config.probe
+    assert (probe.main_port, probe.timeout, probe.packets) == (51821, 0.5, 5)
+    assert (probe.handshake_timeout, probe.handshake_attempts) == (2.0, 2)
+    assert probe.evidence_dir == Path("/var/lib/wgprobe/evidence")  # absolute stays absolute
+
+
+def test_dump_and_validate_again_is_the_same_config(config_dir: Path) -> None:
+    config = load_config(config_dir / "good.toml")
+    dumped = config.model_dump(mode="json")
+    assert dumped["checks"]["reflector_v6"] == "[fd77::2]:7777"
+    assert AgentConfig.model_validate(dumped).model_dump(mode="json") == dumped
+
+
+def test_contract_example_gets_the_defaults(config_dir: Path) -> None:
+    config = load_config(config_dir / "minimal.toml")
+    assert config.inventory.source == "https://api.mullvad.net/app/v1/relays"
+    assert config.inventory.is_url
+    assert (config.inventory.include_inactive, config.inventory.refresh_interval) == (False, 300.0)
+    assert config.checks.reflector_v6 is None
+    probe = config.probe
+    assert (probe.main_port, probe.timeout, probe.packets) == (None, 1.0, 3)
+    assert (probe.handshake_timeout, probe.handshake_attempts) == (1.0, 3)
+    assert probe.evidence_dir == config_dir / "evidence"  # the default, too, is relative to the config file
+
+
+def test_reflector_for_each_family(config_dir: Path) -> None:
+    good = load_config(config_dir / "good.toml").checks
+    assert str(good.reflector_for(4)) == "198.18.0.2:7777"
+    assert str(good.reflector_for(6)) == "[fd77::2]:7777"
+    v6_only = load_config(config_dir / "minimal.toml").checks  # reflector = "[fd77::2]:7777"
+    assert v6_only.reflector_for(4) is None
+    assert str(v6_only.reflector_for(6)) == "[fd77::2]:7777"
+
+
+def test_private_key_never_shows(config_dir: Path) -> None:
+    config = load_config(config_dir / "good.toml")
+    encoded = base64.b64encode(KEY_1).decode()
+    for text in (repr(config), str(config), repr(config.identities[0]), str(config.model_dump())):
+        assert encoded not in text
+        assert KEY_1.hex() not in text
+        assert repr(KEY_1) not in text
+
+
+def test_private_key_cannot_be_written_in_the_config(config_dir: Path) -> None:
+    path = config_dir / "inline.toml"
+    text = (config_dir / "minimal.toml").read_text()
+    path.write_text(text.replace('ipv4 = "10.64.0.2"', 'ipv4 = "10.64.0.2"\nprivate_key = "abc"'))
+    with pytest.raises(ConfigError, match=r"identities\[0\].private_key: unknown key"):
+        load_config(path)
+
+
+def test_identity_built_in_code() -> None:
+    identity = Identity.with_private_key(KEY_1, ipv4=IPv4Address("10.64.0.9"))
+    assert identity.private_key == KEY_1
+    with pytest.raises(ConfigError, match="32 bytes, got 3"):
+        Identity.with_private_key(b"abc", ipv4=IPv4Address("10.64.0.9"))
+    unloaded = Identity(private_key_file=Path("k"), ipv4=IPv4Address("10.64.0.9"))
+    with pytest.raises(ConfigError, match="private key not loaded"):
+        _ = unloaded.private_key
+
+
+@given(
+    host=st.ip_addresses(),
+    port=st.integers(min_value=1, max_value=65535),
+)
+def test_endpoint_text_round_trips(host: IPv4Address | IPv6Address, port: int) -> None:
+    endpoint = Endpoint(host, port)
+    assert Endpoint.parse(str(endpoint)) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("198.18.0.2", "no port"),
+        ("[fd77::2]", "no port"),
+        ("198.18.0.2:0", "port '0' is not a number from 1 to 65535"),
+        ("198.18.0.2:65536", "not a number from 1 to 65535"),
+        ("198.18.0.2:http", "port 'http' is not a number"),
+        ("reflector.example:7777", "'reflector.example' is not an IP address"),
+        ("[198.18.0.2]:7777", "brackets are for IPv6"),
+        ("fd77::2", "write an IPv6 endpoint as [V6ADDR]:PORT"),
+    ],
+)
+def test_endpoint_rejects(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        Endpoint.parse(text)
+
+
+def test_endpoint_parses_both_families() -> None:
+    assert Endpoint.parse("198.18.0.2:7777") == Endpoint(ip_address("198.18.0.2"), 7777)
+    assert Endpoint.parse("[fd77::2]:7777") == Endpoint(ip_address("fd77::2"), 7777)
+
+
+# --- where the config file is looked for: --config, then $WGPROBE_CONFIG, then ./agent.toml ---
+
+
+@pytest.fixture
+def three_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    explicit, from_env, local = tmp_path / "explicit.toml", tmp_path / "env.toml", tmp_path / "cwd" / "agent.toml"
+    local.parent.mkdir()
+    for path in (explicit, from_env, local):
+        path.write_text("")
+    monkeypatch.chdir(local.parent)
+    monkeypatch.setenv("WGPROBE_CONFIG", str(from_env))
+    return explicit, from_env, local
+
+
+def test_explicit_config_comes_first(three_configs: tuple[Path, Path, Path]) -> None:
+    explicit, _, _ = three_configs
+    assert find_config(explicit) == explicit
+
+
+def test_environment_comes_before_the_working_directory(three_configs: tuple[Path, Path, Path]) -> None:
+    _, from_env, _ = three_configs
+    assert find_config(None) == from_env
+
+
+def test_working_directory_comes_last(three_configs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, local = three_configs
+    monkeypatch.delenv("WGPROBE_CONFIG")
+    assert find_config(None) == local
+    monkeypatch.setenv("WGPROBE_CONFIG", "")  # set but empty counts as not set
+    assert find_config(None) == local
+
+
+def test_a_named_config_that_is_missing_is_an_error_not_a_fallback(
+    three_configs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*missing.toml \(from --config\) does not exist"):
+        find_config(tmp_path / "missing.toml")
+    monkeypatch.setenv("WGPROBE_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match=r"gone.toml \(from \$WGPROBE_CONFIG\) does not exist"):
+        find_config(None)
+    with pytest.raises(ConfigError, match=r"\(from --config\) is not a file"):
+        find_config(tmp_path)
+
+
+def test_nothing_found_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WGPROBE_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        find_config(None)
+    message = str(caught.value)
+    assert "--config (not given)" in message
+    assert "$WGPROBE_CONFIG (not set)" in message
+    assert f"{tmp_path / 'agent.toml'} (no such file)" in message
