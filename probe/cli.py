@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from probe import cli_probe
 from probe.errors import ConfigError, WgProbeError
 from probe.lab.cli import lab_app
 
@@ -18,6 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(lab_app, name="lab")
+app.command()(cli_probe.server)
+app.command()(cli_probe.sweep)
+app.command()(cli_probe.servers)
 
 EXIT_USAGE = 2
 

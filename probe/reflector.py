@@ -90,7 +90,7 @@ def parse_response(data: bytes, nonce: bytes) -> Observed:
 def parse_listen(text: str) -> tuple[IPv4Address | IPv6Address, int]:
     """`ADDR:PORT` or `[V6ADDR]:PORT` (also used for the `reflector` config key)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not (port_text.isascii() and port_text.isdecimal()) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"want ADDR:PORT or [V6ADDR]:PORT, got {text!r}")
     host = host.removeprefix("[").removesuffix("]")
     try:

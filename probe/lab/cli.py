@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from probe.lab.topology import DEFAULT_PREFIX
+from probe.lab.topology import DEFAULT_IDENTITIES, DEFAULT_PREFIX
 
 lab_app = typer.Typer(help="A fleet of real WireGuard relays in network namespaces, with injectable faults.")
 
@@ -23,7 +23,9 @@ def lab_up(
         list[str] | None, typer.Option("--fault", help="NAME:KIND[:ARG] fault at start-up (repeatable).")
     ] = None,
     agents: Annotated[int, typer.Option("--agents", help="Number of vantage points.")] = 1,
-    identities: Annotated[int, typer.Option("--identities", help="Keys per agent registered on every relay.")] = 2,
+    identities: Annotated[
+        int, typer.Option("--identities", help="Keys per agent registered on every relay.")
+    ] = DEFAULT_IDENTITIES,
     lab_dir: DirOption = DEFAULT_DIR,
     prefix: Annotated[str, typer.Option("--prefix", hidden=True)] = DEFAULT_PREFIX,
 ) -> None:
@@ -39,12 +41,17 @@ def lab_up(
 
 
 @lab_app.command("down")
-def lab_down(lab_dir: DirOption = DEFAULT_DIR) -> None:
+def lab_down(
+    lab_dir: DirOption = DEFAULT_DIR,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Remove a lab by its prefix when its state file is lost.")
+    ] = None,
+) -> None:
     """Remove everything the lab made: processes (by PID), namespaces, sockets."""
     from probe.lab.fleet import down, preflight
 
     preflight()
-    for line in down(lab_dir):
+    for line in down(lab_dir, prefix=prefix):
         typer.echo(f"removed {line}" if not line.startswith("nothing") else line)
 
 

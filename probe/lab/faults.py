@@ -51,7 +51,7 @@ class Fault:
             if sep:
                 raise ConfigError(f"fault {kind.value!r} takes no argument, got {text!r}")
             return cls(kind)
-        if not arg_text.isdigit():
+        if not (arg_text.isascii() and arg_text.isdecimal()):
             unit = "percent" if kind is FaultKind.LOSS else "milliseconds"
             raise ConfigError(f"fault {kind.value!r} needs a number of {unit}, as {kind.value}:20")
         arg = int(arg_text)

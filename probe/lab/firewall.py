@@ -57,7 +57,9 @@ def render_ruleset(relay: RelayPlan, faults: Iterable[Fault]) -> str:
     egress_filter: list[str] = []
     loss = active.get(FaultKind.LOSS)
     if loss is not None:
-        egress_filter.append(f'oifname "{PUBLIC_IF}" numgen random mod 100 < {loss.arg} drop')
+        # numgen's range is 0-99, so 100% is a plain drop rather than "< 100" (which nft refuses).
+        chance = "" if loss.arg == 100 else f" numgen random mod 100 < {loss.arg}"
+        egress_filter.append(f'oifname "{PUBLIC_IF}"{chance} drop')
 
     return "\n".join(
         [

@@ -20,9 +20,10 @@ from probe.errors import LabError
 from probe.lab import firewall, netns
 from probe.lab.artifacts import identity_public_keys, write_artifacts
 from probe.lab.faults import Fault, FaultKind
-from probe.lab.processes import is_running, stop, wait_until
+from probe.lab.processes import has_exited, is_running, stop, wait_until
 from probe.lab.state import LabState, RelayState, load_state, save_state, state_path
 from probe.lab.topology import (
+    DEFAULT_IDENTITIES,
     INET_V4_PREFIXLEN,
     INET_V6_PREFIXLEN,
     TUNNEL_V4_GATEWAY,
@@ -65,7 +66,7 @@ def up(
     servers: int,
     *,
     agents: int = 1,
-    identities: int = 2,
+    identities: int = DEFAULT_IDENTITIES,
     faults: Sequence[tuple[str, Fault]] = (),
     prefix: str | None = None,
 ) -> LabState:
@@ -140,7 +141,7 @@ def _spawn_wireguard(lab_dir: Path, relay: RelayPlan) -> int:
 
 def _configure_wireguard(lab_dir: Path, relay: RelayPlan, pid: int, peers: list[tuple[str, str]]) -> None:
     def ready() -> bool:
-        if not is_running(pid, "wireguard-go"):
+        if has_exited(pid):
             raise LabError(f"wireguard-go for {relay.name} exited; see {lab_dir / 'logs' / relay.name}.log")
         return netns.run_in(relay.netns, ["wg", "show", relay.wg_ifname], check=False).returncode == 0
 
@@ -259,15 +260,19 @@ def _our_socket(prefix: str, name: str) -> bool:
 
 
 def down(lab_dir: Path, *, prefix: str | None = None, quiet: bool = False) -> list[str]:
-    """Remove the lab: its processes (by recorded PID, then any left in its namespaces), namespaces and sockets.
+    """Remove the lab recorded in `lab_dir`: its processes (by recorded PID, then any left in its namespaces),
+    namespaces and sockets. Returns what was removed.
 
-    Returns what was removed. Works without a state file (a crashed `up`), from the prefix alone.
+    Without a state file only an explicit `prefix` says what to remove (a crashed `up`, or `up` replacing a stale
+    lab): a directory that holds no lab must never tear down some other lab that happens to use the default prefix.
     """
     state: LabState | None = None
     if state_path(lab_dir).exists():
         with contextlib.suppress(LabError):
             state = load_state(lab_dir)
-    prefix = prefix or (state.prefix if state else "wgp")
+    prefix = prefix or (state.prefix if state else None)
+    if prefix is None:
+        return [] if quiet else [f"nothing to remove (no lab state in {lab_dir})"]
     ours = state is not None and state.prefix == prefix
     removed = _stop_recorded(state) if ours and state is not None else []
     removed += _remove_namespaces(prefix)

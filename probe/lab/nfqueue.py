@@ -42,6 +42,7 @@ NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_META = 1
 NF_ACCEPT = 1
 QUEUE_MAXLEN = 8192
+NLA_TYPE_MASK = 0x3FFF  # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG_LEN = 4
@@ -85,12 +86,12 @@ def packet_ids(data: bytes) -> list[int]:
             break
         if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
             pos = offset + _NLMSGHDR.size + _NFGENMSG_LEN
-            end = offset + length
+            end = min(offset + length, len(data))  # a truncated datagram claims more than it holds
             while pos + 4 <= end:
                 alen, atype = struct.unpack_from("=HH", data, pos)
                 if alen < 4:
                     break
-                if atype & 0x7FFF == NFQA_PACKET_HDR:
+                if atype & NLA_TYPE_MASK == NFQA_PACKET_HDR and pos + 8 <= end:
                     ids.append(struct.unpack_from(">I", data, pos + 4)[0])
                     break
                 pos += (alen + 3) & ~3

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from probe.lab import netns
 from probe.lab.fleet import WG_ENV, WG_SOCKET_DIR
-from probe.lab.processes import is_running, stop, wait_until
+from probe.lab.processes import has_exited, stop, wait_until
 from probe.lab.topology import TUNNEL_V4_GATEWAY, TUNNEL_V6_GATEWAY, WG_PORT, LabPlan, RelayPlan
 
 _counter = itertools.count(1)
@@ -80,7 +80,7 @@ class OsClient:
         pid = self.pid
         wait_until(
             lambda: (
-                is_running(pid, "wireguard-go")
+                not has_exited(pid)
                 and netns.run_in(self.netns, ["wg", "show", self.ifname], check=False).returncode == 0
             ),
             f"client wireguard-go {self.ifname}",

@@ -34,6 +34,16 @@ def is_running(pid: int, expect: str) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def has_exited(pid: int) -> bool:
+    """True once `pid` (a process this one just started) is gone or a zombie. Unlike `is_running` this needs no
+    command line, which is empty between fork and exec: a just-spawned process is not mistaken for a dead one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 def _reap(pid: int) -> None:
     # Our own children (started by this process) would linger as zombies; others are reaped by init.
     with contextlib.suppress(ChildProcessError, OSError):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from probe.errors import LabError
 from probe.lab.faults import Fault
-from probe.lab.topology import DEFAULT_PREFIX, LabPlan, plan_lab
+from probe.lab.topology import DEFAULT_IDENTITIES, DEFAULT_PREFIX, LabPlan, plan_lab
 
 STATE_FILE = "lab-state.json"
 STATE_VERSION = 1
@@ -35,7 +35,7 @@ class LabState(BaseModel):
     prefix: str = DEFAULT_PREFIX
     servers: int
     agents: int = 1
-    identities: int = 2
+    identities: int = DEFAULT_IDENTITIES
     reflector_pid: int | None = None
     relays: dict[str, RelayState] = Field(default_factory=dict)
 
@@ -53,7 +53,7 @@ def load_state(lab_dir: Path) -> LabState:
         return LabState.model_validate_json(path.read_text())
     except FileNotFoundError:
         raise LabError(f"no lab in {lab_dir} (no {STATE_FILE}); start one with `probe lab up`") from None
-    except (OSError, ValidationError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValidationError, json.JSONDecodeError) as exc:
         raise LabError(f"unreadable lab state {path}: {exc}") from exc
 
 

@@ -39,6 +39,9 @@ PORT_RANGES: tuple[tuple[int, int], ...] = (
 MAX_RELAYS = 500
 MAX_AGENTS = 9
 MAX_IDENTITIES = 8
+# Keys per agent: a key probes one path of a relay at a time (one session and endpoint per relay), so the paths of
+# one `probe server` run (12 on a dual-stack Mullvad relay) are spread over this many keys running side by side.
+DEFAULT_IDENTITIES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,9 @@ def _inet_v6(group: int, host: int) -> IPv6Address:
     return IPv6Address(f"{_INET_V6}{group:x}:{host:x}")
 
 
-def plan_lab(servers: int, agents: int = 1, identities: int = 2, prefix: str = DEFAULT_PREFIX) -> LabPlan:
+def plan_lab(
+    servers: int, agents: int = 1, identities: int = DEFAULT_IDENTITIES, prefix: str = DEFAULT_PREFIX
+) -> LabPlan:
     if not 1 <= servers <= MAX_RELAYS:
         raise ConfigError(f"--servers must be 1..{MAX_RELAYS}, got {servers}")
     if not 1 <= agents <= MAX_AGENTS:

@@ -36,7 +36,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces); run the suite as root")
     lab_dir = tmp_path_factory.mktemp("lab")
-    state = fleet.up(lab_dir, TEST_SERVERS, agents=2, identities=2, prefix=TEST_PREFIX)
+    state = fleet.up(lab_dir, TEST_SERVERS, agents=2, prefix=TEST_PREFIX)
     try:
         doc = json.loads((lab_dir / "relays.json").read_text())
         keys = {r["hostname"]: r["public_key"] for r in doc["wireguard"]["relays"]}

@@ -19,7 +19,9 @@ PREFIX = "wgu"
 
 
 def probe(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "probe", *args], capture_output=True, text=True, timeout=120, check=False
+    )
     if check:
         assert done.returncode == 0, done.stderr + done.stdout
     return done
@@ -43,6 +45,11 @@ def test_lab_lifecycle_through_the_cli(tmp_path: Path) -> None:
         assert all(is_running(pid, "") for pid in pids)
         assert (lab_dir / "agent.toml").exists() and (lab_dir / "agent-2.toml").exists()
         assert (lab_dir / "keys" / "lab-agent-1.key").stat().st_mode & 0o777 == 0o600
+
+        before = leftovers()
+        elsewhere = probe("lab", "down", "--dir", str(tmp_path / "not-a-lab"))
+        assert elsewhere.stdout.startswith("nothing to remove")
+        assert leftovers() == before, "down in a directory without a lab must not touch another lab"
 
         status = probe("lab", "status", *d)
         assert "nat" in status.stdout and "reflector: pid" in status.stdout
@@ -78,7 +85,7 @@ def test_lab_lifecycle_through_the_cli(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert "removed namespace" in down.stdout
     assert leftovers() == [], "down must leave nothing behind"
-    assert probe("lab", "down", *d).stdout.strip() == "nothing to remove"
+    assert probe("lab", "down", *d).stdout.strip().startswith("nothing to remove"), "and nothing of anyone else's"
 
 
 def test_lab_refuses_a_fault_for_a_relay_it_does_not_have(tmp_path: Path) -> None:

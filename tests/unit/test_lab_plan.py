@@ -18,10 +18,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from probe.config import load_config
 from probe.errors import ConfigError, LabError
 from probe.inventory import load_inventory
 from probe.lab import nfqueue
-from probe.lab.artifacts import agent_toml, relay_list, write_artifacts, write_private_key
+from probe.lab.artifacts import (
+    agent_toml,
+    identity_public_keys,
+    relay_list,
+    write_artifacts,
+    write_private_key,
+)
 from probe.lab.faults import Fault, FaultKind, parse_relay_fault
 from probe.lab.firewall import delay_rules, delete_ruleset, needs_forwarding, render_ruleset
 from probe.lab.state import STATE_FILE, LabState, RelayState, load_state, save_state
@@ -375,7 +382,8 @@ def test_agent_toml_holds_exactly_the_agent_config_contract() -> None:
     plan = plan_lab(2, agents=2, identities=3)
     config = tomllib.loads(agent_toml(plan, plan.agents[1]))
     assert set(config) == {"agent", "identities", "inventory", "checks"}
-    assert config["agent"] == {"name": "lab-agent-2"}
+    # netns: the agent probes from its vantage point's namespace even when started from the host.
+    assert config["agent"] == {"name": "lab-agent-2", "netns": "wgp-agent-2"}
     assert config["identities"] == [
         {"private_key_file": f"keys/lab-agent-2-{n}.key", "ipv4": str(i.ipv4), "ipv6": str(i.ipv6)}
         for n, i in enumerate(plan.agents[1].identities, start=1)
@@ -389,6 +397,20 @@ def test_agent_toml_holds_exactly_the_agent_config_contract() -> None:
     }
     assert parse_listen(config["checks"]["reflector"]) == (plan.outside_ipv4, 7777)
     assert parse_listen(config["checks"]["reflector_v6"]) == (plan.outside_ipv6, 7777)
+
+
+def test_the_config_loader_reads_the_lab_agent_config(tmp_path: Path) -> None:
+    plan = plan_lab(2, agents=2)
+    write_artifacts(tmp_path, plan)
+    identity_public_keys(tmp_path, plan)  # `probe lab up` creates the agent keys alongside
+    config = load_config(tmp_path / "agent-2.toml")
+    agent = plan.agents[1]
+    assert (config.agent.name, config.agent.netns) == ("lab-agent-2", "wgp-agent-2")
+    assert [i.ipv4 for i in config.identities] == [i.ipv4 for i in agent.identities]
+    assert [i.private_key_file for i in config.identities] == [tmp_path / i.key_file for i in agent.identities]
+    assert config.checks.forward_target == plan.outside_ipv4
+    assert config.checks.reflector is not None
+    assert (config.checks.reflector.host, config.checks.reflector.port) == (plan.outside_ipv4, 7777)
 
 
 def test_the_inventory_loader_reads_the_lab_like_production(tmp_path: Path) -> None:

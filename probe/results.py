@@ -1,0 +1,116 @@
+"""The probe result model: what `probe server --json` prints, what evidence files hold, and what agents will
+publish over MQTT unchanged. Field names here are a contract (issue #4): add fields, never rename them.
+
+Reasons are a closed set so they are safe as metric labels and readable in a table. A path's reason is its first
+failing stage's; a server's is the reason of its worst path (the one that failed earliest in stage order).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class StageName(StrEnum):
+    handshake = "handshake"  # initiation/response: the relay's WireGuard answers on this port
+    tunnel = "tunnel"  # echo to the in-tunnel gateway: decryption and local delivery work
+    forward = "forward"  # echo to the outside target through the relay's NAT
+    egress = "egress"  # the reflector saw the relay's expected egress address
+    mtu = "mtu"  # a large echo with DF set crosses the NAT: no MTU black hole
+
+    @property
+    def rank(self) -> int:
+        return STAGE_ORDER.index(self)
+
+
+STAGE_ORDER: tuple[StageName, ...] = (
+    StageName.handshake,
+    StageName.tunnel,
+    StageName.forward,
+    StageName.egress,
+    StageName.mtu,
+)
+
+
+class Reason(StrEnum):
+    """Why a stage failed. Closed: every failure maps to exactly one of these."""
+
+    port_unreachable = "port_unreachable"  # ICMP port unreachable: nothing listens on the entry port
+    handshake_timeout = "handshake_timeout"  # no valid response (wrong key, key not registered, filtered, down)
+    cookie_failed = "cookie_failed"  # relay under load sent cookies but never accepted an initiation
+    socket_error = "socket_error"  # the agent could not send at all (no route, namespace gone)
+    tunnel_timeout = "tunnel_timeout"  # the in-tunnel gateway did not answer
+    forward_timeout = "forward_timeout"  # the outside target did not answer through the NAT
+    forward_unreachable = "forward_unreachable"  # the relay (or beyond) answered with an ICMP error
+    reply_invalid = "reply_invalid"  # an answer came but was wrong (source, payload, checksum...)
+    egress_timeout = "egress_timeout"  # the reflector did not answer
+    egress_mismatch = "egress_mismatch"  # the reflector saw another address than the relay's expected egress
+    mtu_blackhole = "mtu_blackhole"  # large packets vanish while small ones pass
+    mtu_too_big = "mtu_too_big"  # a large DF packet drew "fragmentation needed / packet too big"
+    internal_error = "internal_error"  # a bug in wgprobe: reported as a failed probe, never a crash
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageResult(_Model):
+    name: StageName
+    ok: bool
+    reason: Reason | None = None
+    # Median round-trip time of the stage's answered exchanges; when nothing was answered, the time waited.
+    seconds: float
+    loss: float = Field(ge=0.0, le=1.0)  # share of the stage's packets that got no answer
+    sent: int = 0
+    received: int = 0
+    detail: str | None = None  # one human line: what was seen (e.g. the egress address the reflector saw)
+
+
+class PathResult(_Model):
+    port: int
+    family: Literal["ipv4", "ipv6"]
+    ok: bool
+    reason: Reason | None = None
+    stages: tuple[StageResult, ...]
+    entry: str  # the relay address probed
+    identity: int = 0  # which of the agent's identities (keys) probed this path, 0-based
+    evidence: str | None = None  # pcap of the inner packets, saved when the path failed
+
+    @property
+    def failed_stage(self) -> StageResult | None:
+        return next((stage for stage in self.stages if not stage.ok), None)
+
+
+class ServerResult(_Model):
+    schema_version: int = SCHEMA_VERSION
+    server: str
+    agent: str
+    ok: bool
+    reason: Reason | None = None
+    started_at: datetime
+    duration_seconds: float
+    paths: tuple[PathResult, ...]
+    labels: dict[str, str] = Field(default_factory=dict)  # the relay's inventory labels (kernel, os, site...)
+    evidence: str | None = None  # the JSON of this result, saved beside the pcaps when anything failed
+
+
+def path_outcome(stages: tuple[StageResult, ...]) -> tuple[bool, Reason | None]:
+    failed = next((stage for stage in stages if not stage.ok), None)
+    return (failed is None, None if failed is None else failed.reason)
+
+
+def worst_reason(paths: tuple[PathResult, ...]) -> Reason | None:
+    """The reason of the path that failed at the earliest stage (first such path on a tie)."""
+    worst: tuple[int, Reason] | None = None
+    for path in paths:
+        failed = path.failed_stage
+        if failed is None or failed.reason is None:
+            continue
+        if worst is None or failed.name.rank < worst[0]:
+            worst = (failed.name.rank, failed.reason)
+    return None if worst is None else worst[1]
