@@ -19,39 +19,62 @@ from probe.errors import ConfigError
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 _lock = threading.Lock()
+# Loaded and opened once per process, on first use: a probe opens a socket per flow, and loading libc or opening
+# the namespace files per socket cost more CPU than the rest of the socket's set-up.
+_libc: dict[str, ctypes.CDLL] = {}
+_ns_fds: dict[str, int] = {}
+_pools: dict[tuple[str, socket.AddressFamily], list[socket.socket]] = {}
+POOL_BATCH = 32
 
 
 def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc.get("libc")
+    if libc is None:
+        libc = _libc["libc"] = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 def udp_socket(family: socket.AddressFamily, netns: str | None = None) -> socket.socket:
-    """An unconnected, non-blocking UDP socket of `family`, created in namespace `netns` if given."""
+    """An unconnected, non-blocking UDP socket of `family`, created in namespace `netns` if given.
+
+    Entering a namespace costs two setns(2) calls, more than the socket itself; sockets for a namespace are
+    therefore made `POOL_BATCH` at a time on one visit and handed out from a pool (unbound, so they hold nothing
+    but a file descriptor until used).
+    """
     if netns is None:
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        return sock
-    path = NETNS_DIR / netns
-    try:
-        target = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise ConfigError(f"network namespace {netns!r} not found ({path}): {exc.strerror}") from exc
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
+    else:
         with _lock:
-            try:
-                _setns(target)
-            except OSError as exc:
-                raise ConfigError(f"cannot enter network namespace {netns!r}: {exc.strerror} (root needed)") from exc
-            try:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-            finally:
-                _setns(own)  # always come back, or this thread would keep probing from the wrong place
-    finally:
-        os.close(target)
-        os.close(own)
+            pool = _pools.setdefault((netns, family), [])
+            if not pool:
+                pool.extend(_make_in(netns, family, POOL_BATCH))
+            sock = pool.pop()
     sock.setblocking(False)
     return sock
+
+
+def _make_in(netns: str, family: socket.AddressFamily, count: int) -> list[socket.socket]:
+    target = _ns_fd(netns, NETNS_DIR / netns)
+    # Per thread: /proc/thread-self, since setns moves only the calling thread.
+    own = _ns_fd(f"thread:{threading.get_ident()}", Path("/proc/thread-self/ns/net"))
+    try:
+        _setns(target)
+    except OSError as exc:
+        raise ConfigError(f"cannot enter network namespace {netns!r}: {exc.strerror} (root needed)") from exc
+    try:
+        return [socket.socket(family, socket.SOCK_DGRAM) for _ in range(count)]
+    finally:
+        _setns(own)  # always come back, or this thread would keep probing from the wrong place
+
+
+def _ns_fd(key: str, path: Path) -> int:
+    fd = _ns_fds.get(key)
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(f"network namespace {key!r} not found ({path}): {exc.strerror}") from exc
+        _ns_fds[key] = fd
+    return fd

@@ -1,0 +1,149 @@
+"""Issue #3 benchmark: CPU and wall of one userspace probe (handshake + one echo through NAT and back) against
+real wireguard-go relays, the X25519 crypto floor, the OS path (wireguard-go interface per probe) side by side, and
+the handshake rate of one process against the lab fleet with the per-key flood limit respected.
+
+Every figure is a median measured in this one run, and reported with its ratio against a baseline of the same run,
+because the machine is shared and noisy. Run as root:  .venv/bin/python bench/bench_engine.py [--probes 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import time
+from ipaddress import IPv4Address
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from bench.common import BenchLab, bench_lab, median, report
+from probe.lab.osclient import OsClient
+from probe.packets import build_icmp_echo, verify_echo_reply
+from probe.tunnel import InitiationPacer, Tunnel
+from probe.wireguard import Identity, PrivateKey, PublicKey
+
+
+def identities(lab: BenchLab) -> list[tuple[Identity, IPv4Address]]:
+    out = []
+    for ident in lab.plan.agents[0].identities:
+        key = PrivateKey.from_base64((lab.lab_dir / ident.key_file).read_text().strip())
+        out.append((Identity(key), ident.ipv4))
+    return out
+
+
+async def userspace_probes(lab: BenchLab, count: int) -> tuple[list[float], list[float]]:
+    """(cpu seconds, wall seconds) per probe, one probe at a time, rotating over relays and keys so the flood
+    limit never makes a probe wait (waiting costs no CPU, but it would inflate wall)."""
+    keys = identities(lab)
+    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
+    ns = lab.plan.agents[0].netns
+    target = lab.plan.outside_ipv4
+    pacer = InitiationPacer()
+    cpu, wall = [], []
+    payload = b"wgprobe-bench-01"
+    for n in range(count + 20):  # the first 20 warm caches (static-static DH per key/relay pair) and are dropped
+        ident, src = keys[n % len(keys)]
+        relay_key, entry = relays[(n // len(keys)) % len(relays)]
+        c0, w0 = time.process_time(), time.perf_counter()
+        tunnel = await Tunnel.open(ident, relay_key, entry, 51820, netns=ns, pacer=pacer)
+        tunnel.send(build_icmp_echo(src, target, 4000 + n % 1000, 1, payload))
+        reply = await tunnel.recv(1.0)
+        tunnel.close()
+        c1, w1 = time.process_time(), time.perf_counter()
+        assert reply is not None and verify_echo_reply(
+            reply, expect_src=target, expect_dst=src, identifier=4000 + n % 1000, sequence=1, payload=payload
+        ).ok
+        if n >= 20:
+            cpu.append(c1 - c0)
+            wall.append(w1 - w0)
+    return cpu, wall
+
+
+def crypto_floor(count: int) -> float:
+    """Median CPU of the four X25519 operations one initiator handshake needs (ephemeral keygen is a fifth)."""
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    pub = b.public_key()
+    samples = []
+    for _ in range(count):
+        c0 = time.process_time()
+        for _ in range(4):
+            a.exchange(pub)
+        samples.append(time.process_time() - c0)
+    return median(samples)
+
+
+def os_path_probes(lab: BenchLab, count: int) -> tuple[list[float], list[float]]:
+    """(cpu seconds incl. child processes, wall seconds) per OS-path probe: wireguard-go interface up, configured
+    with wg, ping through NAT, interface deleted."""
+    relay = lab.plan.relays[0]
+    cpu, wall = [], []
+    for _ in range(count):
+        c0 = time.process_time()
+        ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        w0 = time.perf_counter()
+        with OsClient(lab.lab_dir, lab.plan, relay, lab.public_keys[relay.name]) as client:
+            result = client.ping(lab.plan.outside_ipv4, count=1, interval=0.2, timeout=2)
+        w1 = time.perf_counter()
+        ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c1 = time.process_time()
+        assert result.ok
+        children = (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
+        cpu.append(c1 - c0 + children)
+        wall.append(w1 - w0)
+    return cpu, wall
+
+
+async def handshake_rate(lab: BenchLab, seconds: float) -> tuple[int, float]:
+    """Handshakes completed per second from one process against every relay with every key, flood limit kept."""
+    keys = identities(lab)
+    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
+    ns = lab.plan.agents[0].netns
+    pacer = InitiationPacer()
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(ident: Identity, relay_key: PublicKey, entry: IPv4Address) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            tunnel = await Tunnel.open(ident, relay_key, entry, 51820, netns=ns, pacer=pacer)
+            tunnel.close()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i, k, e) for i, _ in keys for k, e in relays))
+    return done, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probes", type=int, default=300)
+    parser.add_argument("--os-probes", type=int, default=30)
+    parser.add_argument("--servers", type=int, default=4)
+    args = parser.parse_args()
+    with bench_lab(args.servers) as lab:
+        user_cpu, user_wall = asyncio.run(userspace_probes(lab, args.probes))
+        floor = crypto_floor(args.probes)
+        os_cpu, os_wall = os_path_probes(lab, args.os_probes)
+        handshakes, elapsed = asyncio.run(handshake_rate(lab, 5.0))
+    u_cpu, u_wall, o_cpu, o_wall = median(user_cpu), median(user_wall), median(os_cpu), median(os_wall)
+    report(
+        "engine",
+        {
+            "userspace_probes": len(user_cpu),
+            "userspace_probe_cpu_ms_median": u_cpu * 1000,
+            "userspace_probe_wall_ms_median": u_wall * 1000,
+            "x25519_x4_cpu_ms_median": floor * 1000,
+            "probe_cpu_over_crypto_floor": u_cpu / floor,
+            "os_path_probes": len(os_cpu),
+            "os_path_cpu_ms_median": o_cpu * 1000,
+            "os_path_wall_ms_median": o_wall * 1000,
+            "os_over_userspace_cpu_ratio": o_cpu / u_cpu,
+            "os_over_userspace_wall_ratio": o_wall / u_wall,
+            "handshake_rate_per_s": handshakes / elapsed,
+            "handshake_rate_keys_x_relays": f"{len(lab.plan.agents[0].identities)} x {len(lab.plan.relays)}",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
