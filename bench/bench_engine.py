@@ -50,9 +50,12 @@ async def userspace_probes(lab: BenchLab, count: int) -> tuple[list[float], list
         reply = await tunnel.recv(1.0)
         tunnel.close()
         c1, w1 = time.process_time(), time.perf_counter()
-        assert reply is not None and verify_echo_reply(
-            reply, expect_src=target, expect_dst=src, identifier=4000 + n % 1000, sequence=1, payload=payload
-        ).ok
+        assert (
+            reply is not None
+            and verify_echo_reply(
+                reply, expect_src=target, expect_dst=src, identifier=4000 + n % 1000, sequence=1, payload=payload
+            ).ok
+        )
         if n >= 20:
             cpu.append(c1 - c0)
             wall.append(w1 - w0)

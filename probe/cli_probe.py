@@ -13,6 +13,8 @@ import typer
 from probe.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from probe.config import AgentConfig
     from probe.inventory import Inventory
     from probe.results import ServerResult
@@ -108,7 +110,6 @@ def servers(config: ConfigOption = None, json_out: JsonOption = False) -> None:
         for relay in inventory.relays:
             print(relay.model_dump_json())
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(inventory.relays)} relays from {inventory.source} ({inventory.format})")
@@ -124,7 +125,15 @@ def servers(config: ConfigOption = None, json_out: JsonOption = False) -> None:
             f"{relay.main_port}" + (f" +{ranges}" if ranges else ""),
             " ".join(f"{k}={v}" for k, v in sorted(relay.labels.items())),
         )
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped output (CI logs, `| less`) gets a wide fixed width rather than rich's 80 columns, which would wrap
+    # every IPv6 path.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _cell(stage_ok: bool, seconds: float, reason: str | None, loss: float) -> str:
@@ -135,12 +144,11 @@ def _cell(stage_ok: bool, seconds: float, reason: str | None, loss: float) -> st
 
 
 def _print_server(result: ServerResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from probe.results import STAGE_ORDER
 
-    console = Console()
+    console = _console()
     names = [s for s in STAGE_ORDER if any(st.name is s for p in result.paths for st in p.stages)]
     table = Table(title=f"{result.server} from {result.agent}")
     table.add_column("path")
@@ -173,10 +181,9 @@ def _print_server(result: ServerResult) -> None:
 
 
 def _print_sweep(results: list[ServerResult], inventory: Inventory) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     failed = [r for r in results if not r.ok]
     names = sorted({r.server for r in results})
     console.print(f"{len(names)} relays probed, {len({r.server for r in failed})} failing")
@@ -200,15 +207,21 @@ def _labels_table(failed: list[ServerResult], inventory: Inventory) -> object:
     from rich.table import Table
 
     fleet = Counter((k, v) for relay in inventory.relays for k, v in relay.labels.items())
+    total = len(inventory.relays)
     failing_names = {r.server for r in failed}
+    # A label every relay carries (the provider of a one-provider fleet) tells nothing apart: leave it out.
     failing = Counter(
-        (k, v) for relay in inventory.relays if relay.name in failing_names for k, v in relay.labels.items()
+        (k, v)
+        for relay in inventory.relays
+        if relay.name in failing_names
+        for k, v in relay.labels.items()
+        if fleet[(k, v)] < total
     )
-    table = Table(title="labels of failing relays")
+    table = Table(title="labels of failing relays (values the whole fleet shares left out)")
     for column in ("label", "failing", "in fleet", "share of failing"):
         table.add_column(column)
     for (key, value), count in failing.most_common(15):
         share = count / len(failing_names)
-        mark = "[bold red]" if share == 1 and fleet[(key, value)] < len(inventory.relays) else ""
+        mark = "[bold red]" if share == 1 else ""
         table.add_row(f"{mark}{key}={value}", str(count), str(fleet[(key, value)]), f"{share:.0%}")
     return table
