@@ -10,6 +10,7 @@ match is counted in `rejected` and dropped, never raised into the caller.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 
 # A little above the 20 ms limit: timer granularity on a loaded machine must not make us land just inside it.
 INITIATION_SPACING = HANDSHAKE_INITIATION_RATE + 0.005
-_UNREACHABLE = b""  # queue marker for an ICMP port-unreachable (a real datagram is never empty)
+MAX_DATAGRAM = 65535
 
 
 class TunnelError(WgProbeError):
@@ -70,17 +71,71 @@ class InitiationPacer:
 DEFAULT_PACER = InitiationPacer()
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+class Flow:
+    """A connected non-blocking UDP socket watched by the event loop, with a buffer of received datagrams.
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if data:
-            self.queue.put_nowait(data)
+    Leaner than an asyncio DatagramTransport + Queue: no transport object, no task or timeout context per receive.
+    Creating and tearing those down per flow cost more CPU than the handshake's hashing (bench/bench_engine.py).
+    An ICMP port unreachable for the flow surfaces as ECONNREFUSED on the next receive or send and is kept as
+    `unreachable`.
+    """
 
-    def error_received(self, exc: Exception) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            self.queue.put_nowait(_UNREACHABLE)
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.buffer: collections.deque[bytes] = collections.deque()
+        self.unreachable = False
+        self._waiter: asyncio.Future[None] | None = None
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:
+                self.unreachable = True
+                continue
+            except OSError:
+                break  # other ICMP errors (host/net unreachable): the flow just goes quiet, a timeout says so
+            if data:
+                self.buffer.append(data)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and (self.buffer or self.unreachable):
+            waiter.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except ConnectionRefusedError:
+            self.unreachable = True
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the datagram is lost, as it could be on the wire
+
+    async def wait(self, timeout: float) -> bool:
+        """Until a datagram or an unreachable arrives (True) or `timeout` passes (False)."""
+        if self.buffer or self.unreachable:
+            return True
+        if timeout <= 0:
+            return False
+        waiter = self._waiter = self.loop.create_future()
+        handle = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+        return bool(self.buffer) or self.unreachable
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass
@@ -97,8 +152,7 @@ class Record:
 class Tunnel:
     """An established WireGuard session over a connected UDP socket. Create with `Tunnel.open`."""
 
-    transport: asyncio.DatagramTransport
-    protocol: _Datagrams
+    flow: Flow
     session: TransportSession
     handshake_seconds: float
     initiations: int
@@ -127,24 +181,24 @@ class Tunnel:
         sock = udp_socket(family, netns)
         try:
             sock.connect((str(address), port))
-            transport, protocol = await loop.create_datagram_endpoint(_Datagrams, sock=sock)
         except OSError as exc:
             sock.close()
             raise TunnelError(f"cannot open UDP socket to {address}:{port}: {exc.strerror or exc}") from exc
+        flow = Flow(loop, sock)
         try:
             session, seconds, sent, cookies = await _handshake(
-                transport, protocol, identity, relay_key, timeout, attempts, preshared_key, cookie_state, pacer
+                flow, identity, relay_key, timeout, attempts, preshared_key, cookie_state, pacer
             )
         except BaseException:
-            transport.close()
+            flow.close()
             raise
-        return cls(transport, protocol, session, seconds, sent, cookies, record)
+        return cls(flow, session, seconds, sent, cookies, record)
 
     def send(self, packet: bytes) -> None:
         """Encrypt and send one inner IP packet."""
         if self.record is not None:
             self.record.add("out", packet)
-        self.transport.sendto(self.session.encrypt(packet))
+        self.flow.send(self.session.encrypt(packet))
 
     async def recv(self, timeout: float) -> bytes | None:
         """The next authenticated inner packet (padding left on: parse by the IP length), or None at timeout.
@@ -152,17 +206,13 @@ class Tunnel:
         Keepalives, unauthenticated, replayed and malformed datagrams are skipped and counted in `rejected`.
         """
         deadline = time.monotonic() + timeout
+        buffer = self.flow.buffer
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not buffer and not await self.flow.wait(deadline - time.monotonic()):
                 return None
-            try:
-                async with asyncio.timeout(remaining):  # cheaper than wait_for, which wraps the get in a task
-                    data = await self.protocol.queue.get()
-            except TimeoutError:
-                return None
-            if not data:  # the port-unreachable marker
-                continue
+            if not buffer:
+                continue  # an ICMP unreachable after the handshake: nothing to decrypt, keep waiting
+            data = buffer.popleft()
             try:
                 packet = self.session.decrypt(data)
             except ProtocolError:
@@ -175,12 +225,11 @@ class Tunnel:
             return packet
 
     def close(self) -> None:
-        self.transport.close()
+        self.flow.close()
 
 
 async def _handshake(
-    transport: asyncio.DatagramTransport,
-    protocol: _Datagrams,
+    flow: Flow,
     identity: Identity,
     relay_key: PublicKey,
     timeout: float,
@@ -195,18 +244,14 @@ async def _handshake(
     # A cookie reply earns one immediate retry on top of the budget: it proves the relay is alive but loaded.
     while sent < attempts + min(cookies, attempts):
         await pacer.wait_turn(identity, relay_key)
-        transport.sendto(handshake.create_initiation(time.time()))
+        flow.send(handshake.create_initiation(time.time()))
         sent += 1
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    data = await protocol.queue.get()
-            except TimeoutError:
-                break
-            if not data:  # the port-unreachable marker
+        while await flow.wait(deadline - time.monotonic()):
+            if flow.unreachable:
                 raise PortUnreachable("ICMP port unreachable: nothing listens on that port")
+            data = flow.buffer.popleft()
             try:
                 session = handshake.receive(data, time.time())
             except ProtocolError:
