@@ -213,7 +213,7 @@ async def _run_stages(ctx: PathContext) -> tuple[StageResult, ...]:
         runnable = [(name, fn) for name, applies, fn in POST_HANDSHAKE if applies(ctx)]
         stages += await asyncio.gather(*(_guard(name, fn, ctx) for name, fn in runnable))
     finally:
-        await ctx.demux.stop()
+        ctx.demux.stop()
         ctx.tunnel.close()
     return tuple(stages)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import Generic, TypeVar
 
 from probe.errors import WgProbeError
 from probe.sockets import udp_socket
@@ -32,6 +33,7 @@ from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 # A little above the 20 ms limit: timer granularity on a loaded machine must not make us land just inside it.
 INITIATION_SPACING = HANDSHAKE_INITIATION_RATE + 0.005
 MAX_DATAGRAM = 65535
+T = TypeVar("T")
 
 
 class TunnelError(WgProbeError):
@@ -71,6 +73,40 @@ class InitiationPacer:
 DEFAULT_PACER = InitiationPacer()
 
 
+class Inbox(Generic[T]):
+    """A buffer one coroutine waits on: a deque plus one future, no task or timeout context per wait."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: collections.deque[T] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: T) -> None:
+        self.items.append(item)
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float, ready: Callable[[], bool] | None = None) -> bool:
+        """Until there is an item (or `ready()`), True; False once `timeout` seconds pass without one."""
+        is_ready = ready or (lambda: bool(self.items))
+        if is_ready():
+            return True
+        if timeout <= 0:
+            return False
+        waiter = self._waiter = self.loop.create_future()
+        handle = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+        return is_ready()
+
+
 class Flow:
     """A connected non-blocking UDP socket watched by the event loop, with a buffer of received datagrams.
 
@@ -81,11 +117,12 @@ class Flow:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.loop = loop
         self.sock = sock
-        self.buffer: collections.deque[bytes] = collections.deque()
+        self.inbox: Inbox[bytes] = Inbox(loop)
+        self.buffer = self.inbox.items
         self.unreachable = False
-        self._waiter: asyncio.Future[None] | None = None
+        # When set, datagrams go straight to this callback instead of the buffer (see Tunnel.listen).
+        self.on_datagram: Callable[[bytes], None] | None = None
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -99,11 +136,14 @@ class Flow:
                 continue
             except OSError:
                 break  # other ICMP errors (host/net unreachable): the flow just goes quiet, a timeout says so
-            if data:
+            if not data:
+                continue
+            if self.on_datagram is not None:
+                self.on_datagram(data)
+            else:
                 self.buffer.append(data)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and (self.buffer or self.unreachable):
-            waiter.set_result(None)
+        if self.buffer or self.unreachable:
+            self.inbox.wake()
 
     def send(self, data: bytes) -> None:
         try:
@@ -115,21 +155,10 @@ class Flow:
 
     async def wait(self, timeout: float) -> bool:
         """Until a datagram or an unreachable arrives (True) or `timeout` passes (False)."""
-        if self.buffer or self.unreachable:
-            return True
-        if timeout <= 0:
-            return False
-        waiter = self._waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            handle.cancel()
-            self._waiter = None
-        return bool(self.buffer) or self.unreachable
+        return await self.inbox.wait(timeout, lambda: bool(self.buffer) or self.unreachable)
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
+        self.inbox.loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
 
@@ -212,17 +241,40 @@ class Tunnel:
                 return None
             if not buffer:
                 continue  # an ICMP unreachable after the handshake: nothing to decrypt, keep waiting
-            data = buffer.popleft()
-            try:
-                packet = self.session.decrypt(data)
-            except ProtocolError:
-                self.rejected += 1
-                continue
-            if not packet:
-                continue  # keepalive
-            if self.record is not None:
-                self.record.add("in", packet)
-            return packet
+            packet = self._open(buffer.popleft())
+            if packet is not None:
+                return packet
+
+    def _open(self, data: bytes) -> bytes | None:
+        try:
+            packet = self.session.decrypt(data)
+        except ProtocolError:
+            self.rejected += 1
+            return None
+        if not packet:
+            return None  # keepalive
+        if self.record is not None:
+            self.record.add("in", packet)
+        return packet
+
+    def listen(self, callback: Callable[[bytes], None] | None) -> None:
+        """Hand every authenticated inner packet to `callback` as it arrives (None: back to `recv`).
+
+        Used by the stages' demultiplexer: decrypting and dispatching in the socket's reader callback saves a
+        task wake-up per packet.
+        """
+        if callback is None:
+            self.flow.on_datagram = None
+            return
+
+        def deliver(data: bytes) -> None:
+            packet = self._open(data)
+            if packet is not None:
+                callback(packet)
+
+        while self.flow.buffer:  # anything that arrived before listening
+            deliver(self.flow.buffer.popleft())
+        self.flow.on_datagram = deliver
 
     def close(self) -> None:
         self.flow.close()

@@ -40,8 +40,9 @@ MAX_RELAYS = 500
 MAX_AGENTS = 9
 MAX_IDENTITIES = 8
 # Keys per agent: a key probes one path of a relay at a time (one session and endpoint per relay), so the paths of
-# one `probe server` run (12 on a dual-stack Mullvad relay) are spread over this many keys running side by side.
-DEFAULT_IDENTITIES = 4
+# one `probe server` run (12 on a dual-stack Mullvad relay) are spread over this many keys running side by side:
+# two paths per key, so one 25 ms flood-limit gap per run.
+DEFAULT_IDENTITIES = 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ good answers or its timeout ends, so one lost packet is not a failure and loss i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from ipaddress import IPv4Address, IPv6Address
 from probe.inventory import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
 from probe.packets import IPPacket, PacketError, Verdict, parse_ip
 from probe.results import Reason, StageName, StageResult
-from probe.tunnel import Record, Tunnel
+from probe.tunnel import Inbox, Record, Tunnel
 from probe.wireguard import CookieState, Identity, PublicKey
 
 RESEND_INTERVAL = 0.05
@@ -85,46 +84,37 @@ Claim = Callable[[IPPacket], bool]
 
 
 class Demux:
-    """Reads the tunnel and hands each inner packet to the stage that claims it."""
+    """Hands each inner packet the tunnel receives to the stage that claims it, from the socket's reader callback."""
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
-        self._claims: list[tuple[Claim, asyncio.Queue[tuple[float, bytes]]]] = []
+        self._claims: list[tuple[Claim, Inbox[tuple[float, bytes]]]] = []
         self.stray = 0  # well-formed packets nobody claimed (another probe's late answer, relay chatter)
         self.corrupt = 0  # packets that did not parse: cannot be attributed, but make a timeout "reply_invalid"
-        self._task: asyncio.Task[None] | None = None
 
-    def claim(self, claim: Claim) -> asyncio.Queue[tuple[float, bytes]]:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        self._claims.append((claim, queue))
-        return queue
+    def claim(self, claim: Claim) -> Inbox[tuple[float, bytes]]:
+        inbox: Inbox[tuple[float, bytes]] = Inbox(asyncio.get_running_loop())
+        self._claims.append((claim, inbox))
+        return inbox
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.tunnel.listen(self._dispatch)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def stop(self) -> None:
+        self.tunnel.listen(None)
 
-    async def _run(self) -> None:
-        while True:
-            packet = await self.tunnel.recv(3600.0)
-            if packet is None:
-                continue
-            at = time.perf_counter()
-            try:
-                ip = parse_ip(packet)
-            except PacketError:
-                self.corrupt += 1
-                continue
-            for claim, queue in self._claims:
-                if claim(ip):
-                    queue.put_nowait((at, packet))
-                    break
-            else:
-                self.stray += 1
+    def _dispatch(self, packet: bytes) -> None:
+        at = time.perf_counter()
+        try:
+            ip = parse_ip(packet)
+        except PacketError:
+            self.corrupt += 1
+            return
+        for claim, inbox in self._claims:
+            if claim(ip):
+                inbox.put((at, packet))
+                return
+        self.stray += 1
 
 
 @dataclass
@@ -156,7 +146,7 @@ Judge = Callable[[bytes], tuple[int | None, Verdict]]
 
 async def exchange(
     ctx: PathContext,
-    queue: asyncio.Queue[tuple[float, bytes]],
+    inbox: Inbox[tuple[float, bytes]],
     build: Callable[[int], bytes],
     judge: Judge,
     *,
@@ -187,17 +177,17 @@ async def exchange(
         if now >= next_send:
             send_one()
             next_send = now + RESEND_INTERVAL
-        try:
-            at, packet = await asyncio.wait_for(queue.get(), min(next_send, deadline) - now)
-        except TimeoutError:
+        if not await inbox.wait(min(next_send, deadline) - now):
             continue
-        sequence, verdict = judge(packet)
-        if verdict.ok and sequence in outcome.sent and sequence not in outcome.answered:
-            outcome.answered[sequence] = at - outcome.sent[sequence]
-        elif verdict.icmp_error is not None:
-            outcome.errors.append(verdict)
-        elif not verdict.ok:
-            outcome.invalid.append(verdict)
+        while inbox.items:
+            at, packet = inbox.items.popleft()
+            sequence, verdict = judge(packet)
+            if verdict.ok and sequence in outcome.sent and sequence not in outcome.answered:
+                outcome.answered[sequence] = at - outcome.sent[sequence]
+            elif verdict.icmp_error is not None:
+                outcome.errors.append(verdict)
+            elif not verdict.ok:
+                outcome.invalid.append(verdict)
     outcome.waited = time.perf_counter() - started
     return outcome
 

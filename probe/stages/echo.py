@@ -79,9 +79,9 @@ async def echo_stage(
             return error.quoted.sequence, verdict
         return seq, verdict
 
-    queue = ctx.demux.claim(claim_echo(identifier))
+    inbox = ctx.demux.claim(claim_echo(identifier))
     try:
-        outcome = await exchange(ctx, queue, build, judge)
+        outcome = await exchange(ctx, inbox, build, judge)
     finally:
         allocator.release(identifier)
     return stage_result(name, outcome, ctx, timeout_reason=timeout_reason, error_reason=error_reason)

@@ -81,9 +81,9 @@ async def run(ctx: PathContext) -> StageResult:
         # A UDP answer on our flow that is not a reflector response to any of our nonces: forged or corrupted.
         return None, Verdict(Mismatch.wrong_payload, verdict.ttl, verdict.source, verdict.reply)
 
-    queue = ctx.demux.claim(claim_udp(sport))
+    inbox = ctx.demux.claim(claim_udp(sport))
     try:
-        outcome = await exchange(ctx, queue, build, judge)
+        outcome = await exchange(ctx, inbox, build, judge)
     finally:
         ports.release(sport)
     result = stage_result(NAME, outcome, ctx, timeout_reason=Reason.egress_timeout, error_reason=Reason.egress_timeout)
