@@ -18,6 +18,8 @@ from bench.bench_engine import identities
 from bench.common import BenchLab, bench_lab, median, report
 from probe.config import load_config
 from probe.inventory import load_inventory
+from probe.lab import fleet
+from probe.lab.faults import Fault
 from probe.packets import build_icmp_echo
 from probe.runner import Prober
 from probe.tunnel import Tunnel
@@ -34,10 +36,10 @@ def wall(argv: list[str], runs: int) -> list[float]:
     return samples
 
 
-async def tunnel_rtts(lab: BenchLab, count: int) -> list[float]:
+async def tunnel_rtts(lab: BenchLab, count: int, relay_index: int = 0) -> list[float]:
     """Round trips of an echo to the outside target through an established tunnel: the path's unit of time."""
     ident, src = identities(lab)[0]
-    relay = lab.plan.relays[0]
+    relay = lab.plan.relays[relay_index]
     tunnel = await Tunnel.open(
         ident, PublicKey.from_base64(lab.public_keys[relay.name]), relay.ipv4, 51820, netns=lab.plan.agents[0].netns
     )
@@ -51,12 +53,12 @@ async def tunnel_rtts(lab: BenchLab, count: int) -> list[float]:
     return samples
 
 
-async def path_walls(config: Path, count: int) -> tuple[list[float], list[float]]:
+async def path_walls(config: Path, count: int, relay_index: int = 0) -> tuple[list[float], list[float]]:
     """(one path, all paths of the relay) wall seconds of Prober.probe_relay in a warm process."""
     agent = load_config(config)
     inventory = load_inventory(agent.inventory.source)
     prober = Prober(agent, inventory, evidence=False)
-    relay = inventory.relays[0]
+    relay = inventory.relays[relay_index]
     one, full = [], []
     for n in range(count):
         started = time.perf_counter()
@@ -85,7 +87,13 @@ def main() -> None:
         cold = wall(probe_cmd, args.runs)
         rtts = asyncio.run(tunnel_rtts(lab, 200))
         one, full = asyncio.run(path_walls(config, 200))
+        # The lab's round trips are ~0.2 ms, so a path there is bound by its own CPU. A relay 10 ms away each way
+        # (the delay fault holds every packet leaving it) shows what bounds a path in the field.
+        fleet.set_faults(lab.lab_dir, lab.plan.relays[1].name, [Fault.parse("delay:10")])
+        far_rtts = asyncio.run(tunnel_rtts(lab, 30, relay_index=1))
+        far_one, _ = asyncio.run(path_walls(config, 30, relay_index=1))
     rtt = median(rtts)
+    far_rtt = median(far_rtts)
     report(
         "server",
         {
@@ -99,6 +107,10 @@ def main() -> None:
             "one_path_in_rtts": median(one) / rtt,
             "one_path_minus_2rtt_ms": (median(one) - 2 * rtt) * 1000,
             "all_paths_wall_ms_median": median(full) * 1000,
+            "far_relay_tunnel_rtt_ms_median": far_rtt * 1000,
+            "far_relay_one_path_wall_ms_median": median(far_one) * 1000,
+            "far_relay_one_path_in_rtts": median(far_one) / far_rtt,
+            "far_relay_one_path_minus_2rtt_ms": (median(far_one) - 2 * far_rtt) * 1000,
         },
     )
 

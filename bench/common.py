@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probe.lab import fleet
-from probe.lab.topology import LabPlan
+from probe.lab.topology import DEFAULT_IDENTITIES, LabPlan
 
 PREFIX = "wgb"
 
@@ -26,7 +26,7 @@ class BenchLab:
 
 
 @contextmanager
-def bench_lab(servers: int, identities: int = 4) -> Iterator[BenchLab]:
+def bench_lab(servers: int, identities: int = DEFAULT_IDENTITIES) -> Iterator[BenchLab]:
     if os.geteuid() != 0:
         sys.exit("benchmarks build a lab: run as root")
     with tempfile.TemporaryDirectory(prefix="wgprobe-bench-") as tmp:

@@ -20,7 +20,7 @@ class FaultKind(StrEnum):
     EGRESS = "egress"  # traffic leaves through NAT with a wrong public address
     DOWN = "down"  # the WireGuard process is gone
     LOSS = "loss"  # loss:PCT - PCT% of packets leaving the public interface dropped at random
-    DELAY = "delay"  # delay:MS - packets leaving the public interface held MS milliseconds
+    DELAY = "delay"  # delay:MS - packets arriving on the public interface held MS milliseconds
     MTU = "mtu"  # large forwarded packets dropped
     V6NAT = "v6nat"  # IPv6 masquerade missing, IPv4 fine
 

@@ -16,6 +16,7 @@ from probe.lab.faults import MTU_FAULT_LIMIT, Fault, FaultKind
 from probe.lab.topology import PORT_RANGES, TUNNEL_V4_NET, TUNNEL_V6_NET, WG_PORT, RelayPlan
 
 TABLE = "wgprobe_lab"
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 PUBLIC_IF = "eth0"
 
 
@@ -59,6 +60,9 @@ def render_ruleset(relay: RelayPlan, faults: Iterable[Fault]) -> str:
     if loss is not None:
         # numgen's range is 0-99, so 100% is a plain drop rather than "< 100" (which nft refuses).
         chance = "" if loss.arg == 100 else f" numgen random mod 100 < {loss.arg}"
+        # Neighbour discovery is spared: the loss models lossy transit, and a relay's link to its own router is
+        # not where that happens. Losing NS/NA would stall IPv6 for the kernel's 1 s retransmit timer instead.
+        egress_filter.append(f'oifname "{PUBLIC_IF}" icmpv6 type {{ {ND_TYPES} }} accept')
         egress_filter.append(f'oifname "{PUBLIC_IF}"{chance} drop')
 
     return "\n".join(
@@ -87,13 +91,17 @@ def delete_ruleset() -> str:
 
 
 def delay_rules(queue: int, *, add: bool) -> list[list[str]]:
-    """iptables/ip6tables commands that send every packet leaving the public link to NFQUEUE `queue`.
+    """iptables/ip6tables commands that send every packet arriving on the public link to NFQUEUE `queue`.
 
+    Held in the raw table, before connection tracking sees the packet: queued after conntrack (in postrouting),
+    several packets of one new flow would sit unconfirmed at once and all but the first be dropped as clashes on
+    reinjection, turning "delay" into "delay plus loss". A round trip through the relay's NAT crosses the link
+    inbound twice (agent to relay, target to relay), so it grows by twice the delay, as with a delay outbound.
     `--queue-bypass` lets packets through if the holder process is gone, so a crashed holder degrades to "no delay"
     rather than "relay dead" (that would be a different fault).
     """
     action = "-A" if add else "-D"
-    rule = ["-t", "mangle", action, "POSTROUTING", "-o", PUBLIC_IF, "-j", "NFQUEUE"]
+    rule = ["-t", "raw", action, "PREROUTING", "-i", PUBLIC_IF, "-j", "NFQUEUE"]
     rule += ["--queue-num", str(queue), "--queue-bypass"]
     return [["iptables", *rule], ["ip6tables", *rule]]
 

@@ -1,8 +1,8 @@
 """The `delay:MS` fault's packet holder: a minimal NFQUEUE client on a raw netlink socket.
 
 This kernel has no netem (CONFIG_NET_SCH_NETEM is off), so `tc qdisc ... netem delay` is not available. It does have
-nfnetlink_queue and the xtables NFQUEUE target: iptables sends every packet leaving the relay's public link to a
-queue, and this process gives each one its ACCEPT verdict MS milliseconds after it arrived. Verdicts may be issued
+nfnetlink_queue and the xtables NFQUEUE target: iptables sends every packet arriving on the relay's public link to
+a queue, and this process gives each one its ACCEPT verdict MS milliseconds after it arrived. Verdicts may be issued
 in any order, but with one fixed delay a FIFO is enough. Only packet metadata is copied to userspace
 (NFQNL_COPY_META), so the holder costs little whatever the packet size.
 

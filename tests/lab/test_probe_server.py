@@ -126,9 +126,15 @@ def test_ports_fault_fails_only_the_extended_range_paths(healed: Lab, prober: tu
     assert result.reason is Reason.port_unreachable
 
 
-def test_loss_still_passes_with_the_loss_reported(healed: Lab, prober: tuple[Prober, Inventory]) -> None:
+def test_loss_still_passes_with_the_loss_reported(healed: Lab) -> None:
+    # Default stage timeouts, and attempts enough that a lost response (20% each) cannot fail the handshake by
+    # chance: 0.2**5 per path.
+    config_path = healed.lab_dir / "agent-loss.toml"
+    config_path.write_text((healed.lab_dir / "agent.toml").read_text() + "\n[probe]\nhandshake_attempts = 5\n")
+    config = load_config(config_path)
+    inventory = load_inventory(config.inventory.source)
     breaks(healed, 3, "loss:20")
-    result = probe(prober, 3, only_port=51820)
+    result = probe((Prober(config, inventory), inventory), 3, only_port=51820)
     assert result.ok, failures(result)
     losses = [s.loss for p in result.paths for s in p.stages if s.name is not StageName.handshake]
     assert any(loss > 0 for loss in losses), "20% loss each way must show in the measured loss"

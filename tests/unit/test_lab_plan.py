@@ -215,6 +215,10 @@ def _chains(ruleset: str) -> dict[str, list[str]]:
     return chains
 
 
+# Loss spares neighbour discovery (see firewall.py), so the lossy rule always follows this one.
+ND_SPARED = (
+    'oifname "eth0" icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept'
+)
 HEALTHY = _chains(render_ruleset(RELAY, []))
 
 
@@ -256,8 +260,8 @@ def test_a_healthy_relay_redirects_every_extended_port_and_masquerades_both_fami
         ),
         ("drop", {"forward_filter": ['iifname "wgpr250" drop']}),
         ("mtu", {"forward_filter": ['iifname "wgpr250" meta length > 1200 drop']}),
-        ("loss:20", {"public_egress": ['oifname "eth0" numgen random mod 100 < 20 drop']}),
-        ("loss:75", {"public_egress": ['oifname "eth0" numgen random mod 100 < 75 drop']}),
+        ("loss:20", {"public_egress": [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 20 drop']}),
+        ("loss:75", {"public_egress": [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 75 drop']}),
         ("forward", {}),  # sysctl, see needs_forwarding
         ("down", {}),  # the process is stopped
         ("delay:150", {}),  # iptables NFQUEUE, see delay_rules
@@ -274,7 +278,7 @@ def test_faults_combine() -> None:
     assert chains["entry_ports"] == []
     assert chains["source_nat"] == [V4_MASQ]
     assert chains["forward_filter"] == ['iifname "wgpr250" meta length > 1200 drop']
-    assert chains["public_egress"] == ['oifname "eth0" numgen random mod 100 < 5 drop']
+    assert chains["public_egress"] == [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 5 drop']
     assert not needs_forwarding(faults)
 
 
@@ -285,7 +289,9 @@ def test_delay_rules_are_removed_by_their_mirror_image() -> None:
     for cmd in added:
         # --queue-bypass: a dead holder process means "no delay", not a second, unrelated fault.
         assert cmd[-3:] == ["--queue-num", "3", "--queue-bypass"]
-        assert cmd[cmd.index("-o") + 1] == "eth0"
+        # arriving on the public link, held in raw before conntrack (see firewall.delay_rules)
+        assert cmd[cmd.index("-i") + 1] == "eth0"
+        assert cmd[cmd.index("-t") + 1] == "raw" and "PREROUTING" in cmd
 
 
 ALL_FAULTS = ["ports", "nat", "v6nat", "egress", "drop", "mtu", "loss:20", "forward", "down", "delay:150"]
