@@ -47,19 +47,26 @@ assert COOKIE_REPLY.size == COOKIE_REPLY_SIZE
 assert TRANSPORT_HEADER.size == TRANSPORT_HEADER_SIZE
 
 
+# Field names per message class, looked up once: dataclasses.fields() per message cost as much as hashing it.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _check_fields(message: object, sizes: dict[str, int]) -> None:
     """Reject wrong field lengths and out-of-range integers now: `struct` would pad or truncate them."""
-    for field in fields(message):  # type: ignore[arg-type]
-        value = getattr(message, field.name)
-        name = f"{type(message).__name__}.{field.name}"
-        limit = _INTEGER_LIMITS.get(field.name)
+    cls = type(message)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(message))  # type: ignore[arg-type]
+    for field_name in names:
+        value = getattr(message, field_name)
+        limit = _INTEGER_LIMITS.get(field_name)
         if limit is not None:
             if not isinstance(value, int) or not 0 <= value <= limit:
-                raise MessageError(f"{name} must be an integer in [0, {limit}]")
+                raise MessageError(f"{cls.__name__}.{field_name} must be an integer in [0, {limit}]")
         elif not isinstance(value, bytes):
-            raise MessageError(f"{name} must be bytes")
-        elif field.name in sizes and len(value) != sizes[field.name]:
-            raise MessageError(f"{name} must be {sizes[field.name]} bytes, got {len(value)}")
+            raise MessageError(f"{cls.__name__}.{field_name} must be bytes")
+        elif field_name in sizes and len(value) != sizes[field_name]:
+            raise MessageError(f"{cls.__name__}.{field_name} must be {sizes[field_name]} bytes, got {len(value)}")
 
 
 def _check_length(data: bytes, expected: int, name: str) -> None:
