@@ -200,3 +200,26 @@ def test_failed_probe_saves_evidence_readable_by_scapy_and_tshark(healed: Lab, f
     assert len(packets) >= 3, "the echo requests sent into the tunnel (and the gateway's replies)"
     shown = subprocess.run(["tshark", "-n", "-r", str(pcap)], capture_output=True, text=True, check=True).stdout
     assert "Echo (ping) request" in shown and str(healed.plan.outside_ipv4) in shown
+
+
+def test_sweep_groups_failures_and_prints_one_json_line_per_relay(healed: Lab, fast_config: Path) -> None:
+    breaks(healed, 2, "nat")
+    breaks(healed, 3, "ports")
+    done = probe_cli("sweep", "--config", str(fast_config), "--json")
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    by_server = {doc["server"]: doc for doc in lines}
+    assert sorted(by_server) == [r.name for r in healed.plan.relays]
+    assert by_server["se-got-wg-001"]["ok"] is True
+    assert by_server["se-got-wg-002"]["reason"] == "forward_timeout"
+    assert by_server["se-got-wg-003"]["reason"] == "port_unreachable"
+
+    table = probe_cli("sweep", "--config", str(fast_config))
+    assert table.returncode == 1
+    assert "4 relays probed, 2 failing" in table.stdout
+    assert "forward_timeout" in table.stdout and "port_unreachable" in table.stdout
+    # the lab's providers cycle 31173, M247, M247, ...: both failing relays are M247's, which the table shows
+    assert "provider=M247" in table.stdout
+
+    healthy = probe_cli("servers", "--config", str(fast_config), "--json")
+    assert [json.loads(line)["name"] for line in healthy.stdout.splitlines()] == [r.name for r in healed.plan.relays]
