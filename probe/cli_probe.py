@@ -13,10 +13,12 @@ import typer
 from probe.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from probe.config import AgentConfig
-    from probe.inventory import Inventory
+    from probe.inventory import Inventory, Relay
     from probe.results import ServerResult
 
 ConfigOption = Annotated[
@@ -77,27 +79,27 @@ def sweep(
     results: list[ServerResult] = []
     base = rotation_now()
 
-    async def run_round(number: int, advance: object) -> None:
+    async def run_rounds(advance: Callable[[], None]) -> None:
+        # One event loop for every round: the prober's per-key locks belong to the loop they were made in.
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(relay_index: int) -> None:
+        async def one(relay: Relay, number: int) -> None:
             async with gate:
-                relay = inventory.relays[relay_index]
                 result = await prober.probe_relay(relay, rotation=base + number)
             results.append(result)
             if json_out:
                 print(result.model_dump_json(), flush=True)
-            advance()  # type: ignore[operator]
+            advance()
 
-        await asyncio.gather(*(one(i) for i in range(len(inventory.relays))))
+        for number in range(rounds):
+            await asyncio.gather(*(one(relay, number) for relay in inventory.relays))
 
     from rich.console import Console
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("probing", total=rounds * len(inventory.relays))
-        for number in range(rounds):
-            asyncio.run(run_round(number, lambda: progress.advance(task)))
+        asyncio.run(run_rounds(lambda: progress.advance(task)))
     if not json_out:
         _print_sweep(results, inventory)
     raise typer.Exit(0 if all(r.ok for r in results) else 1)

@@ -237,10 +237,13 @@ class Tunnel:
         deadline = time.monotonic() + timeout
         buffer = self.flow.buffer
         while True:
-            if not buffer and not await self.flow.wait(deadline - time.monotonic()):
-                return None
             if not buffer:
-                continue  # an ICMP unreachable after the handshake: nothing to decrypt, keep waiting
+                # An ICMP unreachable after the handshake (the relay's port closed mid-probe) carries nothing to
+                # decrypt: consume it and keep waiting until the deadline, which then reports the silence.
+                self.flow.unreachable = False
+                if not await self.flow.wait(deadline - time.monotonic()):
+                    return None
+                continue
             packet = self._open(buffer.popleft())
             if packet is not None:
                 return packet

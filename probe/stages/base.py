@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from probe.inventory import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
-from probe.packets import IPPacket, PacketError, Verdict, parse_ip
+from probe.packets import IcmpError, IPPacket, Mismatch, PacketError, Verdict, parse_ip
 from probe.results import Reason, StageName, StageResult
 from probe.tunnel import Inbox, Record, Tunnel
 from probe.wireguard import CookieState, Identity, PublicKey
@@ -184,8 +184,10 @@ async def exchange(
             sequence, verdict = judge(packet)
             if verdict.ok and sequence in outcome.sent and sequence not in outcome.answered:
                 outcome.answered[sequence] = at - outcome.sent[sequence]
-            elif verdict.icmp_error is not None:
+            elif verdict.mismatch is Mismatch.icmp_error:
                 outcome.errors.append(verdict)
+            elif verdict.mismatch is Mismatch.foreign_icmp_error:
+                continue  # an error about someone else's packet that merely shares our identifier or port
             elif not verdict.ok:
                 outcome.invalid.append(verdict)
     outcome.waited = time.perf_counter() - started
@@ -198,17 +200,21 @@ def stage_result(
     ctx: PathContext,
     *,
     timeout_reason: Reason,
-    error_reason: Reason,
+    error_reason: Reason | Callable[[IcmpError], Reason],
     detail: str | None = None,
 ) -> StageResult:
-    """Judge an exchange: errors first (a definite answer), then invalid replies, then too few answers."""
+    """Judge an exchange: errors first (a definite answer), then invalid replies, then too few answers.
+
+    `error_reason` may depend on the ICMP error (the mtu stage tells "too big" from "unreachable").
+    """
     sent, received, loss = outcome.loss(time.perf_counter())
     rtt = outcome.median_rtt
     reason: Reason | None = None
     if outcome.errors:
-        reason = error_reason
         err = outcome.errors[0]
-        kind = err.icmp_error.kind if err.icmp_error else "error"
+        icmp = err.icmp_error
+        reason = error_reason if isinstance(error_reason, Reason) else error_reason(icmp)  # type: ignore[arg-type]
+        kind = icmp.kind if icmp else "error"
         src = _address(err.source)
         detail = detail or f"ICMP {kind} from {src}"
     elif outcome.invalid:

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv6Address
 from probe.packets import (
     PROTO_ICMP,
     PROTO_ICMPV6,
+    Echo,
     IcmpError,
     IPPacket,
     PacketError,
@@ -16,6 +17,7 @@ from probe.packets import (
     build_icmp_echo,
     icmp_identifiers,
     parse_icmp,
+    parse_ip,
     verify_echo_reply,
 )
 from probe.results import Reason, StageName, StageResult
@@ -47,7 +49,7 @@ async def echo_stage(
     target: IPv4Address | IPv6Address,
     *,
     timeout_reason: Reason,
-    error_reason: Reason,
+    error_reason: Reason | Callable[[IcmpError], Reason],
     size: int = 0,
 ) -> StageResult:
     """Echo `target` until enough answers; `size` pads the whole IP packet to that many bytes (DF set on IPv4)."""
@@ -65,7 +67,7 @@ async def echo_stage(
         return build_icmp_echo(src, target, identifier, seq, payloads[seq], df=size > 0)
 
     def judge(packet: bytes) -> tuple[int | None, Verdict]:
-        seq = int.from_bytes(packet[_seq_offset(packet) : _seq_offset(packet) + 2], "big")
+        seq = _sequence(packet)
         verdict = verify_echo_reply(
             packet,
             expect_src=target,
@@ -74,9 +76,6 @@ async def echo_stage(
             sequence=seq,
             payload=payloads.get(seq, b""),
         )
-        error = verdict.icmp_error
-        if error is not None:
-            return error.quoted.sequence, verdict
         return seq, verdict
 
     inbox = ctx.demux.claim(claim_echo(identifier))
@@ -87,7 +86,12 @@ async def echo_stage(
     return stage_result(name, outcome, ctx, timeout_reason=timeout_reason, error_reason=error_reason)
 
 
-def _seq_offset(packet: bytes) -> int:
-    # IPv4 header length from IHL; IPv6 fixed 40 (extension headers make the sequence wrong: verify catches it).
-    header = (packet[0] & 0x0F) * 4 if packet and packet[0] >> 4 == 4 else 40
-    return header + 6
+def _sequence(packet: bytes) -> int:
+    """The echo sequence a packet answers: its own, or for an ICMP error the quoted request's (-1: unknown)."""
+    try:
+        message = parse_icmp(parse_ip(packet))
+    except PacketError:
+        return -1
+    if isinstance(message, IcmpError):
+        return message.quoted.sequence if message.quoted.sequence is not None else -1
+    return message.sequence if isinstance(message, Echo) else -1

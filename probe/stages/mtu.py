@@ -3,6 +3,7 @@ packets; customers then see stalled downloads. A black hole (timeout) and an exp
 
 from __future__ import annotations
 
+from probe.packets import IcmpError, IcmpErrorKind
 from probe.results import Reason, StageName, StageResult
 from probe.stages.base import PathContext
 from probe.stages.echo import echo_stage
@@ -10,6 +11,11 @@ from probe.stages.forward import applies as forward_applies
 from probe.stages.forward import target
 
 NAME = StageName.mtu
+
+
+def _error_reason(error: IcmpError) -> Reason:
+    # Only "packet too big" / "fragmentation needed" is about size; any other error is plain unreachability.
+    return Reason.mtu_too_big if error.kind is IcmpErrorKind.packet_too_big else Reason.forward_unreachable
 
 
 def applies(ctx: PathContext) -> bool:
@@ -24,6 +30,6 @@ async def run(ctx: PathContext) -> StageResult:
         NAME,
         dst,
         timeout_reason=Reason.mtu_blackhole,
-        error_reason=Reason.mtu_too_big,
+        error_reason=_error_reason,
         size=ctx.settings.mtu_probe_size,
     )
