@@ -22,6 +22,7 @@ app.add_typer(lab_app, name="lab")
 app.command()(cli_probe.server)
 app.command()(cli_probe.sweep)
 app.command()(cli_probe.servers)
+app.command()(cli_probe.dissect)
 
 EXIT_USAGE = 2
 

@@ -130,6 +130,24 @@ def servers(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     _console().print(table)
 
 
+def dissect(
+    pcaps: Annotated[list[Path], typer.Argument(help="Evidence pcap files written by a failed probe.")],
+) -> None:
+    """Show the inner packets of evidence pcaps, dissected by scapy (slow to start: for people, not pipelines)."""
+    from datetime import UTC, datetime
+
+    from probe.packets import dissect as dissect_packet
+    from probe.packets import read_pcap
+
+    for path in pcaps:
+        records = read_pcap(path)
+        print(f"== {path}: {len(records)} packet(s)")
+        for n, (at, packet) in enumerate(records, start=1):
+            stamp = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")
+            print(f"-- #{n} {stamp}Z")
+            print(dissect_packet(packet))
+
+
 def _console() -> Console:
     from rich.console import Console
 

@@ -7,7 +7,7 @@ builders also accept `ipaddress` objects and strings.
 
 from probe.packets.checksum import internet_checksum
 from probe.packets.errors import ChecksumError, EvidenceError, IdsExhaustedError, PacketError
-from probe.packets.evidence import dissect, pcap_bytes, write_pcap
+from probe.packets.evidence import dissect, pcap_bytes, read_pcap, write_pcap
 from probe.packets.icmp import (
     Echo,
     IcmpError,
@@ -72,6 +72,7 @@ __all__ = [
     "parse_tcp",
     "parse_udp",
     "pcap_bytes",
+    "read_pcap",
     "source_ports",
     "verify_echo_reply",
     "verify_tcp_reply",

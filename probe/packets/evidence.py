@@ -61,3 +61,26 @@ def dissect(packet: bytes) -> str:
         return f"{parsed.summary()}\n{parsed.show(dump=True)}".rstrip()
     except Exception as exc:  # scapy is lenient, but a dissector bug must not hide the evidence
         return f"undecodable IPv{version} packet ({len(packet)} bytes, {exc!r}): {packet.hex()}"
+
+
+def read_pcap(path: str | Path) -> list[tuple[float, bytes]]:
+    """The (unix timestamp, raw IP packet) records of a pcap written by `write_pcap` (microsecond, LINKTYPE_RAW)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise EvidenceError(f"cannot read pcap {path}: {exc.strerror or exc}") from exc
+    if len(data) < _FILE_HEADER.size:
+        raise EvidenceError(f"{path}: too short for a pcap file")
+    magic, _major, _minor, _zone, _sigfigs, _snaplen, linktype = _FILE_HEADER.unpack_from(data)
+    if magic != _PCAP_MAGIC or linktype != LINKTYPE_RAW:
+        raise EvidenceError(f"{path}: not a raw-IP pcap as wgprobe writes (magic {magic:#x}, link type {linktype})")
+    records = []
+    offset = _FILE_HEADER.size
+    while offset + _RECORD_HEADER.size <= len(data):
+        seconds, micros, captured, _length = _RECORD_HEADER.unpack_from(data, offset)
+        offset += _RECORD_HEADER.size
+        if offset + captured > len(data):
+            raise EvidenceError(f"{path}: truncated record at byte {offset}")
+        records.append((seconds + micros / 1_000_000, data[offset : offset + captured]))
+        offset += captured
+    return records

@@ -200,6 +200,9 @@ def test_failed_probe_saves_evidence_readable_by_scapy_and_tshark(healed: Lab, f
     assert len(packets) >= 3, "the echo requests sent into the tunnel (and the gateway's replies)"
     shown = subprocess.run(["tshark", "-n", "-r", str(pcap)], capture_output=True, text=True, check=True).stdout
     assert "Echo (ping) request" in shown and str(healed.plan.outside_ipv4) in shown
+    dissected = probe_cli("dissect", str(pcap))
+    assert dissected.returncode == 0, dissected.stderr
+    assert "echo-request" in dissected.stdout and f"dst       = {healed.plan.outside_ipv4}" in dissected.stdout
 
 
 def test_sweep_groups_failures_and_prints_one_json_line_per_relay(healed: Lab, fast_config: Path) -> None:
