@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from bench.common import BenchLab, bench_lab, median, report
 from probe.lab.osclient import OsClient
 from probe.packets import build_icmp_echo, verify_echo_reply
-from probe.tunnel import InitiationPacer, Tunnel
+from probe.tunnel import INITIATION_SPACING, InitiationPacer, Tunnel
 from probe.wireguard import Identity, PrivateKey, PublicKey
 
 
@@ -60,6 +60,33 @@ async def userspace_probes(lab: BenchLab, count: int) -> tuple[list[float], list
             cpu.append(c1 - c0)
             wall.append(w1 - w0)
     return cpu, wall
+
+
+async def concurrent_probes(lab: BenchLab, batches: int) -> list[float]:
+    """CPU per probe in a busy agent: one probe per key and relay in flight at once (24 here), CPU of each batch
+    divided by its probes; one sample per batch."""
+    keys = identities(lab)
+    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
+    ns = lab.plan.agents[0].netns
+    target = lab.plan.outside_ipv4
+    pacer = InitiationPacer()
+    payload = b"wgprobe-bench-02"
+
+    async def one(n: int, ident: Identity, src: IPv4Address, relay_key: PublicKey, entry: IPv4Address) -> None:
+        tunnel = await Tunnel.open(ident, relay_key, entry, 51820, netns=ns, pacer=pacer)
+        tunnel.send(build_icmp_echo(src, target, 5000 + n, 1, payload))
+        reply = await tunnel.recv(1.0)
+        tunnel.close()
+        assert reply is not None
+
+    samples = []
+    pairs = [(i, s, k, e) for i, s in keys for k, e in relays]
+    for _ in range(batches + 2):  # the first two warm up
+        await asyncio.sleep(INITIATION_SPACING)  # every key/relay pair is due again: nothing waits for its turn
+        c0 = time.process_time()
+        await asyncio.gather(*(one(n, *pair) for n, pair in enumerate(pairs)))
+        samples.append((time.process_time() - c0) / len(pairs))
+    return samples[2:]
 
 
 def crypto_floor(count: int) -> float:
@@ -127,6 +154,7 @@ def main() -> None:
         before = resource.getrusage(resource.RUSAGE_SELF)
         user_cpu, user_wall = asyncio.run(userspace_probes(lab, args.probes))
         after = resource.getrusage(resource.RUSAGE_SELF)
+        busy = asyncio.run(concurrent_probes(lab, 50))
         floor = crypto_floor(args.probes)
         os_cpu, os_wall = os_path_probes(lab, args.os_probes)
         handshakes, elapsed = asyncio.run(handshake_rate(lab, 5.0))
@@ -141,6 +169,8 @@ def main() -> None:
             # packet to the relay's namespace stack (netfilter, NAT, socket wake-up) in the sender's context.
             "userspace_user_share_of_cpu": (after.ru_utime - before.ru_utime)
             / ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)),
+            "busy_agent_cpu_ms_per_probe_median": median(busy) * 1000,
+            "busy_agent_batches_x_probes": f"{len(busy)} x {len(lab.plan.agents[0].identities) * len(lab.plan.relays)}",
             "x25519_x4_cpu_ms_median": floor * 1000,
             "probe_cpu_over_crypto_floor": u_cpu / floor,
             "os_path_probes": len(os_cpu),
