@@ -154,7 +154,7 @@ def main() -> None:
         before = resource.getrusage(resource.RUSAGE_SELF)
         user_cpu, user_wall = asyncio.run(userspace_probes(lab, args.probes))
         after = resource.getrusage(resource.RUSAGE_SELF)
-        busy = asyncio.run(concurrent_probes(lab, 50))
+        busy = asyncio.run(concurrent_probes(lab, 200))
         floor = crypto_floor(args.probes)
         os_cpu, os_wall = os_path_probes(lab, args.os_probes)
         handshakes, elapsed = asyncio.run(handshake_rate(lab, 5.0))
