@@ -10,9 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iproute2: netns;
+# wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iptables: the NFQUEUE
+# target of the delay fault (this kernel has no nft queue); iproute2: netns;
 # tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers.
-pkgs=(wireguard-go wireguard-tools nftables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping)
+pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
