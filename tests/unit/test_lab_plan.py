@@ -35,7 +35,8 @@ from probe.lab.state import STATE_FILE, LabState, RelayState, load_state, save_s
 from probe.lab.topology import PORT_RANGES, TUNNEL_V4_GATEWAY, TUNNEL_V6_GATEWAY, plan_lab
 from probe.reflector import parse_listen
 
-FIXTURE = Path("/work/shared/fixtures/mullvad-app-relays-sample.json")
+# The repository keeps its own copy of the shared fixture, so CI does not depend on where shared/ is laid.
+FIXTURE = Path(__file__).parent.parent / "data" / "inventory" / "mullvad-app-relays-sample.json"
 IFNAMSIZ = 16  # including the terminating NUL: an interface name is at most 15 bytes
 BENCHMARK_V4 = IPv4Network("198.18.0.0/15")
 LAB_V6 = IPv6Network("fd77:7770::/64")
