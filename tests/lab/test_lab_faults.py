@@ -11,6 +11,7 @@ from probe.lab import fleet, netns
 from probe.lab.faults import Fault
 from probe.lab.osclient import OsClient
 from probe.lab.processes import is_running
+from probe.lab.state import load_state
 
 from .conftest import Capture, Lab
 
@@ -144,7 +145,7 @@ def test_delay_fault_holds_packets_on_the_public_link(healed: Lab) -> None:
 
 def test_down_fault_stops_wireguard_and_leaves_nothing(healed: Lab) -> None:
     relay = healed.relay(3)
-    before = fleet.load_state(healed.lab_dir).relays[relay.name].wg_pid
+    before = load_state(healed.lab_dir).relays[relay.name].wg_pid
     assert before is not None and is_running(before, "wireguard-go")
     breaks(healed, 3, "down")
     assert not is_running(before, "wireguard-go")

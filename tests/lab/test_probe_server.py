@@ -51,7 +51,7 @@ def breaks(lab: Lab, index: int, *faults: str) -> None:
 
 def failures(result: ServerResult) -> set[tuple[str, int, StageName, Reason | None]]:
     """(family, port, first failing stage, reason) of every failed path."""
-    out = set()
+    out: set[tuple[str, int, StageName, Reason | None]] = set()
     for path in result.paths:
         failed = path.failed_stage
         if failed is not None:

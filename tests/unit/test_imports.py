@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -26,13 +28,13 @@ def test_importing_the_library_starts_nothing_and_loads_nothing_heavy() -> None:
 
 
 def test_lab_refuses_to_run_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(LabError, match="needs root"):
         fleet.preflight()
 
 
 def test_lab_names_missing_tools(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(fleet.shutil, "which", lambda tool: None if tool == "wireguard-go" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "wireguard-go" else f"/usr/bin/{tool}")
     with pytest.raises(LabError, match=r"missing wireguard-go: install them with scripts/setup.sh"):
         fleet.preflight()
