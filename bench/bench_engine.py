@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import socket
 import time
 from ipaddress import IPv4Address
 
@@ -19,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from bench.common import BenchLab, bench_lab, median, report
 from probe.lab.osclient import OsClient
 from probe.packets import build_icmp_echo, verify_echo_reply
-from probe.tunnel import INITIATION_SPACING, InitiationPacer, Tunnel
-from probe.wireguard import Identity, PrivateKey, PublicKey
+from probe.sockets import udp_socket
+from probe.tunnel import INITIATION_SPACING, Flow, InitiationPacer, Tunnel
+from probe.wireguard import HandshakeAccepted, Identity, InitiatorHandshake, PrivateKey, PublicKey, Responder
 
 
 def identities(lab: BenchLab) -> list[tuple[Identity, IPv4Address]]:
@@ -87,6 +89,38 @@ async def concurrent_probes(lab: BenchLab, batches: int) -> list[float]:
         await asyncio.gather(*(one(n, *pair) for n, pair in enumerate(pairs)))
         samples.append((time.process_time() - c0) / len(pairs))
     return samples[2:]
+
+
+def handshake_work(count: int) -> float:
+    """Median CPU of the initiator's side of one handshake alone (initiation + response), in memory, against the
+    sans-I/O responder: the probe's protocol work with no socket or event loop."""
+    client, relay = Identity(PrivateKey.generate()), Identity(PrivateKey.generate())
+    responder = Responder(relay, {client.public_key: None})
+    samples = []
+    for _ in range(count):
+        handshake = InitiatorHandshake(client, relay.public_key)
+        c0 = time.process_time()
+        initiation = handshake.create_initiation(time.time())
+        c1 = time.process_time()
+        accepted = responder.consume_initiation(initiation, time.time())
+        assert isinstance(accepted, HandshakeAccepted)
+        c2 = time.process_time()
+        handshake.consume_response(accepted.response, time.time())
+        samples.append((c1 - c0) + (time.process_time() - c2))
+    return median(samples)
+
+
+async def flow_lifecycle(count: int) -> float:
+    """Median CPU of one flow's socket set-up and teardown (pooled socket, connect, loop registration, close)."""
+    loop = asyncio.get_running_loop()
+    samples = []
+    for _ in range(count):
+        c0 = time.process_time()
+        sock = udp_socket(socket.AF_INET)
+        sock.connect(("127.0.0.1", 9))  # a UDP connect sends nothing
+        Flow(loop, sock).close()
+        samples.append(time.process_time() - c0)
+    return median(samples)
 
 
 def crypto_floor(count: int) -> float:
@@ -156,6 +190,8 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_SELF)
         busy = asyncio.run(concurrent_probes(lab, 200))
         floor = crypto_floor(args.probes)
+        protocol = handshake_work(args.probes)
+        flow = asyncio.run(flow_lifecycle(args.probes))
         os_cpu, os_wall = os_path_probes(lab, args.os_probes)
         handshakes, elapsed = asyncio.run(handshake_rate(lab, 5.0))
     u_cpu, u_wall, o_cpu, o_wall = median(user_cpu), median(user_wall), median(os_cpu), median(os_wall)
@@ -172,6 +208,8 @@ def main() -> None:
             "busy_agent_cpu_ms_per_probe_median": median(busy) * 1000,
             "busy_agent_batches_x_probes": f"{len(busy)} x {len(lab.plan.agents[0].identities) * len(lab.plan.relays)}",
             "x25519_x4_cpu_ms_median": floor * 1000,
+            "handshake_alone_cpu_ms_median": protocol * 1000,
+            "flow_setup_teardown_cpu_ms_median": flow * 1000,
             "probe_cpu_over_crypto_floor": u_cpu / floor,
             "os_path_probes": len(os_cpu),
             "os_path_cpu_ms_median": o_cpu * 1000,

@@ -159,9 +159,10 @@ class Prober:
 
     async def probe_path(self, relay: Relay, spec: PathSpec, identity_index: int) -> PathResult:
         ident = self.config.identities[identity_index]
+        relay_key = PublicKey(relay.public_key_bytes)
         ctx = PathContext(
             relay_name=relay.name,
-            relay_key=PublicKey(relay.public_key_bytes),
+            relay_key=relay_key,
             entry=spec.entry,
             port=spec.port,
             identity=self.identities[identity_index],
@@ -170,9 +171,7 @@ class Prober:
             inner_v6=ident.ipv6,
             expected_egress=relay.egress_ipv4 if spec.entry.version == 4 else relay.egress_ipv6,
             settings=self.settings,
-            cookie_state=self._cookies.setdefault(
-                (identity_index, relay.name), CookieState(PublicKey(relay.public_key_bytes))
-            ),
+            cookie_state=self._cookies.setdefault((identity_index, relay.name), CookieState(relay_key)),
         )
         stages = await _run_stages(ctx)
         ok, reason = path_outcome(stages)

@@ -47,6 +47,7 @@ def udp_socket(family: socket.AddressFamily, netns: str | None = None) -> socket
         sock = socket.socket(family, socket.SOCK_DGRAM)
     else:
         with _lock:
+            _forget_if_replaced(netns)
             pool = _pools.setdefault((netns, family), [])
             if not pool:
                 pool.extend(_make_in(netns, family, POOL_BATCH))
@@ -67,6 +68,28 @@ def _make_in(netns: str, family: socket.AddressFamily, count: int) -> list[socke
         return [socket.socket(family, socket.SOCK_DGRAM) for _ in range(count)]
     finally:
         _setns(own)  # always come back, or this thread would keep probing from the wrong place
+
+
+def _forget_if_replaced(netns: str) -> None:
+    """Drop the cached handle and pooled sockets of `netns` if the name now points at another namespace.
+
+    A namespace deleted and made again under the same name (a rebuilt lab, a restarted VRF) is a new namespace:
+    a long-running prober must not keep entering, or probing from, the old one. One stat(2) per socket.
+    """
+    fd = _ns_fds.get(netns)
+    if fd is None:
+        return
+    try:
+        now = os.stat(NETNS_DIR / netns)
+    except OSError:
+        now = None
+    held = os.fstat(fd)
+    if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        return
+    os.close(_ns_fds.pop(netns))
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for stale in _pools.pop((netns, family), []):
+            stale.close()
 
 
 def _ns_fd(key: str, path: Path) -> int:

@@ -4,14 +4,10 @@ reads production: through the inventory and config loaders, with nothing lab-spe
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from probe.lab.topology import (
     PORT_RANGES,
@@ -20,6 +16,7 @@ from probe.lab.topology import (
     AgentPlan,
     LabPlan,
 )
+from probe.wireguard import PrivateKey
 
 
 def write_private_key(path: Path) -> str:
@@ -27,16 +24,14 @@ def write_private_key(path: Path) -> str:
     base64 public key. Existing keys are kept so a rebuilt lab keeps its identities."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        raw = base64.b64decode(path.read_text().strip())
-        key = X25519PrivateKey.from_private_bytes(raw)
+        key = PrivateKey.from_base64(path.read_text())
     else:
-        key = X25519PrivateKey.generate()
-        raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        key = PrivateKey.generate()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(base64.b64encode(raw).decode() + "\n")
+            handle.write(key.to_base64() + "\n")
     os.chmod(path, 0o600)
-    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return key.public_key().to_base64()
 
 
 # Hosting providers cycle as on Mullvad's list, so a sweep has a label to group failing relays by (the post-mortem's

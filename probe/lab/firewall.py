@@ -67,8 +67,7 @@ def render_ruleset(relay: RelayPlan, faults: Iterable[Fault]) -> str:
 
     return "\n".join(
         [
-            f"table inet {TABLE}",
-            f"delete table inet {TABLE}",
+            delete_ruleset(),
             f"table inet {TABLE} {{",
             _chain("entry_ports", "nat hook prerouting priority dstnat", pre),
             _chain("source_nat", "nat hook postrouting priority srcnat", post_nat),
@@ -87,7 +86,7 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
 
 def delete_ruleset() -> str:
     # `table X` first makes the delete succeed whether or not the table exists.
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+    return f"table inet {TABLE}\ndelete table inet {TABLE}"
 
 
 def delay_rules(queue: int, *, add: bool) -> list[list[str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,10 +80,3 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0, inte
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def command_ok(argv: list[str]) -> bool:
-    try:
-        return subprocess.run(argv, capture_output=True, timeout=5, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False

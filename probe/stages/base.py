@@ -149,8 +149,6 @@ async def exchange(
     inbox: Inbox[tuple[float, bytes]],
     build: Callable[[int], bytes],
     judge: Judge,
-    *,
-    stop_on_error: bool = True,
 ) -> Outcome:
     """Send probes built by `build(sequence)` until `packets` good answers or the stage timeout."""
     assert ctx.tunnel is not None
@@ -172,7 +170,7 @@ async def exchange(
     next_send = started + RESEND_INTERVAL
     while len(outcome.answered) < wanted:
         now = time.perf_counter()
-        if now >= deadline or (stop_on_error and outcome.errors):
+        if now >= deadline or outcome.errors:  # an ICMP error about our probe is a definite answer
             break
         if now >= next_send:
             send_one()
