@@ -4,6 +4,12 @@ Every boundary (netlink, subprocesses, sockets, files, the network) converts wha
 callers handle `WgProbeError` and nothing foreign escapes a stage or the CLI.
 """
 
+# Exit codes of every command, documented once here and in the README: they say who is at fault.
+EXIT_OK = 0  # every relay judged and every path ok
+EXIT_FAILED = 1  # a relay failed: the relay's fault
+EXIT_USAGE = 2  # usage or config error: the operator's to fix
+EXIT_UNJUDGED = 3  # could not judge: the inventory is unreachable, or the agent's own network is down
+
 
 class WgProbeError(Exception):
     """Base of every error wgprobe raises on purpose."""
@@ -15,3 +21,8 @@ class ConfigError(WgProbeError):
 
 class LabError(WgProbeError):
     """The lab could not be built, changed or torn down."""
+
+
+class UnavailableError(WgProbeError):
+    """Something wgprobe depends on outside the relays (the inventory source, the agent's own network) is
+    unreachable: nothing can be said about the relays, so the commands exit with EXIT_UNJUDGED, never "failed"."""

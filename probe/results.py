@@ -52,6 +52,8 @@ class Reason(StrEnum):
     egress_mismatch = "egress_mismatch"  # the reflector saw another address than the relay's expected egress
     mtu_blackhole = "mtu_blackhole"  # large packets vanish while small ones pass
     mtu_too_big = "mtu_too_big"  # a large DF packet drew "fragmentation needed / packet too big"
+    tunnel_unreachable = "tunnel_unreachable"  # the in-tunnel gateway's echo drew an ICMP error
+    egress_unreachable = "egress_unreachable"  # the reflector request drew an ICMP error (port closed, no route)
     internal_error = "internal_error"  # a bug in wgprobe: reported as a failed probe, never a crash
 
 
@@ -69,6 +71,13 @@ class StageResult(_Model):
     sent: int = 0
     received: int = 0
     detail: str | None = None  # one human line: what was seen (e.g. the egress address the reflector saw)
+    # False when an earlier stage this one depends on failed (tunnel or forward): the stage ran or not, but its
+    # outcome says nothing of its own, so `ok` is False, `reason` is None, and it counts as neither success nor
+    # failure. A relay whose NAT is broken shows `forward_timeout` alone, not egress and mtu failures beside it.
+    judged: bool = True
+    # Datagrams from the relay for this stage that did not authenticate or parse (forged, corrupted, truncated):
+    # for the handshake, answers that were not a valid response; afterwards, inner packets that did not parse.
+    rejected: int = 0
 
 
 class PathResult(_Model):
@@ -97,6 +106,8 @@ class ServerResult(_Model):
     paths: tuple[PathResult, ...]
     labels: dict[str, str] = Field(default_factory=dict)  # the relay's inventory labels (kernel, os, site...)
     evidence: str | None = None  # the JSON of this result, saved beside the pcaps when anything failed
+    # Why evidence could not be saved (directory not writable, disk full): the result itself is never lost for it.
+    evidence_error: str | None = None
 
 
 def path_outcome(stages: tuple[StageResult, ...]) -> tuple[bool, Reason | None]:
