@@ -89,6 +89,9 @@ class PathResult(_Model):
     entry: str  # the relay address probed
     identity: int = 0  # which of the agent's identities (keys) probed this path, 0-based
     evidence: str | None = None  # pcap of the inner packets, saved when the path failed
+    # Datagrams on this path no stage could take: transport messages that did not authenticate (forged,
+    # corrupted, replayed) and inner packets that neither parsed nor carried one of our identifiers.
+    rejected: int = 0
 
     @property
     def failed_stage(self) -> StageResult | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from probe.config import AgentConfig
 from probe.inventory import Inventory, Relay
 from probe.results import (
+    SCHEMA_VERSION,
     PathResult,
     Reason,
     ServerResult,
@@ -27,11 +28,17 @@ from probe.results import (
     path_outcome,
     worst_reason,
 )
-from probe.stages import POST_HANDSHAKE, handshake
-from probe.stages.base import Demux, PathContext, Settings, StageFn
+from probe.stages import REGISTRY, Registry
+from probe.stages.base import Exchange, PathContext, Settings
+from probe.stages.driver import drive
+from probe.tunnel import INITIATION_SPACING, Record
 from probe.wireguard import CookieState, Identity, PrivateKey, PublicKey
 
 _SPREAD = 7919  # a prime stride: successive rotations visit a range's ports in a scattered, non-repeating order
+# With the relay's round trip known from its last handshake, a lost initiation is sent again after this many round
+# trips: late enough that an answer still in flight is rare (see probe/wireguard/attempts.py), soon enough that
+# loss costs little.
+FIRST_GAP_RTTS = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,8 @@ def settings_from(config: AgentConfig, inventory: Inventory) -> Settings:
 
 
 class Prober:
-    """Agent-wide probing state: keys (with their monotonic timestamps), cookies, per-key-per-relay locks."""
+    """Agent-wide probing state: keys (with their monotonic timestamps), cookies, per-key-per-relay locks, and each
+    relay's last handshake round trip (it sets how soon a lost initiation is sent again)."""
 
     def __init__(self, config: AgentConfig, inventory: Inventory, *, evidence: bool = True) -> None:
         self.config = config
@@ -109,8 +117,10 @@ class Prober:
         self.settings = settings_from(config, inventory)
         self.identities = [Identity(PrivateKey(ident.private_key)) for ident in config.identities]
         self.evidence_dir: Path | None = config.probe.evidence_dir if evidence else None
+        self.registry = REGISTRY
         self._cookies: dict[tuple[int, str], CookieState] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self._rtt: dict[str, float] = {}
 
     async def probe_relay(
         self,
@@ -142,7 +152,8 @@ class Prober:
         await asyncio.gather(*(lane(i, work) for i, work in enumerate(lanes) if work))
         paths = tuple(done[n] for n in range(len(specs)))
         reason = worst_reason(paths)
-        result = ServerResult(
+        result = ServerResult.model_construct(
+            schema_version=SCHEMA_VERSION,
             server=relay.name,
             agent=self.config.agent.name,
             ok=reason is None and all(p.ok for p in paths),
@@ -151,11 +162,17 @@ class Prober:
             duration_seconds=round(time.perf_counter() - started, 6),
             paths=paths,
             labels=dict(relay.labels),
+            evidence=None,
+            evidence_error=None,
         )
         return self._save_result(result)
 
     def _lock(self, identity: int, relay: str) -> asyncio.Lock:
         return self._locks.setdefault((identity, relay), asyncio.Lock())
+
+    def _first_gap(self, relay: str) -> float | None:
+        rtt = self._rtt.get(relay)
+        return None if rtt is None else max(INITIATION_SPACING, FIRST_GAP_RTTS * rtt)
 
     async def probe_path(self, relay: Relay, spec: PathSpec, identity_index: int) -> PathResult:
         ident = self.config.identities[identity_index]
@@ -172,23 +189,29 @@ class Prober:
             expected_egress=relay.egress_ipv4 if spec.entry.version == 4 else relay.egress_ipv6,
             settings=self.settings,
             cookie_state=self._cookies.setdefault((identity_index, relay.name), CookieState(relay_key)),
+            record=Record() if self.evidence_dir is not None else None,
+            first_gap=self._first_gap(relay.name),
         )
-        stages = await _run_stages(ctx)
-        ok, reason = path_outcome(stages)
+        run = await run_stages(ctx, self.registry)
+        handshake = run.stages[0]
+        if handshake.ok:
+            self._rtt[relay.name] = handshake.seconds
+        ok, reason = path_outcome(run.stages)
         evidence = None if ok else self._save_pcap(relay.name, spec, ctx)
-        return PathResult(
+        return PathResult.model_construct(
             port=spec.port,
             family="ipv4" if spec.entry.version == 4 else "ipv6",
             ok=ok,
             reason=reason,
-            stages=stages,
+            stages=run.stages,
             entry=str(spec.entry),
             identity=identity_index,
             evidence=evidence,
+            rejected=run.rejected,
         )
 
     def _save_pcap(self, relay: str, spec: PathSpec, ctx: PathContext) -> str | None:
-        if self.evidence_dir is None:
+        if self.evidence_dir is None or ctx.record is None:
             return None
         from probe.evidence import save_path_pcap
 
@@ -202,31 +225,77 @@ class Prober:
         return save_result(self.evidence_dir, result)
 
 
-async def _run_stages(ctx: PathContext) -> tuple[StageResult, ...]:
-    stages: list[StageResult] = [await _guard(handshake.NAME, handshake.run, ctx)]
-    if not stages[0].ok or ctx.tunnel is None:
-        return tuple(stages)
-    ctx.demux = Demux(ctx.tunnel)
-    ctx.demux.start()
-    try:
-        runnable = [(name, fn) for name, applies, fn in POST_HANDSHAKE if applies(ctx)]
-        stages += await asyncio.gather(*(_guard(name, fn, ctx) for name, fn in runnable))
-    finally:
-        ctx.demux.stop()
-        ctx.tunnel.close()
-    return tuple(stages)
+@dataclass(frozen=True, slots=True)
+class StagesRun:
+    """What `run_stages` hands back: the stage results in order, and the datagrams of the path that could not be
+    attributed to any stage (transport messages that did not authenticate, inner packets with no identifier)."""
+
+    stages: tuple[StageResult, ...]
+    rejected: int = 0
 
 
-async def _guard(name: StageName, fn: StageFn, ctx: PathContext) -> StageResult:
-    """Run a stage; a bug in it becomes a failed stage with `internal_error`, never an escaped exception."""
+async def run_stages(ctx: PathContext, registry: Registry = REGISTRY) -> StagesRun:
+    """Run one path: the handshake, then every applicable stage of `registry` together over its tunnel, then the
+    verdicts, with stages whose prerequisite failed marked not judged. Never raises for a relay's behaviour or a
+    stage's bug: those become failed stages."""
     try:
-        return await fn(ctx)
+        first, tunnel = await registry.handshake(ctx)
     except Exception as exc:  # the point: no stage may take the runner down (tailscale prober does the same)
-        return StageResult(
-            name=name,
-            ok=False,
-            reason=Reason.internal_error,
-            seconds=0.0,
-            loss=1.0,
-            detail=f"{type(exc).__name__}: {exc}",
-        )
+        return StagesRun((crashed(StageName.handshake, exc),))
+    if tunnel is None:
+        return StagesRun((first,))
+    results: dict[StageName, StageResult] = {}
+    exchanges: list[Exchange] = []
+    try:
+        for stage in registry.stages:
+            if not stage.applies(ctx):
+                continue
+            try:
+                exchanges.append(stage.prepare(ctx))
+            except Exception as exc:
+                results[stage.name] = crashed(stage.name, exc)
+        demux = await drive(tunnel, exchanges, ctx.settings.timeout, ctx.clock)
+    finally:
+        tunnel.close()
+    for exchange in exchanges:
+        try:
+            results[exchange.name] = exchange.result()
+        except Exception as exc:
+            results[exchange.name] = crashed(exchange.name, exc)
+    ordered = [results[stage.name] for stage in registry.stages if stage.name in results]
+    rejected = tunnel.rejected + demux.unattributed
+    return StagesRun((first, *unjudged_after_failures(ordered, registry)), rejected)
+
+
+def unjudged_after_failures(stages: list[StageResult], registry: Registry) -> list[StageResult]:
+    """Mark a failed stage not judged when the stage it depends on failed: with the NAT broken, forward_timeout
+    is the finding, and egress and mtu timing out beside it are only its echo."""
+    after = {stage.name: stage.after for stage in registry.stages}
+    failed: set[StageName] = set()
+    out = []
+    for stage in stages:
+        prerequisite = after.get(stage.name)
+        if not stage.ok:
+            failed.add(stage.name)
+        if not stage.ok and prerequisite in failed:
+            detail = f"not judged: {prerequisite} failed"
+            out.append(stage.model_copy(update={"reason": None, "judged": False, "detail": detail}))
+        else:
+            out.append(stage)
+    return out
+
+
+def crashed(name: StageName, exc: BaseException) -> StageResult:
+    """A bug in wgprobe, reported as a failed stage with `internal_error`, never an escaped exception."""
+    return StageResult.model_construct(
+        name=name,
+        ok=False,
+        reason=Reason.internal_error,
+        seconds=0.0,
+        loss=1.0,
+        sent=0,
+        received=0,
+        detail=f"{type(exc).__name__}: {exc}",
+        judged=True,
+        rejected=0,
+    )

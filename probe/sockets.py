@@ -14,7 +14,7 @@ import socket
 import threading
 from pathlib import Path
 
-from probe.errors import ConfigError
+from probe.errors import ConfigError, WgProbeError
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -25,6 +25,23 @@ _libc: dict[str, ctypes.CDLL] = {}
 _ns_fds: dict[str, int] = {}
 _pools: dict[tuple[str, socket.AddressFamily], list[socket.socket]] = {}
 POOL_BATCH = 32
+
+
+class NamespaceUnavailable(WgProbeError):
+    """The namespace probes are sent from cannot be entered (deleted during a run, or no privilege)."""
+
+
+def require_namespace(netns: str) -> None:
+    """Before any probe: a configured namespace that does not exist or cannot be entered is a config error."""
+    try:
+        with _lock:
+            _forget_if_replaced(netns)
+            for family in (socket.AF_INET, socket.AF_INET6):
+                pool = _pools.setdefault((netns, family), [])
+                if not pool:
+                    pool.extend(_make_in(netns, family, POOL_BATCH))
+    except NamespaceUnavailable as exc:
+        raise ConfigError(f"agent.netns: {exc}") from None
 
 
 def _setns(fd: int) -> None:
@@ -63,7 +80,7 @@ def _make_in(netns: str, family: socket.AddressFamily, count: int) -> list[socke
     try:
         _setns(target)
     except OSError as exc:
-        raise ConfigError(f"cannot enter network namespace {netns!r}: {exc.strerror} (root needed)") from exc
+        raise NamespaceUnavailable(f"cannot enter network namespace {netns!r}: {exc.strerror} (root needed)") from None
     try:
         return [socket.socket(family, socket.SOCK_DGRAM) for _ in range(count)]
     finally:
@@ -98,6 +115,6 @@ def _ns_fd(key: str, path: Path) -> int:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ConfigError(f"network namespace {key!r} not found ({path}): {exc.strerror}") from exc
+            raise NamespaceUnavailable(f"network namespace {key!r} not found ({path}): {exc.strerror}") from None
         _ns_fds[key] = fd
     return fd

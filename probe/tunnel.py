@@ -1,10 +1,11 @@
 """The asyncio shell around the sans-I/O WireGuard core: one connected UDP socket per flow to one relay endpoint.
 
 The socket is *connected* so the kernel reports ICMP port-unreachable for it (as ConnectionRefusedError); an
-unconnected socket would see a closed port only as a timeout. The handshake is retried a bounded number of times,
-each initiation spaced past wireguard-go's per-key flood limit (it silently ignores a second initiation from the
-same key within 20 ms). Every datagram a relay sends is handled: anything that fails to parse, authenticate or
-match is counted in `rejected` and dropped, never raised into the caller.
+unconnected socket would see a closed port only as a timeout. Which initiation to send when, and which answer to
+keep, is decided by the sans-I/O `HandshakeAttempts` (probe/wireguard/attempts.py); this shell does the I/O and
+spaces one key's initiations to one relay past wireguard-go's 20 ms flood limit. Every datagram a relay sends is
+handled: anything that fails to parse, authenticate or match is counted in `rejected` and dropped, never raised
+into the caller. Time is read through an injected clock (`clock`, monotonic; `wall`, Unix time for TAI64N).
 """
 
 from __future__ import annotations
@@ -19,25 +20,28 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
 
 from probe.errors import WgProbeError
-from probe.sockets import udp_socket
-from probe.wireguard import (
-    CookieState,
-    Identity,
-    InitiatorHandshake,
-    ProtocolError,
-    PublicKey,
-    TransportSession,
-)
+from probe.sockets import NamespaceUnavailable, udp_socket
+from probe.wireguard import CookieState, Identity, ProtocolError, PublicKey, TransportSession
+from probe.wireguard.attempts import HandshakeAttempts, Schedule
 from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 
 # A little above the 20 ms limit: timer granularity on a loaded machine must not make us land just inside it.
 INITIATION_SPACING = HANDSHAKE_INITIATION_RATE + 0.005
 MAX_DATAGRAM = 65535
+# Evidence of one path is capped in memory too: a hostile relay can send authenticated packets as fast as the
+# link allows (one made a 99 MB capture from a single path in 0.3 s).
+RECORD_MAX_BYTES = 1024 * 1024
 T = TypeVar("T")
+Clock = Callable[[], float]
 
 
 class TunnelError(WgProbeError):
-    """The tunnel could not be established; the subclass says why."""
+    """The tunnel could not be established; the subclass says why. `attempts` holds what was sent and received
+    (initiations, responses, cookie replies, rejected datagrams) when the handshake got that far."""
+
+    def __init__(self, message: str, attempts: HandshakeAttempts | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class HandshakeTimeout(TunnelError):
@@ -52,22 +56,30 @@ class CookieFailed(TunnelError):
     """The relay answered with cookie replies but never accepted an initiation carrying the cookie."""
 
 
+class SocketError(TunnelError):
+    """The agent could not send at all: no route, network down, its namespace gone."""
+
+
 class InitiationPacer:
     """Spaces initiations per (local key, relay key) past the relay's flood limit, across all tunnels using it."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
         self._last: dict[tuple[bytes, bytes], float] = {}
         self._clock = clock
 
-    async def wait_turn(self, identity: Identity, relay: PublicKey) -> None:
+    def delay(self, identity: Identity, relay: PublicKey) -> float:
+        """Seconds until this key may send its next initiation to this relay; 0 means now (and takes the turn)."""
         key = (identity.public_key.raw, relay.raw)
-        while True:
-            now = self._clock()
-            due = self._last.get(key, -1e9) + INITIATION_SPACING
-            if now >= due:
-                self._last[key] = now
-                return
-            await asyncio.sleep(due - now)
+        now = self._clock()
+        due = self._last.get(key, -1e9) + INITIATION_SPACING
+        if now >= due:
+            self._last[key] = now
+            return 0.0
+        return due - now
+
+    async def wait_turn(self, identity: Identity, relay: PublicKey) -> None:
+        while (delay := self.delay(identity, relay)) > 0:
+            await asyncio.sleep(delay)
 
 
 DEFAULT_PACER = InitiationPacer()
@@ -113,7 +125,7 @@ class Flow:
     Leaner than an asyncio DatagramTransport + Queue: no transport object, no task or timeout context per receive.
     Creating and tearing those down per flow cost more CPU than the handshake's hashing (bench/bench_engine.py).
     An ICMP port unreachable for the flow surfaces as ECONNREFUSED on the next receive or send and is kept as
-    `unreachable`.
+    `unreachable`; any other error on send (no route, network down) is kept in `error` for the caller to report.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -121,6 +133,7 @@ class Flow:
         self.inbox: Inbox[bytes] = Inbox(loop)
         self.buffer = self.inbox.items
         self.unreachable = False
+        self.error: str | None = None
         # When set, datagrams go straight to this callback instead of the buffer (see Tunnel.listen).
         self.on_datagram: Callable[[bytes], None] | None = None
         loop.add_reader(sock.fileno(), self._readable)
@@ -152,10 +165,13 @@ class Flow:
             self.unreachable = True
         except (BlockingIOError, InterruptedError):
             pass  # socket buffer full: the datagram is lost, as it could be on the wire
+        except OSError as exc:  # ENETUNREACH, EHOSTUNREACH, ENETDOWN, EPERM (a firewall): the agent's own network
+            self.error = exc.strerror or str(exc)
+            self.inbox.wake()
 
     async def wait(self, timeout: float) -> bool:
-        """Until a datagram or an unreachable arrives (True) or `timeout` passes (False)."""
-        return await self.inbox.wait(timeout, lambda: bool(self.buffer) or self.unreachable)
+        """Until a datagram, an unreachable or a send error arrives (True) or `timeout` passes (False)."""
+        return await self.inbox.wait(timeout, lambda: bool(self.buffer) or self.unreachable or bool(self.error))
 
     def close(self) -> None:
         self.inbox.loop.remove_reader(self.sock.fileno())
@@ -169,12 +185,23 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 @dataclass
 class Record:
-    """Inner packets sent and received, with wall-clock times, for evidence (pcap) of a failed probe."""
+    """Inner packets sent and received, with wall-clock times, for evidence (pcap) of a failed probe.
+
+    Bounded: past `max_bytes` packets are counted in `dropped`, not kept.
+    """
 
     packets: list[tuple[float, str, bytes]] = field(default_factory=list)
+    max_bytes: int = RECORD_MAX_BYTES
+    size: int = 0
+    dropped: int = 0
+    wall: Clock = time.time
 
     def add(self, direction: str, packet: bytes) -> None:
-        self.packets.append((time.time(), direction, packet))
+        if self.size + len(packet) > self.max_bytes:
+            self.dropped += 1
+            return
+        self.size += len(packet)
+        self.packets.append((self.wall(), direction, packet))
 
 
 @dataclass
@@ -188,6 +215,8 @@ class Tunnel:
     cookies: int  # cookie replies taken before the relay accepted an initiation (it was under load)
     record: Record | None = None
     rejected: int = 0
+    attempts: HandshakeAttempts | None = None  # what the handshake sent and got, for the stage's report
+    clock: Clock = time.monotonic
 
     @classmethod
     async def open(
@@ -198,30 +227,49 @@ class Tunnel:
         port: int,
         *,
         timeout: float = 1.0,
-        attempts: int = 3,
+        attempts: int = 7,
+        first_gap: float | None = None,
         preshared_key: bytes | None = None,
         cookie_state: CookieState | None = None,
         pacer: InitiationPacer = DEFAULT_PACER,
         record: Record | None = None,
         netns: str | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
     ) -> Tunnel:
+        """Handshake with the relay: initiations retransmitted with backoff (`first_gap` after the first, growing
+        to `timeout`), at most `attempts` of them, until one is answered (see HandshakeAttempts)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        sock = udp_socket(family, netns)
+        try:
+            sock = udp_socket(family, netns)
+        except (OSError, NamespaceUnavailable) as exc:
+            raise SocketError(f"cannot open a UDP socket: {_reason(exc)}") from None
         try:
             sock.connect((str(address), port))
         except OSError as exc:
             sock.close()
-            raise TunnelError(f"cannot open UDP socket to {address}:{port}: {exc.strerror or exc}") from exc
+            raise SocketError(f"cannot open UDP socket to {address}:{port}: {_reason(exc)}") from None
         flow = Flow(loop, sock)
+        schedule = Schedule(
+            first_gap=min(timeout, 0.2 if first_gap is None else first_gap), max_gap=timeout, max_initiations=attempts
+        )
+        handshake = HandshakeAttempts(identity, relay_key, schedule, cookie_state, preshared_key)
         try:
-            session, seconds, sent, cookies = await _handshake(
-                flow, identity, relay_key, timeout, attempts, preshared_key, cookie_state, pacer
-            )
+            session = await _handshake(flow, handshake, pacer, clock, wall)
         except BaseException:
             flow.close()
             raise
-        return cls(flow, session, seconds, sent, cookies, record)
+        return cls(
+            flow,
+            session,
+            handshake.handshake_seconds(),
+            handshake.initiations,
+            handshake.cookies,
+            record,
+            attempts=handshake,
+            clock=clock,
+        )
 
     def send(self, packet: bytes) -> None:
         """Encrypt and send one inner IP packet."""
@@ -234,14 +282,16 @@ class Tunnel:
 
         Keepalives, unauthenticated, replayed and malformed datagrams are skipped and counted in `rejected`.
         """
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         buffer = self.flow.buffer
         while True:
             if not buffer:
                 # An ICMP unreachable after the handshake (the relay's port closed mid-probe) carries nothing to
                 # decrypt: consume it and keep waiting until the deadline, which then reports the silence.
                 self.flow.unreachable = False
-                if not await self.flow.wait(deadline - time.monotonic()):
+                if not await self.flow.wait(deadline - self.clock()):
+                    return None
+                if self.flow.error and not buffer:
                     return None
                 continue
             packet = self._open(buffer.popleft())
@@ -263,7 +313,7 @@ class Tunnel:
     def listen(self, callback: Callable[[bytes], None] | None) -> None:
         """Hand every authenticated inner packet to `callback` as it arrives (None: back to `recv`).
 
-        Used by the stages' demultiplexer: decrypting and dispatching in the socket's reader callback saves a
+        Used by the stages' driver: decrypting, judging and dispatching in the socket's reader callback saves a
         task wake-up per packet.
         """
         if callback is None:
@@ -283,38 +333,35 @@ class Tunnel:
         self.flow.close()
 
 
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
 async def _handshake(
-    flow: Flow,
-    identity: Identity,
-    relay_key: PublicKey,
-    timeout: float,
-    attempts: int,
-    preshared_key: bytes | None,
-    cookie_state: CookieState | None,
-    pacer: InitiationPacer,
-) -> tuple[TransportSession, float, int, int]:
-    handshake = InitiatorHandshake(identity, relay_key, preshared_key, cookie_state=cookie_state)
-    cookies = 0
-    sent = 0
-    # A cookie reply earns one immediate retry on top of the budget: it proves the relay is alive but loaded.
-    while sent < attempts + min(cookies, attempts):
-        await pacer.wait_turn(identity, relay_key)
-        flow.send(handshake.create_initiation(time.time()))
-        sent += 1
-        started = time.perf_counter()
-        deadline = time.monotonic() + timeout
-        while await flow.wait(deadline - time.monotonic()):
-            if flow.unreachable:
-                raise PortUnreachable("ICMP port unreachable: nothing listens on that port")
-            data = flow.buffer.popleft()
-            try:
-                session = handshake.receive(data, time.time())
-            except ProtocolError:
-                continue  # not for us, forged or stale: keep waiting for the real answer
-            if session is not None:
-                return session, time.perf_counter() - started, sent, cookies
-            cookies += 1
-            break  # cookie taken: the next initiation carries mac2
-    if cookies:
-        raise CookieFailed(f"relay sent {cookies} cookie repl(ies) but accepted no initiation in {sent} attempts")
-    raise HandshakeTimeout(f"no handshake response to {sent} initiation(s) within {timeout:g}s each")
+    flow: Flow, attempts: HandshakeAttempts, pacer: InitiationPacer, clock: Clock, wall: Clock
+) -> TransportSession:
+    """Drive `attempts` over `flow`: send what is due, feed what arrives, until it is finished."""
+    while not attempts.finished(now := clock()):
+        due = attempts.next_initiation_at()
+        if due is not None and now >= due:
+            await pacer.wait_turn(attempts.identity, attempts.relay_key)
+            flow.send(attempts.initiation(clock(), wall()))
+            if flow.error:
+                raise SocketError(f"cannot send to the relay: {flow.error}", attempts)
+            continue
+        await flow.wait(attempts.wake_at(now) - now)
+        if flow.unreachable:
+            raise PortUnreachable("ICMP port unreachable: nothing listens on that port", attempts)
+        while flow.buffer:
+            attempts.receive(flow.buffer.popleft(), clock(), wall())
+    session = attempts.session()
+    if session is not None:
+        return session
+    sent, rejected = attempts.initiations, attempts.rejected
+    noise = f"; {rejected} answer(s) did not authenticate" if rejected else ""
+    if attempts.cookies:
+        raise CookieFailed(
+            f"relay sent {attempts.cookies} cookie repl(ies) but accepted none of {sent} initiation(s){noise}",
+            attempts,
+        )
+    raise HandshakeTimeout(f"no valid handshake response to {sent} initiation(s){noise}", attempts)

@@ -10,6 +10,7 @@ from probe.packets.errors import ChecksumError, EvidenceError, IdsExhaustedError
 from probe.packets.evidence import dissect, pcap_bytes, read_pcap, write_pcap
 from probe.packets.icmp import (
     Echo,
+    EchoTemplate,
     IcmpError,
     IcmpErrorKind,
     IcmpOther,
@@ -33,7 +34,15 @@ from probe.packets.ip import (
 )
 from probe.packets.tcp import TcpFlags, TcpSegment, build_tcp_syn, parse_tcp
 from probe.packets.udp import Udp, build_udp, parse_udp
-from probe.packets.verify import Mismatch, Verdict, verify_echo_reply, verify_tcp_reply, verify_udp_reply
+from probe.packets.verify import (
+    Mismatch,
+    Verdict,
+    judge_echo_reply,
+    judge_udp_reply,
+    verify_echo_reply,
+    verify_tcp_reply,
+    verify_udp_reply,
+)
 
 __all__ = [
     "PROTO_ICMP",
@@ -43,6 +52,7 @@ __all__ = [
     "Address",
     "ChecksumError",
     "Echo",
+    "EchoTemplate",
     "EvidenceError",
     "IPPacket",
     "IcmpError",
@@ -65,6 +75,8 @@ __all__ = [
     "dissect",
     "icmp_identifiers",
     "internet_checksum",
+    "judge_echo_reply",
+    "judge_udp_reply",
     "packed",
     "parse_icmp",
     "parse_ip",

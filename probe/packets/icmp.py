@@ -25,6 +25,7 @@ from probe.packets.ip import (
     IPPacket,
     address_pair,
     build_ip,
+    next_ip_id,
 )
 
 ECHO_REQUEST_V4: Final = 8
@@ -255,3 +256,54 @@ def parse_quoted(data: bytes) -> Quoted:
     elif (version, proto, head[0]) in _QUOTED_ECHO_REQUEST:
         identifier, sequence = c, d
     return Quoted(version, src, dst, proto, ttl, sport, dport, identifier, sequence)
+
+
+class EchoTemplate:
+    """The echo requests of one probe: only the sequence number (and the IPv4 identification) changes from one to
+    the next, so everything else, checksum sums included, is computed once per probe rather than per packet.
+
+    The payload is `head` + the sequence (2 bytes) + `pad` zero bytes; `build(seq)` equals
+    `build_icmp_echo(src, dst, identifier, seq, payload(seq), df=df)` byte for byte (a test holds it).
+    """
+
+    __slots__ = ("_head", "_icmp_sum", "_ip_sum", "_pad", "_prefix", "dst", "identifier", "src", "version")
+
+    def __init__(self, src: Address, dst: Address, identifier: int, head: bytes, *, pad: int = 0, df: bool = False):
+        s, d = address_pair(src, dst)
+        if len(head) % 2:
+            raise PacketError("echo template head must be of even length (the sequence sits at an even offset)")
+        self.src, self.dst, self.identifier = s, d, identifier
+        self.version = 4 if len(s) == 4 else 6
+        self._head, self._pad = head, bytes(pad)
+        length = _ICMP_HEADER_LEN + len(head) + 2 + pad
+        icmp_type = ECHO_REQUEST_V4 if self.version == 4 else ECHO_REQUEST_V6
+        # The sequence is summed twice per packet (header field and payload word), in `build`.
+        self._icmp_sum = (icmp_type << 8) + identifier + word_sum(head)
+        if self.version == 6:
+            self._icmp_sum += pseudo_header_sum(s, d, PROTO_ICMPV6, length)
+            self._prefix = struct.pack("!IHBB", 0x60000000, length, PROTO_ICMPV6, 64) + s + d
+            self._ip_sum = 0
+        else:
+            total = IPV4_HEADER_LEN + length
+            flags = 0x4000 if df else 0
+            self._ip_sum = 0x4500 + total + flags + (64 << 8) + PROTO_ICMP + int.from_bytes(s + d, "big")
+            self._prefix = struct.pack("!BBHHHBB", 0x45, 0, total, 0, flags, 64, PROTO_ICMP)
+
+    def payload(self, seq: int) -> bytes:
+        return self._head + seq.to_bytes(2, "big") + self._pad
+
+    def build(self, seq: int) -> bytes:
+        icmp = _HEADER.pack(
+            ECHO_REQUEST_V4 if self.version == 4 else ECHO_REQUEST_V6,
+            0,
+            finish(self._icmp_sum + 2 * seq),
+            self.identifier,
+            seq,
+        )
+        tail = self._head + seq.to_bytes(2, "big") + self._pad
+        if self.version == 6:
+            return self._prefix + icmp + tail
+        ident = next_ip_id()
+        header = self._prefix[:4] + ident.to_bytes(2, "big") + self._prefix[6:]
+        checksum = finish(self._ip_sum + ident).to_bytes(2, "big")
+        return header + checksum + self.src + self.dst + icmp + tail

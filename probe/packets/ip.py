@@ -47,6 +47,11 @@ Address = bytes | str | IPv4Address | IPv6Address
 _next_ip_id = itertools.count(1).__next__
 
 
+def next_ip_id() -> int:
+    """The next IPv4 identification of this process."""
+    return _next_ip_id() & 0xFFFF
+
+
 @dataclass(frozen=True, slots=True)
 class IPPacket:
     """A parsed IPv4 or IPv6 packet, payload trimmed to the length the header gives."""
@@ -104,7 +109,7 @@ def build_ipv4(
 ) -> bytes:
     """An IPv4 packet with a correct header checksum (the relay's kernel silently drops a bad one)."""
     if ident is None:
-        ident = _next_ip_id() & 0xFFFF
+        ident = next_ip_id()
     total = IPV4_HEADER_LEN + len(payload)
     flags = _IPV4_DF if df else 0
     # The header checksum as a sum of the header's words, fields added as integers (see checksum.py).

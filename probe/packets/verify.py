@@ -85,30 +85,56 @@ def verify_echo_reply(
     packet: bytes, *, expect_src: Address, expect_dst: Address, identifier: int, sequence: int, payload: bytes
 ) -> Verdict:
     """Judge `packet` as the echo reply from `expect_src` (the target) to `expect_dst` (our own address)."""
-    src, dst = packed(expect_src), packed(expect_dst)
-    ip = _outer(packet, dst)
+    ip = _parsed(packet)
     if isinstance(ip, Verdict):
         return ip
+    _seq, verdict = judge_echo_reply(
+        ip,
+        src=packed(expect_src),
+        dst=packed(expect_dst),
+        identifier=identifier,
+        payload_for=lambda seq: payload if seq == sequence else None,
+    )
+    if verdict.ok and isinstance(verdict.reply, Echo) and verdict.reply.sequence != sequence:
+        return Verdict(Mismatch.wrong_sequence, verdict.ttl, verdict.source, verdict.reply)
+    return verdict
+
+
+def judge_echo_reply(
+    ip: IPPacket, *, src: bytes, dst: bytes, identifier: int, payload_for: Callable[[int], bytes | None]
+) -> tuple[int | None, Verdict]:
+    """(sequence, verdict) for an already parsed packet as the echo reply from `src` to `dst` (packed addresses).
+
+    `payload_for(sequence)` is the payload sent with that sequence number, or None for a sequence never sent. The
+    sequence returned is the reply's own, or for an ICMP error the quoted request's, so the caller can match it to
+    a probe; None when there is none.
+    """
+    outer = _check_outer(ip, dst)
+    if outer is not None:
+        return None, outer
     proto = PROTO_ICMP if ip.version == 4 else PROTO_ICMPV6
     if ip.proto != proto:
-        return Verdict(Mismatch.wrong_protocol, ip.ttl, ip.src, None)
+        return None, Verdict(Mismatch.wrong_protocol, ip.ttl, ip.src, None)
     message = _icmp(ip)
     if isinstance(message, Verdict):
-        return message
+        return None, message
     if isinstance(message, IcmpError):
-        return _judge_error(ip, message, src, dst, lambda q: q.identifier == identifier and q.sequence == sequence)
+        quoted = message.quoted
+        verdict = _judge_error(ip, message, src, dst, lambda q: q.identifier == identifier)
+        return quoted.sequence, verdict
     if not isinstance(message, Echo) or not message.is_reply or message.code != 0:
-        return Verdict(Mismatch.wrong_type, ip.ttl, ip.src, message)
+        return None, Verdict(Mismatch.wrong_type, ip.ttl, ip.src, message)
     mismatch = None
+    expected = payload_for(message.sequence)
     if ip.src != src:
         mismatch = Mismatch.wrong_source
     elif message.identifier != identifier:
         mismatch = Mismatch.wrong_identifier
-    elif message.sequence != sequence:
+    elif expected is None:
         mismatch = Mismatch.wrong_sequence
-    elif message.payload != payload:
+    elif message.payload != expected:
         mismatch = Mismatch.wrong_payload
-    return Verdict(mismatch, ip.ttl, ip.src, message)
+    return message.sequence, Verdict(mismatch, ip.ttl, ip.src, message)
 
 
 def verify_udp_reply(
@@ -125,12 +151,24 @@ def verify_udp_reply(
     payload check, for services whose answer differs from the question (DNS); an echo service's answer must
     match exactly.
     """
-    src, dst = packed(expect_src), packed(expect_dst)
-    ip = _outer(packet, dst)
+    ip = _parsed(packet)
     if isinstance(ip, Verdict):
         return ip
+    verdict = judge_udp_reply(
+        ip, src=packed(expect_src), dst=packed(expect_dst), their_port=expect_sport, our_port=expect_dport
+    )
+    if verdict.ok and payload is not None and isinstance(verdict.reply, Udp) and verdict.reply.payload != payload:
+        return Verdict(Mismatch.wrong_payload, verdict.ttl, verdict.source, verdict.reply)
+    return verdict
+
+
+def judge_udp_reply(ip: IPPacket, *, src: bytes, dst: bytes, their_port: int, our_port: int) -> Verdict:
+    """Judge an already parsed packet as the UDP answer from `src`:`their_port` to `dst`:`our_port`."""
+    outer = _check_outer(ip, dst)
+    if outer is not None:
+        return outer
     if ip.proto != PROTO_UDP:
-        return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_UDP, our_port=expect_dport, their_port=expect_sport)
+        return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_UDP, our_port=our_port, their_port=their_port)
     try:
         udp = parse_udp(ip)
     except ChecksumError:
@@ -140,10 +178,8 @@ def verify_udp_reply(
     mismatch = None
     if ip.src != src:
         mismatch = Mismatch.wrong_source
-    elif udp.sport != expect_sport or udp.dport != expect_dport:
+    elif udp.sport != their_port or udp.dport != our_port:
         mismatch = Mismatch.wrong_port
-    elif payload is not None and udp.payload != payload:
-        mismatch = Mismatch.wrong_payload
     return Verdict(mismatch, ip.ttl, ip.src, udp)
 
 
@@ -153,9 +189,12 @@ def verify_tcp_reply(
     """Judge `packet` as the answer to a SYN with sequence number `seq`: a SYN-ACK (port open) or a RST (port
     closed) — either proves the flow crossed the NAT and came back. Ports as in `verify_udp_reply`."""
     src, dst = packed(expect_src), packed(expect_dst)
-    ip = _outer(packet, dst)
+    ip = _parsed(packet)
     if isinstance(ip, Verdict):
         return ip
+    outer = _check_outer(ip, dst)
+    if outer is not None:
+        return outer
     if ip.proto != PROTO_TCP:
         return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_TCP, our_port=expect_dport, their_port=expect_sport)
     try:
@@ -177,21 +216,24 @@ def verify_tcp_reply(
     return Verdict(mismatch, ip.ttl, ip.src, segment)
 
 
-def _outer(packet: bytes, dst: bytes) -> IPPacket | Verdict:
-    """Parse the IP layer and check it is addressed to us; a Verdict means judgement is already over."""
+def _parsed(packet: bytes) -> IPPacket | Verdict:
     try:
-        ip = parse_ip(packet)
+        return parse_ip(packet)
     except ChecksumError:
         return _BAD_CHECKSUM
     except PacketError:
         return _MALFORMED
+
+
+def _check_outer(ip: IPPacket, dst: bytes) -> Verdict | None:
+    """A verdict when the IP layer alone already fails the packet: not addressed to us, or a fragment."""
     if ip.dst != dst:
         return Verdict(Mismatch.wrong_destination, ip.ttl, ip.src, None)
     if ip.fragmented:
         # A fragment cannot be judged alone. Probe answers are small; a relay's NAT reassembles (conntrack
         # needs whole datagrams) and the tunnel MTU fits them, so a fragment here is itself a fault.
         return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
-    return ip
+    return None
 
 
 def _icmp(ip: IPPacket) -> Echo | IcmpError | IcmpOther | Verdict:

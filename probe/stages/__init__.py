@@ -1,22 +1,48 @@
-"""Probe stages, one module each with one signature: `async def run(ctx: PathContext) -> StageResult`.
+"""Probe stages, one module each: `handshake.run(ctx)` returns its result and the tunnel; every later stage gives
+`applies(ctx)`, `prepare(ctx) -> Exchange` (sans-I/O, see base.py) and `AFTER`, the stage whose failure leaves it
+unjudged. `REGISTRY` lists them in verdict order; `probe.runner.run_stages(ctx, registry)` runs a registry.
 
-`POST_HANDSHAKE` is the registry the runner uses, in verdict order; each entry says when it applies (a stage with
-nothing to probe, such as egress without a configured reflector, is not run rather than reported as failed).
+A stage with nothing to probe (egress without a configured reflector) does not apply: it is not run rather than
+reported as failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from probe.results import StageName
+from probe.results import StageName, StageResult
 from probe.stages import egress, forward, handshake, mtu, tunnel
-from probe.stages.base import PathContext, Settings, StageFn
+from probe.stages.base import Exchange, PathContext, Settings
+from probe.tunnel import Tunnel
 
-__all__ = ["POST_HANDSHAKE", "PathContext", "Settings", "StageFn", "handshake"]
+__all__ = ["REGISTRY", "Exchange", "PathContext", "Registry", "Settings", "Stage"]
 
-POST_HANDSHAKE: tuple[tuple[StageName, Callable[[PathContext], bool], StageFn], ...] = (
-    (tunnel.NAME, tunnel.applies, tunnel.run),
-    (forward.NAME, forward.applies, forward.run),
-    (egress.NAME, egress.applies, egress.run),
-    (mtu.NAME, mtu.applies, mtu.run),
+HandshakeFn = Callable[[PathContext], Awaitable[tuple[StageResult, Tunnel | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: StageName
+    applies: Callable[[PathContext], bool]
+    prepare: Callable[[PathContext], Exchange]
+    after: StageName | None  # if that stage failed, this one's failure says nothing of its own: not judged
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    handshake: HandshakeFn
+    stages: tuple[Stage, ...]
+
+    def replace(self, name: StageName, prepare: Callable[[PathContext], Exchange]) -> Registry:
+        """The same registry with one stage's `prepare` swapped (tests use it to inject a broken stage)."""
+        stages = tuple(Stage(s.name, s.applies, prepare, s.after) if s.name is name else s for s in self.stages)
+        return Registry(self.handshake, stages)
+
+
+REGISTRY = Registry(
+    handshake=handshake.run,
+    stages=tuple(
+        Stage(module.NAME, module.applies, module.prepare, module.AFTER) for module in (tunnel, forward, egress, mtu)
+    ),
 )

@@ -1,44 +1,69 @@
-"""What every stage shares: the path context, the packet demultiplexer, and the send-until-answered exchange.
+"""What every stage shares: the path context, the sans-I/O exchange, the demultiplexer, and the driver.
 
 Theory of operation. A path (one entry port, one address family, one identity) starts with the handshake stage,
-which opens the tunnel. The later stages then run *together* over that tunnel: each registers a claim on the
-packets that answer it (its own ICMP identifier or UDP port), one reader task decrypts what the relay sends and
-hands every packet to the stage that claims it. A healthy path therefore costs about two round trips (handshake,
-then all stages at once), and a stage's verdict never depends on another stage's timing. The verdict still reads in
-stage order: the path's reason is its first failing stage's.
+which returns the tunnel. The later stages then run *together* over that tunnel. Each one is an `Exchange`: a
+sans-I/O object that builds its probes (`build`), says which answers are its own (`claim`: its ICMP identifier or
+UDP port), judges an answer (`judge`, pure) and turns what it saw into a `StageResult` (`result`, pure, with an
+injected time). One driver per path sends every exchange's first probes at once; the socket's reader callback
+decrypts each packet, parses it once, and hands it to the exchange that claims it, which books it on the spot.
+The driver coroutine itself wakes only to resend and when every exchange is done, so a healthy path costs about
+two round trips and a handful of event-loop turns, and a stage's verdict never depends on another stage's timing.
 
-Each stage sends `packets` probes at once and keeps sending one more every `RESEND_INTERVAL` until it has that many
-good answers or its timeout ends, so one lost packet is not a failure and loss is measured, not guessed.
+Each exchange sends `packets` probes at once and one more every `RESEND_INTERVAL` until it has that many good
+answers, an ICMP error about its probe (a definite answer), or the stage timeout; one lost packet is not a failure,
+and loss is measured, not guessed. A packet that authenticated but does not parse is attributed to a stage by a
+lenient look at its identifiers (`Demux`), so it counts against that stage alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 
+from probe.config import ProbeSection
 from probe.inventory import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
-from probe.packets import IcmpError, IPPacket, Mismatch, PacketError, Verdict, parse_ip
+from probe.packets import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_UDP,
+    IcmpError,
+    IPPacket,
+    Mismatch,
+    PacketError,
+    Verdict,
+    parse_ip,
+    parse_quoted,
+)
+from probe.packets.icmp import ECHO_REPLIES
 from probe.results import Reason, StageName, StageResult
-from probe.tunnel import Inbox, Record, Tunnel
+from probe.tunnel import Record
 from probe.wireguard import CookieState, Identity, PublicKey
 
 RESEND_INTERVAL = 0.05
 # A probe younger than this many times the slowest answered RTT when the stage ends is "in flight", not lost.
 IN_FLIGHT_RTTS = 2.0
+MIN_IN_FLIGHT = 0.005
+_PROBE = ProbeSection.model_fields  # the probe defaults live on the config model, once
+
+
+def _default(name: str) -> float:
+    value = _PROBE[name].default
+    assert isinstance(value, int | float)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The knobs a stage reads, from the agent config (`[probe]`, `[checks]`) and the inventory."""
 
-    timeout: float = 1.0
-    packets: int = 3
-    handshake_timeout: float = 1.0
-    handshake_attempts: int = 3
+    timeout: float = _default("timeout")
+    packets: int = int(_default("packets"))
+    handshake_timeout: float = _default("handshake_timeout")
+    handshake_attempts: int = int(_default("handshake_attempts"))
     forward_target: IPv4Address | None = None
     forward_target_v6: IPv6Address | None = None
     reflector: tuple[IPv4Address | IPv6Address, int] | None = None
@@ -49,9 +74,9 @@ class Settings:
     netns: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class PathContext:
-    """Everything one path's stages need; the handshake stage fills in `tunnel`."""
+    """Everything one path's stages need to know; nothing in it changes while they run."""
 
     relay_name: str
     relay_key: PublicKey
@@ -64,9 +89,9 @@ class PathContext:
     expected_egress: IPv4Address | IPv6Address | None
     settings: Settings
     cookie_state: CookieState
-    record: Record = field(default_factory=Record)
-    tunnel: Tunnel | None = None
-    demux: Demux | None = None
+    record: Record | None = field(default_factory=Record)  # evidence of the path; None: keep none
+    first_gap: float | None = None  # first initiation retransmit, from the relay's last handshake RTT
+    clock: Callable[[], float] = time.monotonic  # every time a stage reads: tests inject their own
 
     @property
     def family(self) -> int:
@@ -78,163 +103,215 @@ class PathContext:
         return self.inner_v4 if self.family == 4 else self.inner_v6
 
 
-StageFn = Callable[[PathContext], Awaitable[StageResult]]
-# A claim looks at a parsed packet and says whether it answers this stage (its identifier or port).
-Claim = Callable[[IPPacket], bool]
+class ClaimKind(IntEnum):
+    echo = 1  # ICMP/ICMPv6 echo identifier
+    udp = 2  # our UDP source port
 
 
-class Demux:
-    """Hands each inner packet the tunnel receives to the stage that claims it, from the socket's reader callback."""
-
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-        self._claims: list[tuple[Claim, Inbox[tuple[float, bytes]]]] = []
-        self.stray = 0  # well-formed packets nobody claimed (another probe's late answer, relay chatter)
-        self.corrupt = 0  # packets that did not parse: cannot be attributed, but make a timeout "reply_invalid"
-
-    def claim(self, claim: Claim) -> Inbox[tuple[float, bytes]]:
-        inbox: Inbox[tuple[float, bytes]] = Inbox(asyncio.get_running_loop())
-        self._claims.append((claim, inbox))
-        return inbox
-
-    def start(self) -> None:
-        self.tunnel.listen(self._dispatch)
-
-    def stop(self) -> None:
-        self.tunnel.listen(None)
-
-    def _dispatch(self, packet: bytes) -> None:
-        at = time.perf_counter()
-        try:
-            ip = parse_ip(packet)
-        except PacketError:
-            self.corrupt += 1
-            return
-        for claim, inbox in self._claims:
-            if claim(ip):
-                inbox.put((at, packet))
-                return
-        self.stray += 1
+Claim = tuple[ClaimKind, int]
+_ICMP_ERROR_TYPES = {4: frozenset((3, 11, 12)), 6: frozenset((1, 2, 3, 4))}
+_ICMP_HEADER = 8
 
 
-@dataclass
-class Outcome:
-    """What an exchange saw: answers by sequence, RTTs, and every answer that was wrong."""
+def claim_of(version: int, proto: int, payload: bytes) -> Claim | None:
+    """Whose answer this is, by its identifiers alone: no checksum is verified here (judging does that), so a
+    corrupted answer is still attributed to the stage it was meant for."""
+    if proto in (PROTO_ICMP, PROTO_ICMPV6) and len(payload) >= _ICMP_HEADER:
+        return _icmp_claim(version, payload)
+    if proto == PROTO_UDP and len(payload) >= 4:
+        return ClaimKind.udp, int.from_bytes(payload[2:4], "big")
+    return None
 
-    sent: dict[int, float] = field(default_factory=dict)  # sequence -> send time (perf_counter)
-    answered: dict[int, float] = field(default_factory=dict)  # sequence -> RTT seconds
-    invalid: list[Verdict] = field(default_factory=list)
-    errors: list[Verdict] = field(default_factory=list)  # ICMP errors about our probes
-    waited: float = 0.0
 
-    def loss(self, ended: float) -> tuple[int, int, float]:
-        """(sent, received, loss) counting only probes that had time to be answered."""
+def _icmp_claim(version: int, payload: bytes) -> Claim | None:
+    kind = payload[0]
+    if kind in ECHO_REPLIES:
+        return ClaimKind.echo, int.from_bytes(payload[4:6], "big")
+    if kind not in _ICMP_ERROR_TYPES[version]:
+        return None
+    try:
+        quoted = parse_quoted(payload[_ICMP_HEADER:])
+    except PacketError:
+        return None
+    if quoted.identifier is not None:
+        return ClaimKind.echo, quoted.identifier
+    if quoted.proto == PROTO_UDP and quoted.sport is not None:
+        return ClaimKind.udp, quoted.sport
+    return None
+
+
+def raw_claim(packet: bytes) -> Claim | None:
+    """`claim_of` for a packet that did not parse as IP: read the header fields where they should be."""
+    if len(packet) < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        offset = (packet[0] & 0x0F) * 4
+        return claim_of(4, packet[9], packet[offset:]) if offset >= 20 else None
+    if version == 6 and len(packet) >= 40:
+        return claim_of(6, packet[6], packet[40:])
+    return None
+
+
+class Exchange:
+    """One stage's probes and what came back, sans-I/O. Subclasses give `build` and `judge`; the booking and the
+    verdict are shared. `now` values come from the driver's clock."""
+
+    timeout_reason: Reason
+    unreachable_reason: Reason
+
+    def __init__(self, name: StageName, claim: Claim, wanted: int) -> None:
+        self.name = name
+        self.claim = claim
+        self.wanted = wanted
+        self.sequence = 0
+        self.sent: dict[int, float] = {}  # sequence -> send time
+        self.answered: dict[int, float] = {}  # sequence -> RTT seconds
+        self.invalid: list[Verdict] = []
+        self.errors: list[Verdict] = []  # ICMP errors about our probes
+        self.corrupt = 0  # answers that authenticated but did not parse as IP
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.failure: tuple[Reason, str] | None = None  # a send error or a bug: overrides the verdict
+
+    def build(self, seq: int) -> bytes:
+        raise NotImplementedError
+
+    def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
+        """(sequence answered, verdict) for one parsed packet this stage claims. Pure."""
+        raise NotImplementedError
+
+    def error_reason(self, error: IcmpError) -> Reason:
+        return self.unreachable_reason
+
+    def close(self) -> None:
+        """Give back what the exchange holds (identifiers, ports)."""
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+    def next_probe(self, now: float) -> bytes:
+        self.sequence += 1
+        packet = self.build(self.sequence)
+        self.sent[self.sequence] = now
+        if self.started is None:
+            self.started = now
+        return packet
+
+    def take(self, ip: IPPacket, at: float) -> None:
+        """Book one answer."""
+        seq, verdict = self.judge(ip)
+        if verdict.ok and seq in self.sent and seq not in self.answered:
+            self.answered[seq] = at - self.sent[seq]
+            self.accepted(seq, verdict)
+        elif verdict.mismatch is Mismatch.icmp_error:
+            self.errors.append(verdict)
+        elif verdict.mismatch is Mismatch.foreign_icmp_error or verdict.ok:
+            return  # an error about someone else's packet, or a duplicate answer
+        else:
+            self.invalid.append(verdict)
+        if len(self.answered) >= self.wanted or self.errors:
+            self.end(at)
+
+    def accepted(self, seq: int, verdict: Verdict) -> None:
+        """Hook for what a good answer carries beyond being one (the reflector's observed address)."""
+
+    def end(self, at: float) -> None:
+        if self.finished is None:
+            self.finished = at
+
+    def fail(self, reason: Reason, detail: str, at: float) -> None:
+        self.failure = (reason, detail)
+        self.end(at)
+
+    def loss(self) -> tuple[int, int, float]:
+        """(sent, received, loss) counting only probes that had time to be answered before the stage ended."""
+        ended = self.finished if self.finished is not None else 0.0
         slowest = max(self.answered.values(), default=0.0)
-        horizon = ended - max(slowest * IN_FLIGHT_RTTS, 0.005)
+        horizon = ended - max(slowest * IN_FLIGHT_RTTS, MIN_IN_FLIGHT)
         settled = [seq for seq, at in self.sent.items() if at <= horizon or seq in self.answered]
         received = sum(1 for seq in settled if seq in self.answered)
         return len(settled), received, (1 - received / len(settled)) if settled else 0.0
 
-    @property
-    def median_rtt(self) -> float | None:
-        return statistics.median(self.answered.values()) if self.answered else None
+    def verdict(self) -> tuple[Reason | None, str | None]:
+        """The reason (None: passed) and one line of detail. Errors first (a definite answer), then invalid
+        replies, then too few answers; a timeout with corrupt answers is `reply_invalid`, not silence."""
+        if self.failure is not None:
+            return self.failure
+        if self.errors:
+            err = self.errors[0]
+            icmp = err.icmp_error
+            reason = self.error_reason(icmp) if icmp is not None else self.unreachable_reason
+            return reason, f"ICMP {icmp.kind if icmp else 'error'} from {address(err.source)}"
+        if self.invalid:
+            return Reason.reply_invalid, f"{len(self.invalid)} invalid repl(ies): {self.invalid[0].mismatch}"
+        if len(self.answered) < self.wanted:
+            if self.corrupt:
+                return Reason.reply_invalid, f"{self.corrupt} corrupt packet(s) from the relay"
+            return self.timeout_reason, None
+        return None, None
+
+    def result(self) -> StageResult:
+        sent, received, loss = self.loss()
+        reason, detail = self.verdict()
+        rtt = statistics.median(self.answered.values()) if self.answered else None
+        waited = (self.finished or 0.0) - (self.started if self.started is not None else self.finished or 0.0)
+        # Built without validation: every value here is made by this code, and this runs for every stage.
+        return StageResult.model_construct(
+            name=self.name,
+            ok=reason is None,
+            reason=reason,
+            seconds=round(rtt if rtt is not None else waited, 6),
+            loss=round(loss, 4),
+            sent=sent,
+            received=received,
+            detail=detail,
+            judged=True,
+            rejected=self.corrupt,
+        )
 
 
-# judge(packet, sequence_hint) -> (sequence or None, verdict)
-Judge = Callable[[bytes], tuple[int | None, Verdict]]
-
-
-async def exchange(
-    ctx: PathContext,
-    inbox: Inbox[tuple[float, bytes]],
-    build: Callable[[int], bytes],
-    judge: Judge,
-) -> Outcome:
-    """Send probes built by `build(sequence)` until `packets` good answers or the stage timeout."""
-    assert ctx.tunnel is not None
-    wanted = ctx.settings.packets
-    outcome = Outcome()
-    started = time.perf_counter()
-    deadline = started + ctx.settings.timeout
-    seq = 0
-
-    def send_one() -> None:
-        nonlocal seq
-        seq += 1
-        packet = build(seq)
-        outcome.sent[seq] = time.perf_counter()
-        ctx.tunnel.send(packet)  # type: ignore[union-attr]
-
-    for _ in range(wanted):
-        send_one()
-    next_send = started + RESEND_INTERVAL
-    while len(outcome.answered) < wanted:
-        now = time.perf_counter()
-        if now >= deadline or outcome.errors:  # an ICMP error about our probe is a definite answer
-            break
-        if now >= next_send:
-            send_one()
-            next_send = now + RESEND_INTERVAL
-        if not await inbox.wait(min(next_send, deadline) - now):
-            continue
-        while inbox.items:
-            at, packet = inbox.items.popleft()
-            sequence, verdict = judge(packet)
-            if verdict.ok and sequence in outcome.sent and sequence not in outcome.answered:
-                outcome.answered[sequence] = at - outcome.sent[sequence]
-            elif verdict.mismatch is Mismatch.icmp_error:
-                outcome.errors.append(verdict)
-            elif verdict.mismatch is Mismatch.foreign_icmp_error:
-                continue  # an error about someone else's packet that merely shares our identifier or port
-            elif not verdict.ok:
-                outcome.invalid.append(verdict)
-    outcome.waited = time.perf_counter() - started
-    return outcome
-
-
-def stage_result(
-    name: StageName,
-    outcome: Outcome,
-    ctx: PathContext,
-    *,
-    timeout_reason: Reason,
-    error_reason: Reason | Callable[[IcmpError], Reason],
-    detail: str | None = None,
-) -> StageResult:
-    """Judge an exchange: errors first (a definite answer), then invalid replies, then too few answers.
-
-    `error_reason` may depend on the ICMP error (the mtu stage tells "too big" from "unreachable").
-    """
-    sent, received, loss = outcome.loss(time.perf_counter())
-    rtt = outcome.median_rtt
-    reason: Reason | None = None
-    if outcome.errors:
-        err = outcome.errors[0]
-        icmp = err.icmp_error
-        reason = error_reason if isinstance(error_reason, Reason) else error_reason(icmp)  # type: ignore[arg-type]
-        kind = icmp.kind if icmp else "error"
-        src = _address(err.source)
-        detail = detail or f"ICMP {kind} from {src}"
-    elif outcome.invalid:
-        reason = Reason.reply_invalid
-        detail = detail or f"{len(outcome.invalid)} invalid repl(ies): {outcome.invalid[0].mismatch}"
-    elif len(outcome.answered) < ctx.settings.packets:
-        corrupt = ctx.demux.corrupt if ctx.demux else 0
-        reason = Reason.reply_invalid if corrupt else timeout_reason
-        detail = detail or (f"{corrupt} corrupt packet(s) from the relay" if corrupt else None)
-    return StageResult(
-        name=name,
-        ok=reason is None,
-        reason=reason,
-        seconds=round(rtt if rtt is not None else outcome.waited, 6),
-        loss=round(loss, 4),
-        sent=sent,
-        received=received,
-        detail=detail,
-    )
-
-
-def _address(raw: bytes | None) -> str:
+def address(raw: bytes | None) -> str:
     if raw is None:
         return "?"
     return str(IPv4Address(raw) if len(raw) == 4 else IPv6Address(raw))
+
+
+class Demux:
+    """Hands each inner packet the tunnel receives to the exchange that claims it, from the socket's reader
+    callback; wakes the driver (`on_done`) when the last exchange is done."""
+
+    def __init__(self, exchanges: list[Exchange], clock: Callable[[], float], on_done: Callable[[], None]) -> None:
+        self.by_claim = {ex.claim: ex for ex in exchanges}
+        self.exchanges = exchanges
+        self.clock = clock
+        self.on_done = on_done
+        self.stray = 0  # well-formed packets nobody claimed (another probe's late answer, relay chatter)
+        self.unattributed = 0  # packets that did not parse and carry no identifier of ours
+
+    def dispatch(self, packet: bytes) -> None:
+        at = self.clock()
+        try:
+            ip = parse_ip(packet)
+        except PacketError:
+            corrupt = raw_claim(packet)
+            found = self.by_claim.get(corrupt) if corrupt is not None else None
+            if found is None:
+                self.unattributed += 1
+            else:
+                found.corrupt += 1
+            return
+        claim = claim_of(ip.version, ip.proto, ip.payload)
+        exchange = self.by_claim.get(claim) if claim is not None else None
+        if exchange is None:
+            self.stray += 1
+            return
+        if exchange.done:
+            return  # a late or extra answer after the stage was judged
+        try:
+            exchange.take(ip, at)
+        except Exception as exc:  # a bug in one stage's judge must not take the others down with it
+            exchange.fail(Reason.internal_error, f"{type(exc).__name__}: {exc}", at)
+        if exchange.done and all(ex.done for ex in self.exchanges):
+            self.on_done()

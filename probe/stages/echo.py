@@ -1,97 +1,68 @@
-"""ICMP echo through the tunnel, shared by the tunnel, forward and mtu stages: build, claim and judge."""
+"""ICMP echo through the tunnel, shared by the tunnel, forward and mtu stages."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from probe.packets import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    Echo,
+    EchoTemplate,
     IcmpError,
+    IcmpErrorKind,
     IPPacket,
-    PacketError,
     Verdict,
-    build_icmp_echo,
     icmp_identifiers,
-    parse_icmp,
-    parse_ip,
-    verify_echo_reply,
+    judge_echo_reply,
+    packed,
 )
-from probe.results import Reason, StageName, StageResult
-from probe.stages.base import PathContext, exchange, stage_result
+from probe.results import Reason, StageName
+from probe.stages.base import ClaimKind, Exchange, PathContext
 
-_ECHO_REPLIES = (0, 129)
-
-
-def claim_echo(identifier: int) -> Callable[[IPPacket], bool]:
-    """Claim echo replies carrying `identifier`, and ICMP errors quoting an echo request that carried it."""
-
-    def claim(ip: IPPacket) -> bool:
-        if ip.proto not in (PROTO_ICMP, PROTO_ICMPV6) or len(ip.payload) < 8:
-            return False
-        if ip.payload[0] in _ECHO_REPLIES:
-            return int.from_bytes(ip.payload[4:6], "big") == identifier
-        try:
-            message = parse_icmp(ip)
-        except PacketError:
-            return False
-        return isinstance(message, IcmpError) and message.quoted.identifier == identifier
-
-    return claim
+_NONCE = 8  # random bytes heading every echo payload: a reply must carry them back
+_SEQUENCE = 2
 
 
-async def echo_stage(
-    ctx: PathContext,
-    name: StageName,
-    target: IPv4Address | IPv6Address,
-    *,
-    timeout_reason: Reason,
-    error_reason: Reason | Callable[[IcmpError], Reason],
-    size: int = 0,
-) -> StageResult:
-    """Echo `target` until enough answers; `size` pads the whole IP packet to that many bytes (DF set on IPv4)."""
-    src = ctx.inner_src
-    assert src is not None and ctx.demux is not None
-    allocator = icmp_identifiers()
-    identifier = allocator.acquire()
-    nonce = os.urandom(8)
-    header = (20 if src.version == 4 else 40) + 8
-    pad = bytes(max(0, size - header - 10))
-    payloads: dict[int, bytes] = {}
+class EchoExchange(Exchange):
+    """Echo `target` from our tunnel address; `size` pads the whole IP packet to that many bytes (DF on IPv4)."""
 
-    def build(seq: int) -> bytes:
-        payloads[seq] = nonce + seq.to_bytes(2, "big") + pad
-        return build_icmp_echo(src, target, identifier, seq, payloads[seq], df=size > 0)
+    def __init__(
+        self,
+        ctx: PathContext,
+        name: StageName,
+        target: IPv4Address | IPv6Address,
+        *,
+        timeout_reason: Reason,
+        unreachable_reason: Reason,
+        size: int = 0,
+    ) -> None:
+        src = ctx.inner_src
+        assert src is not None  # `applies` keeps stages without a tunnel address of the path's family out
+        self._identifiers = icmp_identifiers()
+        identifier = self._identifiers.acquire()
+        super().__init__(name, (ClaimKind.echo, identifier), ctx.settings.packets)
+        self.timeout_reason = timeout_reason
+        self.unreachable_reason = unreachable_reason
+        header = (20 if src.version == 4 else 40) + 8
+        pad = max(0, size - header - _NONCE - _SEQUENCE)
+        self.template = EchoTemplate(src, target, identifier, os.urandom(_NONCE), pad=pad, df=size > 0)
+        self._ours, self._target = packed(src), packed(target)
 
-    def judge(packet: bytes) -> tuple[int | None, Verdict]:
-        seq = _sequence(packet)
-        verdict = verify_echo_reply(
-            packet,
-            expect_src=target,
-            expect_dst=src,
-            identifier=identifier,
-            sequence=seq,
-            payload=payloads.get(seq, b""),
+    def build(self, seq: int) -> bytes:
+        return self.template.build(seq)
+
+    def _payload(self, seq: int) -> bytes | None:
+        return self.template.payload(seq) if seq in self.sent else None
+
+    def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
+        return judge_echo_reply(
+            ip, src=self._target, dst=self._ours, identifier=self.template.identifier, payload_for=self._payload
         )
-        return seq, verdict
 
-    inbox = ctx.demux.claim(claim_echo(identifier))
-    try:
-        outcome = await exchange(ctx, inbox, build, judge)
-    finally:
-        allocator.release(identifier)
-    return stage_result(name, outcome, ctx, timeout_reason=timeout_reason, error_reason=error_reason)
+    def close(self) -> None:
+        self._identifiers.release(self.template.identifier)
 
 
-def _sequence(packet: bytes) -> int:
-    """The echo sequence a packet answers: its own, or for an ICMP error the quoted request's (-1: unknown)."""
-    try:
-        message = parse_icmp(parse_ip(packet))
-    except PacketError:
-        return -1
-    if isinstance(message, IcmpError):
-        return message.quoted.sequence if message.quoted.sequence is not None else -1
-    return message.sequence if isinstance(message, Echo) else -1
+class MtuExchange(EchoExchange):
+    def error_reason(self, error: IcmpError) -> Reason:
+        # Only "packet too big" / "fragmentation needed" is about size; any other error is plain unreachability.
+        return Reason.mtu_too_big if error.kind is IcmpErrorKind.packet_too_big else Reason.forward_unreachable

@@ -4,27 +4,16 @@ the relay's expected egress address: a relay that NATs to a wrong address breaks
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from probe import reflector
-from probe.packets import (
-    PROTO_UDP,
-    IcmpError,
-    IPPacket,
-    Mismatch,
-    PacketError,
-    Udp,
-    Verdict,
-    build_udp,
-    parse_icmp,
-    source_ports,
-    verify_udp_reply,
-)
-from probe.results import Reason, StageName, StageResult
-from probe.stages.base import PathContext, exchange, stage_result
+from probe.packets import IPPacket, Mismatch, Udp, Verdict, build_udp, judge_udp_reply, packed, source_ports
+from probe.results import Reason, StageName
+from probe.stages.base import ClaimKind, Exchange, PathContext
 
 NAME = StageName.egress
+AFTER = StageName.forward  # the reflector sits beyond the NAT, as the forward target does
+_NONCE_AT = slice(8, 8 + reflector.NONCE_SIZE)  # where a response carries the request's nonce
 
 
 def endpoint(ctx: PathContext) -> tuple[IPv4Address | IPv6Address, int] | None:
@@ -35,67 +24,63 @@ def applies(ctx: PathContext) -> bool:
     return ctx.inner_src is not None and endpoint(ctx) is not None and ctx.expected_egress is not None
 
 
-def claim_udp(port: int) -> Callable[[IPPacket], bool]:
-    def claim(ip: IPPacket) -> bool:
-        if ip.proto == PROTO_UDP:
-            return len(ip.payload) >= 4 and int.from_bytes(ip.payload[2:4], "big") == port
-        try:
-            message = parse_icmp(ip)
-        except PacketError:
-            return False
-        return isinstance(message, IcmpError) and message.quoted.sport == port
+class ReflectorExchange(Exchange):
+    timeout_reason = Reason.egress_timeout
+    unreachable_reason = Reason.egress_unreachable
 
-    return claim
+    def __init__(self, ctx: PathContext) -> None:
+        found, src = endpoint(ctx), ctx.inner_src
+        assert found is not None and src is not None and ctx.expected_egress is not None
+        self._ports = source_ports()
+        self.sport = self._ports.acquire()
+        super().__init__(NAME, (ClaimKind.udp, self.sport), ctx.settings.packets)
+        self.src, (self.target, self.target_port) = src, found
+        self._ours, self._theirs = packed(src), packed(self.target)
+        self.expected = ctx.expected_egress
+        self.nonces: dict[bytes, int] = {}  # nonce -> sequence
+        self.observed: dict[int, reflector.Observed] = {}
 
+    def build(self, seq: int) -> bytes:
+        nonce = os.urandom(reflector.NONCE_SIZE)
+        self.nonces[nonce] = seq
+        return build_udp(self.src, self.target, self.sport, self.target_port, reflector.build_request(nonce))
 
-async def run(ctx: PathContext) -> StageResult:
-    found = endpoint(ctx)
-    src = ctx.inner_src
-    assert found is not None and src is not None and ctx.demux is not None
-    target, target_port = found
-    ports = source_ports()
-    sport = ports.acquire()
-    nonces: dict[int, bytes] = {}
-    seen: dict[int, reflector.Observed] = {}
-    wrong: list[reflector.Observed] = []
-
-    def build(seq: int) -> bytes:
-        nonces[seq] = os.urandom(reflector.NONCE_SIZE)
-        return build_udp(src, target, sport, target_port, reflector.build_request(nonces[seq]))
-
-    def judge(packet: bytes) -> tuple[int | None, Verdict]:
-        verdict = verify_udp_reply(
-            packet, expect_src=target, expect_dst=src, expect_sport=target_port, expect_dport=sport
+    def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
+        verdict = judge_udp_reply(
+            ip, src=self._theirs, dst=self._ours, their_port=self.target_port, our_port=self.sport
         )
-        if verdict.icmp_error is not None or not verdict.ok or not isinstance(verdict.reply, Udp):
+        reply = verdict.reply
+        if not verdict.ok or not isinstance(reply, Udp):
             return None, verdict
-        for seq, nonce in nonces.items():
+        seq = self.nonces.get(bytes(reply.payload[_NONCE_AT]))
+        if seq is not None:
             try:
-                observed = reflector.parse_response(verdict.reply.payload, nonce)
+                reflector.parse_response(reply.payload, bytes(reply.payload[_NONCE_AT]))
             except reflector.ReflectorError:
-                continue
-            seen[seq] = observed
-            if observed.address != ctx.expected_egress:
-                wrong.append(observed)
-            return seq, verdict
-        # A UDP answer on our flow that is not a reflector response to any of our nonces: forged or corrupted.
-        return None, Verdict(Mismatch.wrong_payload, verdict.ttl, verdict.source, verdict.reply)
+                seq = None
+        if seq is None:
+            # A UDP answer on our flow that is not a reflector response to any of our nonces: forged or corrupted.
+            return None, Verdict(Mismatch.wrong_payload, verdict.ttl, verdict.source, reply)
+        return seq, verdict
 
-    inbox = ctx.demux.claim(claim_udp(sport))
-    try:
-        outcome = await exchange(ctx, inbox, build, judge)
-    finally:
-        ports.release(sport)
-    result = stage_result(NAME, outcome, ctx, timeout_reason=Reason.egress_timeout, error_reason=Reason.egress_timeout)
-    if wrong:
-        return result.model_copy(
-            update={
-                "ok": False,
-                "reason": Reason.egress_mismatch,
-                "detail": f"reflector saw {wrong[0].address}, expected {ctx.expected_egress}",
-            }
-        )
-    if result.ok and seen:
-        observed = next(iter(seen.values()))
-        return result.model_copy(update={"detail": f"egress {observed.address} port {observed.port}"})
-    return result
+    def accepted(self, seq: int, verdict: Verdict) -> None:
+        assert isinstance(verdict.reply, Udp)
+        nonce = bytes(verdict.reply.payload[_NONCE_AT])
+        self.observed[seq] = reflector.parse_response(verdict.reply.payload, nonce)
+
+    def verdict(self) -> tuple[Reason | None, str | None]:
+        reason, detail = super().verdict()
+        wrong = next((o for o in self.observed.values() if o.address != self.expected), None)
+        if wrong is not None and self.failure is None:
+            return Reason.egress_mismatch, f"reflector saw {wrong.address}, expected {self.expected}"
+        if reason is None and self.observed:
+            seen = next(iter(self.observed.values()))
+            return None, f"egress {seen.address} port {seen.port}"
+        return reason, detail
+
+    def close(self) -> None:
+        self._ports.release(self.sport)
+
+
+def prepare(ctx: PathContext) -> Exchange:
+    return ReflectorExchange(ctx)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from probe.results import Reason, StageName, StageResult
-from probe.stages.base import PathContext
-from probe.stages.echo import echo_stage
+from probe.results import Reason, StageName
+from probe.stages.base import Exchange, PathContext
+from probe.stages.echo import EchoExchange
 
 NAME = StageName.forward
+AFTER = StageName.tunnel  # nothing crosses the NAT if the tunnel itself does not carry traffic
 
 
 def target(ctx: PathContext) -> IPv4Address | IPv6Address | None:
@@ -19,9 +20,9 @@ def applies(ctx: PathContext) -> bool:
     return ctx.inner_src is not None and target(ctx) is not None
 
 
-async def run(ctx: PathContext) -> StageResult:
+def prepare(ctx: PathContext) -> Exchange:
     dst = target(ctx)
     assert dst is not None
-    return await echo_stage(
-        ctx, NAME, dst, timeout_reason=Reason.forward_timeout, error_reason=Reason.forward_unreachable
+    return EchoExchange(
+        ctx, NAME, dst, timeout_reason=Reason.forward_timeout, unreachable_reason=Reason.forward_unreachable
     )

@@ -3,33 +3,28 @@ packets; customers then see stalled downloads. A black hole (timeout) and an exp
 
 from __future__ import annotations
 
-from probe.packets import IcmpError, IcmpErrorKind
-from probe.results import Reason, StageName, StageResult
-from probe.stages.base import PathContext
-from probe.stages.echo import echo_stage
+from probe.results import Reason, StageName
+from probe.stages.base import Exchange, PathContext
+from probe.stages.echo import MtuExchange
 from probe.stages.forward import applies as forward_applies
 from probe.stages.forward import target
 
 NAME = StageName.mtu
-
-
-def _error_reason(error: IcmpError) -> Reason:
-    # Only "packet too big" / "fragmentation needed" is about size; any other error is plain unreachability.
-    return Reason.mtu_too_big if error.kind is IcmpErrorKind.packet_too_big else Reason.forward_unreachable
+AFTER = StageName.forward  # a large packet through a NAT that forwards nothing says nothing about size
 
 
 def applies(ctx: PathContext) -> bool:
     return forward_applies(ctx) and ctx.settings.mtu_probe_size > 0
 
 
-async def run(ctx: PathContext) -> StageResult:
+def prepare(ctx: PathContext) -> Exchange:
     dst = target(ctx)
     assert dst is not None
-    return await echo_stage(
+    return MtuExchange(
         ctx,
         NAME,
         dst,
         timeout_reason=Reason.mtu_blackhole,
-        error_reason=_error_reason,
+        unreachable_reason=Reason.forward_unreachable,
         size=ctx.settings.mtu_probe_size,
     )

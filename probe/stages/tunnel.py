@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from probe.results import Reason, StageName, StageResult
-from probe.stages.base import PathContext
-from probe.stages.echo import echo_stage
+from probe.results import Reason, StageName
+from probe.stages.base import Exchange, PathContext
+from probe.stages.echo import EchoExchange
 
 NAME = StageName.tunnel
+AFTER = None
 
 
 def applies(ctx: PathContext) -> bool:
     return ctx.inner_src is not None
 
 
-async def run(ctx: PathContext) -> StageResult:
+def prepare(ctx: PathContext) -> Exchange:
     target = ctx.settings.gateway if ctx.family == 4 else ctx.settings.gateway_v6
-    return await echo_stage(ctx, NAME, target, timeout_reason=Reason.tunnel_timeout, error_reason=Reason.tunnel_timeout)
+    return EchoExchange(
+        ctx, NAME, target, timeout_reason=Reason.tunnel_timeout, unreachable_reason=Reason.tunnel_unreachable
+    )

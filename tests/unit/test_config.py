@@ -66,7 +66,7 @@ def test_contract_example_gets_the_defaults(config_dir: Path) -> None:
     assert config.checks.reflector_v6 is None
     probe = config.probe
     assert (probe.main_port, probe.timeout, probe.packets) == (None, 1.0, 3)
-    assert (probe.handshake_timeout, probe.handshake_attempts) == (1.0, 3)
+    assert (probe.handshake_timeout, probe.handshake_attempts) == (1.0, 7)
     assert probe.evidence_dir == config_dir / "evidence"  # the default, too, is relative to the config file
 
 

@@ -1,10 +1,11 @@
-"""The real stages and runner against a fake, sometimes hostile, WireGuard relay on 127.0.0.1.
+"""The real stages and runner against a fake, sometimes hostile, WireGuard relay on loopback (IPv4 and IPv6).
 
 The fake relay is the sans-I/O `Responder` behind a non-blocking UDP socket on the test's own event loop. It
 answers the client's initiation, decrypts what the client sends through the tunnel and answers each inner packet
 according to a *behaviour*: healthy, or lying in one particular way. The forward target and the reflector are
 never contacted: the relay answers on their behalf from inside the tunnel, so every byte stays on loopback. No root,
-no namespaces, no threads.
+no namespaces, no threads. Timing is not asserted here: the retry, loss and timeout logic has fake-clock tests of its
+own (test_attempts.py, test_exchange.py).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-import probe.runner
 from probe import reflector
 from probe.packets import (
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_UDP,
     Echo,
     IcmpErrorKind,
@@ -37,10 +39,14 @@ from probe.packets import (
     parse_udp,
 )
 from probe.results import Reason, StageName, StageResult
-from probe.stages import POST_HANDSHAKE, handshake
-from probe.stages.base import Demux, PathContext, Settings
+from probe.runner import StagesRun, run_stages
+from probe.stages import REGISTRY, Registry, handshake
+from probe.stages.base import Exchange, PathContext, Settings
+from probe.stages.driver import drive
 from probe.tunnel import Tunnel
 from probe.wireguard import (
+    CookieChecker,
+    CookieRequired,
     CookieState,
     HandshakeAccepted,
     Identity,
@@ -54,44 +60,52 @@ from probe.wireguard import (
 )
 from probe.wireguard.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
 
-LOOPBACK = IPv4Address("127.0.0.1")
-GATEWAY = IPv4Address("10.64.0.1")
-INNER = IPv4Address("10.64.0.2")
-FORWARD = IPv4Address("198.51.100.7")
-REFLECTOR = (IPv4Address("198.51.100.7"), 7777)
-EGRESS = IPv4Address("192.0.2.45")
+Address = IPv4Address | IPv6Address
+LOOPBACK: dict[int, Address] = {4: IPv4Address("127.0.0.1"), 6: IPv6Address("::1")}
+GATEWAY: dict[int, Address] = {4: IPv4Address("10.64.0.1"), 6: IPv6Address("fc00:bbbb:bbbb:bb01::1")}
+INNER: dict[int, Address] = {4: IPv4Address("10.64.0.2"), 6: IPv6Address("fc00:bbbb:bbbb:bb01::2")}
+FORWARD: dict[int, Address] = {4: IPv4Address("198.51.100.7"), 6: IPv6Address("2001:db8:77::7")}
+REFLECTOR_PORT = 7777
+EGRESS: dict[int, Address] = {4: IPv4Address("192.0.2.45"), 6: IPv6Address("2001:db8:45::45")}
 TIMEOUT = 0.3
 SETTINGS = Settings(
     timeout=TIMEOUT,
     packets=3,
     handshake_timeout=TIMEOUT,
     handshake_attempts=2,
-    forward_target=FORWARD,
-    reflector=REFLECTOR,
-    gateway=GATEWAY,
+    forward_target=IPv4Address(FORWARD[4]),
+    forward_target_v6=IPv6Address(FORWARD[6]),
+    reflector=(FORWARD[4], REFLECTOR_PORT),
+    reflector_v6=(FORWARD[6], REFLECTOR_PORT),
+    gateway=IPv4Address(GATEWAY[4]),
+    gateway_v6=IPv6Address(GATEWAY[6]),
 )
 ALL_STAGES = [StageName.handshake, StageName.tunnel, StageName.forward, StageName.egress, StageName.mtu]
-# Loop and timer slack on a loaded machine; a stage that never ends its wait is far beyond it.
-SLACK = 0.2
+FAMILIES = pytest.mark.parametrize("family", [4, 6])
 
 Behaviour = Callable[["FakeRelay", IPPacket], None]
 
 
 class FakeRelay:
-    """A WireGuard relay on 127.0.0.1: real handshake and transport crypto, scripted answers inside the tunnel.
+    """A WireGuard relay on loopback: real handshake and transport crypto, scripted answers inside the tunnel.
 
     `bad_sent` counts datagrams sent after the handshake that an honest client must reject; `valid_sent` counts
     authenticated inner packets. Anything the relay itself trips over lands in `errors` and fails the test.
     """
 
-    def __init__(self, client: PublicKey, behaviour: Behaviour | None, *, on_initiation: str = "respond") -> None:
+    def __init__(
+        self, client: PublicKey, behaviour: Behaviour | None, *, on_initiation: str = "respond", family: int = 4
+    ) -> None:
         self.identity = Identity(PrivateKey.generate())
-        self.responder = Responder(self.identity, {client: None})
+        self.cookies = CookieChecker(self.identity.public_key)
+        self.responder = Responder(self.identity, {client: None}, cookie_checker=self.cookies)
         self.client = client
         self.behaviour = behaviour
-        self.on_initiation = on_initiation  # "respond", or "garbage" (forged and random type-2/3 answers only)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((str(LOOPBACK), 0))
+        # "respond"; "garbage" (forged and random type-2/3 answers only); "cookie" (always under load, ignoring mac2)
+        self.on_initiation = on_initiation
+        self.family = family
+        self.sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.bind((str(LOOPBACK[family]), 0))
         self.sock.setblocking(False)
         self.port: int = self.sock.getsockname()[1]
         self.session: TransportSession | None = None
@@ -131,7 +145,7 @@ class FakeRelay:
             except (BlockingIOError, ConnectionRefusedError):
                 return
             try:
-                self._datagram(data, peer)
+                self._datagram(data, peer[:2])
             except Exception as exc:  # reported by __aexit__: a relay bug must not pass as a client failure
                 self.errors.append(exc)
 
@@ -144,15 +158,23 @@ class FakeRelay:
                 for junk in forged_handshake_answers(data, self.client):
                     self.send_raw(junk)
                 return
-            accepted = self.responder.consume_initiation(data, time.time())
-            assert isinstance(accepted, HandshakeAccepted)  # never under load here: no cookie replies
-            self.session = accepted.session
+            source = packed(peer[0]) + peer[1].to_bytes(2, "big")
+            under_load = self.on_initiation == "cookie"
+            answer = self.responder.consume_initiation(data, time.time(), source=source, under_load=under_load)
+            if isinstance(answer, CookieRequired):
+                # A cookie that never helps: this relay's mac2 check always fails (it rotates its secret).
+                self.cookies = CookieChecker(self.identity.public_key)
+                self.responder = Responder(self.identity, {self.client: None}, cookie_checker=self.cookies)
+                self.send_raw(answer.cookie_reply)
+                return
+            assert isinstance(answer, HandshakeAccepted)
+            self.session = answer.session
             # Noise before the answer must not derail the handshake; a duplicate after it is a rejected transport.
             self.send_raw(os.urandom(37))
-            self.send_raw(accepted.response[:60])
+            self.send_raw(answer.response[:60])
             self.send_raw(b"\x02\0\0\0" + os.urandom(88))
-            self.send_raw(accepted.response)
-            self.send_bad(accepted.response)
+            self.send_raw(answer.response)
+            self.send_bad(answer.response)
         elif kind == MESSAGE_TRANSPORT and self.session is not None:
             plain = self.session.decrypt(data)
             if plain and self.behaviour is not None:
@@ -192,35 +214,50 @@ def forged_handshake_answers(initiation: bytes, client: PublicKey) -> Iterator[b
     yield b"\x03\0\0\0" + index + os.urandom(56)  # a cookie reply that does not decrypt
 
 
-def reply_to(ip: IPPacket, *, egress: IPv4Address = EGRESS) -> bytes | None:
+def is_icmp(ip: IPPacket) -> bool:
+    return ip.proto in (PROTO_ICMP, PROTO_ICMPV6)
+
+
+def reply_to(ip: IPPacket, *, egress: Address | None = None) -> bytes | None:
     """What a healthy relay (and the hosts behind it) send back for one inner packet, or None."""
-    if ip.proto == PROTO_ICMP:
+    if is_icmp(ip):
         echo = parse_icmp(ip)
         if isinstance(echo, Echo) and not echo.is_reply:
             return build_icmp_echo(ip.dst, ip.src, echo.identifier, echo.sequence, echo.payload, reply=True)
     elif ip.proto == PROTO_UDP:
         udp = parse_udp(ip)
         nonce = reflector.parse_request(udp.payload)
-        if nonce is not None and (ip.dst, udp.dport) == (packed(REFLECTOR[0]), REFLECTOR[1]):
-            answer = reflector.build_response(nonce, egress, udp.sport)
+        family = ip.version
+        if nonce is not None and (ip.dst, udp.dport) == (packed(FORWARD[family]), REFLECTOR_PORT):
+            answer = reflector.build_response(nonce, egress or EGRESS[family], udp.sport)
             return build_udp(ip.dst, ip.src, udp.dport, udp.sport, answer)
     return None
 
 
-def forged_reply(ip: IPPacket, *, source: IPv4Address | None = None) -> bytes | None:
+def forged_reply(ip: IPPacket, *, source: Address | None = None) -> bytes | None:
     """A well-formed answer with the right identifiers but a wrong payload (or, given `source`, from elsewhere)."""
-    if ip.proto == PROTO_ICMP:
+    if is_icmp(ip):
         echo = parse_icmp(ip)
         assert isinstance(echo, Echo)
         payload = echo.payload if source else bytes([echo.payload[0] ^ 0xFF]) + echo.payload[1:]
         return build_icmp_echo(source or ip.dst, ip.src, echo.identifier, echo.sequence, payload, reply=True)
     udp = parse_udp(ip)
-    answer = reflector.build_response(os.urandom(reflector.NONCE_SIZE), EGRESS, udp.sport)
+    answer = reflector.build_response(os.urandom(reflector.NONCE_SIZE), EGRESS[ip.version], udp.sport)
     return build_udp(ip.dst, ip.src, udp.dport, udp.sport, answer)
 
 
 def to_forward_target(ip: IPPacket) -> bool:
-    return ip.proto == PROTO_ICMP and ip.dst == FORWARD.packed
+    return is_icmp(ip) and ip.dst == packed(FORWARD[ip.version])
+
+
+def to_gateway(ip: IPPacket) -> bool:
+    return is_icmp(ip) and ip.dst == packed(GATEWAY[ip.version])
+
+
+def echo_ids(ip: IPPacket) -> tuple[int, int, bytes]:
+    echo = parse_icmp(ip)
+    assert isinstance(echo, Echo)
+    return echo.identifier, echo.sequence, echo.payload
 
 
 def healthy(relay: FakeRelay, ip: IPPacket) -> None:
@@ -251,17 +288,19 @@ def noisy(relay: FakeRelay, ip: IPPacket) -> None:
     relay.send_valid(sealed)
 
 
-def make_ctx(client: Identity, relay_key: PublicKey, port: int, settings: Settings = SETTINGS) -> PathContext:
+def make_ctx(
+    client: Identity, relay_key: PublicKey, port: int, settings: Settings = SETTINGS, family: int = 4
+) -> PathContext:
     return PathContext(
         relay_name="xx-tst-wg-001",
         relay_key=relay_key,
-        entry=LOOPBACK,
+        entry=LOOPBACK[family],
         port=port,
         identity=client,
         identity_index=0,
-        inner_v4=INNER,
-        inner_v6=None,
-        expected_egress=EGRESS,
+        inner_v4=IPv4Address(INNER[4]),
+        inner_v6=IPv6Address(INNER[6]),
+        expected_egress=EGRESS[family],
         settings=settings,
         cookie_state=CookieState(relay_key),
     )
@@ -271,71 +310,90 @@ def by_name(stages: tuple[StageResult, ...]) -> dict[StageName, StageResult]:
     return {stage.name: stage for stage in stages}
 
 
-async def probe_fake(behaviour: Behaviour | None) -> tuple[dict[StageName, StageResult], PathContext, FakeRelay]:
+def watching(registry: Registry, tunnels: list[Tunnel]) -> Registry:
+    """`registry` with its handshake wrapped to keep the tunnel it returns, so a test can look at it afterwards."""
+
+    async def handshake_and_keep(ctx: PathContext) -> tuple[StageResult, Tunnel | None]:
+        result, tunnel = await registry.handshake(ctx)
+        if tunnel is not None:
+            tunnels.append(tunnel)
+        return result, tunnel
+
+    return Registry(handshake_and_keep, registry.stages)
+
+
+async def probe_fake(
+    behaviour: Behaviour | None, *, family: int = 4, registry: Registry = REGISTRY, **relay_kw: str
+) -> tuple[dict[StageName, StageResult], StagesRun, FakeRelay]:
     client = Identity(PrivateKey.generate())
-    async with FakeRelay(client.public_key, behaviour) as relay:
-        ctx = make_ctx(client, relay.public_key, relay.port)
-        stages = await probe.runner._run_stages(ctx)
-    assert [stage.name for stage in stages] == ALL_STAGES
-    assert ctx.tunnel is not None and ctx.tunnel.flow.sock.fileno() == -1  # the runner closed the tunnel
-    return by_name(stages), ctx, relay
+    tunnels: list[Tunnel] = []
+    async with FakeRelay(client.public_key, behaviour, family=family, **relay_kw) as relay:
+        ctx = make_ctx(client, relay.public_key, relay.port, family=family)
+        run = await run_stages(ctx, watching(registry, tunnels))
+    if run.stages[0].ok:
+        assert [stage.name for stage in run.stages] == ALL_STAGES
+        assert tunnels and tunnels[0].flow.sock.fileno() == -1  # the runner closed the tunnel
+    return by_name(run.stages), run, relay
 
 
 @pytest.mark.asyncio
-async def test_healthy_relay_passes_every_stage_without_loss() -> None:
-    stages, ctx, relay = await probe_fake(healthy)
+@FAMILIES
+async def test_healthy_relay_passes_every_stage_without_loss(family: int) -> None:
+    stages, run, relay = await probe_fake(healthy, family=family)
     for stage in stages.values():
-        assert (stage.name, stage.ok, stage.reason, stage.loss) == (stage.name, True, None, 0.0)
-        assert stage.seconds < TIMEOUT
+        assert (stage.name, stage.ok, stage.reason, stage.loss, stage.judged) == (stage.name, True, None, 0.0, True)
     assert stages[StageName.tunnel].received == 3
     egress_detail = stages[StageName.egress].detail
-    assert egress_detail is not None and str(EGRESS) in egress_detail
+    assert egress_detail is not None and str(EGRESS[family]) in egress_detail
     # The relay really saw each stage's probes, from our tunnel address.
-    assert {ip.dst for ip in relay.inner} == {GATEWAY.packed, FORWARD.packed}
-    assert {ip.src for ip in relay.inner} == {INNER.packed}
+    assert {ip.dst for ip in relay.inner} == {packed(GATEWAY[family]), packed(FORWARD[family])}
+    assert {ip.src for ip in relay.inner} == {packed(INNER[family])}
     assert max(ip.total_length for ip in relay.inner) == SETTINGS.mtu_probe_size
-    assert ctx.tunnel is not None and ctx.tunnel.rejected == 1  # only the duplicated handshake response
+    # The handshake saw the garbage the relay sent around its response, and says so: three datagrams before it and
+    # the duplicate after it, which is the handshake's if it came in the same read and the tunnel's if later.
+    hs = stages[StageName.handshake]
+    assert (hs.sent, hs.received) == (1, 1)
+    assert hs.rejected + run.rejected == 4 and hs.rejected >= 3
+    assert hs.detail is not None and "answer(s) did not authenticate" in hs.detail
 
 
 @pytest.mark.asyncio
-async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_passes() -> None:
+@FAMILIES
+async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_passes(family: int) -> None:
     client = Identity(PrivateKey.generate())
-    async with FakeRelay(client.public_key, noisy) as relay:
-        ctx = make_ctx(client, relay.public_key, relay.port)
-        result = await handshake.run(ctx)
-        assert result.ok, result
-        tunnel = ctx.tunnel
-        assert tunnel is not None
-        ctx.demux = demux = Demux(tunnel)
-        demux.start()
+    async with FakeRelay(client.public_key, noisy, family=family) as relay:
+        ctx = make_ctx(client, relay.public_key, relay.port, family=family)
+        result, tunnel = await handshake.run(ctx)
+        assert result.ok and tunnel is not None, result
+        exchanges = [stage.prepare(ctx) for stage in REGISTRY.stages]
         try:
-            runs = [probe.runner._guard(name, fn, ctx) for name, applies, fn in POST_HANDSHAKE if applies(ctx)]
-            stages = await asyncio.gather(*runs)
+            demux = await drive(tunnel, exchanges, TIMEOUT, time.monotonic)
+            # The duplicated handshake response is the handshake's to reject when it came in the same read.
+            duplicate = result.rejected - 3
             for _ in range(100):  # let answers to probes still in flight arrive, so the books can balance
-                await asyncio.sleep(0.01)
-                if tunnel.rejected == relay.bad_sent:
+                if tunnel.rejected + duplicate == relay.bad_sent:
                     break
+                await asyncio.sleep(0.01)
+                while tunnel.flow.buffer:
+                    tunnel._open(tunnel.flow.buffer.popleft())
+            assert ctx.record is not None
             received = [packet for _, direction, packet in ctx.record.packets if direction == "in"]
-            assert (tunnel.rejected, len(received)) == (relay.bad_sent, relay.valid_sent)
+            assert (tunnel.rejected + duplicate, len(received)) == (relay.bad_sent, relay.valid_sent)
         finally:
-            demux.stop()
             tunnel.close()
     assert relay.bad_sent > 12 * 5
-    for stage in stages:
+    for stage in (exchange.result() for exchange in exchanges):
         assert (stage.name, stage.ok, stage.reason, stage.loss) == (stage.name, True, None, 0.0)
     assert len(set(received)) == len(received)  # no replay was delivered twice
-    assert (demux.corrupt, demux.stray) == (0, 0)  # nothing forged or flipped got through the crypto
+    assert (demux.unattributed, demux.stray) == (0, 0)  # nothing forged or flipped got through the crypto
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    ("forged_source", "mismatch"), [(None, "wrong_payload"), (IPv4Address("198.51.100.8"), "wrong_source")]
-)
-async def test_forged_echo_replies_fail_forward_as_reply_invalid(
-    forged_source: IPv4Address | None, mismatch: str
-) -> None:
+@pytest.mark.parametrize(("forged_source", "mismatch"), [(False, "wrong_payload"), (True, "wrong_source")])
+async def test_forged_echo_replies_fail_forward_as_reply_invalid(forged_source: bool, mismatch: str) -> None:
     def forge(relay: FakeRelay, ip: IPPacket) -> None:
-        reply = forged_reply(ip, source=forged_source) if to_forward_target(ip) else reply_to(ip)
+        source = IPv4Address("198.51.100.8") if forged_source else None
+        reply = forged_reply(ip, source=source) if to_forward_target(ip) else reply_to(ip)
         if reply is not None:
             relay.send_inner(reply)
 
@@ -343,84 +401,166 @@ async def test_forged_echo_replies_fail_forward_as_reply_invalid(
     forward = stages[StageName.forward]
     assert (forward.ok, forward.reason) == (False, Reason.reply_invalid)
     assert forward.detail is not None and mismatch in forward.detail
-    assert stages[StageName.tunnel].ok and stages[StageName.egress].ok
-    assert stages[StageName.mtu].reason is Reason.reply_invalid
+    assert stages[StageName.tunnel].ok
+    # Egress and mtu cross the same NAT: with forward failed, their own failures are not judged.
+    assert stages[StageName.egress].ok
+    assert (stages[StageName.mtu].judged, stages[StageName.mtu].reason) == (False, None)
 
 
 @pytest.mark.asyncio
-async def test_a_corrupt_inner_packet_without_valid_replies_is_reply_invalid_not_a_timeout() -> None:
+@FAMILIES
+async def test_a_corrupt_inner_packet_without_valid_replies_is_reply_invalid_not_a_timeout(family: int) -> None:
     def corrupt(relay: FakeRelay, ip: IPPacket) -> None:
         reply = reply_to(ip)
         if reply is None:
             return
         if to_forward_target(ip):
             broken = bytearray(reply)
-            broken[10] ^= 0xFF  # IPv4 header checksum: authenticated by WireGuard, wrong as IP
+            # IPv4: the header checksum; IPv6: the payload length, so the packet claims more than it has.
+            broken[10 if family == 4 else 5] ^= 0xFF
             reply = bytes(broken)
         relay.send_inner(reply)
 
-    stages, _, _ = await probe_fake(corrupt)
+    stages, _, _ = await probe_fake(corrupt, family=family)
     forward = stages[StageName.forward]
     assert (forward.ok, forward.reason, forward.received) == (False, Reason.reply_invalid, 0)
-    assert forward.detail is not None and "corrupt" in forward.detail
-    assert TIMEOUT <= forward.seconds < TIMEOUT + SLACK
+    assert forward.rejected >= 3 and forward.detail is not None and "corrupt" in forward.detail
     assert stages[StageName.tunnel].ok and stages[StageName.egress].ok
 
 
 @pytest.mark.asyncio
-async def test_icmp_unreachable_for_forward_echoes_is_forward_unreachable() -> None:
+async def test_a_corrupt_packet_counts_against_its_own_stage_only() -> None:
+    """Regression: one corrupt-packet counter for the whole path turned the forward stage's timeout into
+    reply_invalid when the corrupt packet was a copy of the tunnel stage's answer."""
+
+    def corrupt_copies_and_no_nat(relay: FakeRelay, ip: IPPacket) -> None:
+        if to_gateway(ip):
+            reply = reply_to(ip)
+            assert reply is not None
+            broken = bytearray(reply)
+            broken[10] ^= 0xFF
+            relay.send_inner(bytes(broken))
+            relay.send_inner(reply)
+        elif not to_forward_target(ip):
+            healthy(relay, ip)
+
+    stages, _, _ = await probe_fake(corrupt_copies_and_no_nat)
+    tunnel, forward = stages[StageName.tunnel], stages[StageName.forward]
+    assert (tunnel.ok, tunnel.rejected) == (True, 3)
+    assert (forward.ok, forward.reason, forward.rejected) == (False, Reason.forward_timeout, 0)
+
+
+@pytest.mark.asyncio
+@FAMILIES
+async def test_icmp_unreachable_for_forward_echoes_is_forward_unreachable(family: int) -> None:
     def unreachable(relay: FakeRelay, ip: IPPacket) -> None:
         if to_forward_target(ip):
             original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
-            relay.send_inner(build_icmp_error(GATEWAY, INNER, IcmpErrorKind.destination_unreachable, original, code=1))
+            error = build_icmp_error(
+                GATEWAY[family], INNER[family], IcmpErrorKind.destination_unreachable, original, code=1
+            )
+            relay.send_inner(error)
         else:
             healthy(relay, ip)
 
-    stages, _, _ = await probe_fake(unreachable)
+    stages, _, _ = await probe_fake(unreachable, family=family)
     forward = stages[StageName.forward]
     assert (forward.ok, forward.reason) == (False, Reason.forward_unreachable)
     assert forward.detail is not None
-    assert "destination_unreachable" in forward.detail and str(GATEWAY) in forward.detail
-    assert forward.seconds < TIMEOUT  # an error is a definite answer: no waiting out the timeout
-    assert stages[StageName.tunnel].ok and stages[StageName.egress].ok
-
-
-def echo_ids(ip: IPPacket) -> tuple[int, int, bytes]:
-    echo = parse_icmp(ip)
-    assert isinstance(echo, Echo)
-    return echo.identifier, echo.sequence, echo.payload
+    assert "destination_unreachable" in forward.detail and str(GATEWAY[family]) in forward.detail
+    assert stages[StageName.tunnel].ok
 
 
 @pytest.mark.asyncio
-async def test_reflector_reporting_another_address_is_egress_mismatch() -> None:
-    seen = IPv4Address("192.0.2.99")
+async def test_icmp_errors_for_tunnel_and_reflector_probes_are_unreachable_verdicts() -> None:
+    def errors(relay: FakeRelay, ip: IPPacket) -> None:
+        if to_gateway(ip):
+            original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
+            relay.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, original))
+        elif ip.proto == PROTO_UDP:
+            udp = parse_udp(ip)
+            original = build_udp(ip.src, ip.dst, udp.sport, udp.dport, udp.payload)
+            error = build_icmp_error(FORWARD[4], INNER[4], IcmpErrorKind.destination_unreachable, original, code=3)
+            relay.send_inner(error)
+        else:
+            healthy(relay, ip)
+
+    stages, _, _ = await probe_fake(errors)
+    assert stages[StageName.tunnel].reason is Reason.tunnel_unreachable
+    # The tunnel failed, so forward's outcome is not judged; it passed here, and a pass stays a pass.
+    assert stages[StageName.forward].ok
+
+    def reflector_closed(relay: FakeRelay, ip: IPPacket) -> None:
+        if ip.proto == PROTO_UDP:
+            errors(relay, ip)
+        else:
+            healthy(relay, ip)
+
+    stages, _, _ = await probe_fake(reflector_closed)
+    egress = stages[StageName.egress]
+    assert (egress.ok, egress.reason) == (False, Reason.egress_unreachable)
+    assert egress.detail is not None and "destination_unreachable" in egress.detail
+
+
+@pytest.mark.asyncio
+@FAMILIES
+async def test_packet_too_big_for_the_mtu_probe_is_mtu_too_big(family: int) -> None:
+    def too_big(relay: FakeRelay, ip: IPPacket) -> None:
+        if to_forward_target(ip) and ip.total_length > 1000:
+            original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
+            relay.send_inner(build_icmp_error(GATEWAY[family], INNER[family], IcmpErrorKind.packet_too_big, original))
+        else:
+            healthy(relay, ip)
+
+    stages, _, _ = await probe_fake(too_big, family=family)
+    mtu = stages[StageName.mtu]
+    assert (mtu.ok, mtu.reason, mtu.judged) == (False, Reason.mtu_too_big, True)
+    assert all(stage.ok for name, stage in stages.items() if name is not StageName.mtu)
+
+
+@pytest.mark.asyncio
+@FAMILIES
+async def test_reflector_reporting_another_address_is_egress_mismatch(family: int) -> None:
+    seen: Address = IPv4Address("192.0.2.99") if family == 4 else IPv6Address("2001:db8:99::99")
 
     def wrong_egress(relay: FakeRelay, ip: IPPacket) -> None:
         reply = reply_to(ip, egress=seen)
         if reply is not None:
             relay.send_inner(reply)
 
-    stages, _, _ = await probe_fake(wrong_egress)
+    stages, _, _ = await probe_fake(wrong_egress, family=family)
     egress = stages[StageName.egress]
     assert (egress.ok, egress.reason) == (False, Reason.egress_mismatch)
-    assert egress.detail is not None and str(seen) in egress.detail and str(EGRESS) in egress.detail
+    assert egress.detail is not None and str(seen) in egress.detail and str(EGRESS[family]) in egress.detail
     assert all(stage.ok for name, stage in stages.items() if name is not StageName.egress)
 
 
 @pytest.mark.asyncio
-async def test_relay_silent_after_handshake_times_every_stage_out() -> None:
+@FAMILIES
+async def test_a_broken_nat_is_forward_timeout_alone_and_later_stages_are_not_judged(family: int) -> None:
+    def no_nat(relay: FakeRelay, ip: IPPacket) -> None:
+        if to_gateway(ip):
+            healthy(relay, ip)
+
+    stages, _, _ = await probe_fake(no_nat, family=family)
+    assert stages[StageName.tunnel].ok
+    forward = stages[StageName.forward]
+    assert (forward.ok, forward.reason, forward.judged, forward.received) == (False, Reason.forward_timeout, True, 0)
+    for name in (StageName.egress, StageName.mtu):
+        stage = stages[name]
+        assert (stage.ok, stage.reason, stage.judged) == (False, None, False), stage
+        assert stage.detail == "not judged: forward failed"
+
+
+@pytest.mark.asyncio
+async def test_relay_silent_after_handshake_fails_the_tunnel_and_judges_nothing_after_it() -> None:
     stages, _, relay = await probe_fake(lambda relay, ip: None)
     assert stages[StageName.handshake].ok
-    expected = {
-        StageName.tunnel: Reason.tunnel_timeout,
-        StageName.forward: Reason.forward_timeout,
-        StageName.egress: Reason.egress_timeout,
-        StageName.mtu: Reason.mtu_blackhole,
-    }
-    for name, reason in expected.items():
-        stage = stages[name]
-        assert (stage.ok, stage.reason, stage.loss, stage.received) == (False, reason, 1.0, 0)
-        assert stage.sent >= 3 and TIMEOUT <= stage.seconds < TIMEOUT + SLACK
+    tunnel = stages[StageName.tunnel]
+    assert (tunnel.ok, tunnel.reason, tunnel.loss, tunnel.received) == (False, Reason.tunnel_timeout, 1.0, 0)
+    assert tunnel.sent >= 3
+    for name in (StageName.forward, StageName.egress, StageName.mtu):
+        assert (stages[name].judged, stages[name].reason) == (False, None)
     assert len(relay.inner) >= 12  # the probes did reach the relay and decrypted there
 
 
@@ -429,31 +569,31 @@ async def test_relay_that_vanishes_after_the_handshake_gives_timeouts_not_a_hang
     def vanish(relay: FakeRelay, ip: IPPacket) -> None:
         relay.close()  # the client's next datagrams draw ICMP port unreachable on loopback
 
-    started = time.perf_counter()
-    stages, _, _ = await probe_fake(vanish)
+    stages, _, _ = await asyncio.wait_for(probe_fake(vanish), 10)  # a hang guard, not a timing assertion
     assert stages[StageName.handshake].ok
     assert [stage.ok for stage in stages.values()] == [True, False, False, False, False]
-    assert time.perf_counter() - started < TIMEOUT + SLACK + 0.5
+    assert stages[StageName.tunnel].reason is Reason.tunnel_timeout
 
 
 @pytest.mark.asyncio
-async def test_handshake_to_a_closed_port_is_port_unreachable() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_port:
-        probe_port.bind((str(LOOPBACK), 0))
+@FAMILIES
+async def test_handshake_to_a_closed_port_is_port_unreachable(family: int) -> None:
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM) as probe_port:
+        probe_port.bind((str(LOOPBACK[family]), 0))
         port = probe_port.getsockname()[1]
-    ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), port)
-    stages = await probe.runner._run_stages(ctx)
-    assert [(stage.name, stage.reason) for stage in stages] == [(StageName.handshake, Reason.port_unreachable)]
-    assert stages[0].seconds < TIMEOUT and ctx.tunnel is None
+    ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), port, family=family)
+    run = await run_stages(ctx)
+    assert [(stage.name, stage.reason) for stage in run.stages] == [(StageName.handshake, Reason.port_unreachable)]
+    assert (run.stages[0].sent, run.stages[0].received) == (1, 0)
 
 
 @pytest.mark.asyncio
 async def test_handshake_to_a_silent_socket_is_handshake_timeout_after_every_attempt() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind((str(LOOPBACK), 0))
+        silent.bind((str(LOOPBACK[4]), 0))
         silent.setblocking(False)
         ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), silent.getsockname()[1])
-        stages = await probe.runner._run_stages(ctx)
+        run = await run_stages(ctx)
         initiations = 0
         while True:
             try:
@@ -462,46 +602,97 @@ async def test_handshake_to_a_silent_socket_is_handshake_timeout_after_every_att
                 break
             initiations += 1
             assert len(datagram) == Initiation.SIZE
-    assert [(stage.name, stage.reason) for stage in stages] == [(StageName.handshake, Reason.handshake_timeout)]
+    hs = run.stages[0]
+    assert [(stage.name, stage.reason) for stage in run.stages] == [(StageName.handshake, Reason.handshake_timeout)]
     assert initiations == SETTINGS.handshake_attempts
-    attempts = SETTINGS.handshake_attempts
-    assert attempts * TIMEOUT <= stages[0].seconds < attempts * TIMEOUT + SLACK
+    # Regression: the stage used to say sent 0 after two initiations.
+    assert (hs.sent, hs.received, hs.loss) == (initiations, 0, 1.0)
 
 
 @pytest.mark.asyncio
-async def test_forged_handshake_answers_are_handshake_timeout_not_a_crash() -> None:
-    client = Identity(PrivateKey.generate())
-    async with FakeRelay(client.public_key, healthy, on_initiation="garbage") as relay:
-        ctx = make_ctx(client, relay.public_key, relay.port)
-        stages = await probe.runner._run_stages(ctx)
-    assert [(stage.name, stage.reason) for stage in stages] == [(StageName.handshake, Reason.handshake_timeout)]
+async def test_forged_handshake_answers_are_handshake_timeout_and_say_they_did_not_authenticate() -> None:
+    stages, _, relay = await probe_fake(healthy, on_initiation="garbage")
+    hs = stages[StageName.handshake]
+    assert (hs.reason, hs.sent, hs.received) == (Reason.handshake_timeout, 2, 0)
     assert relay.initiations == SETTINGS.handshake_attempts  # a forged cookie reply earned no extra attempt
+    assert hs.rejected == 5 * relay.initiations
+    assert hs.detail is not None and "did not authenticate" in hs.detail
 
 
 @pytest.mark.asyncio
-async def test_a_stage_that_raises_becomes_internal_error_and_the_others_still_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def broken(ctx: PathContext) -> StageResult:
+async def test_a_relay_that_only_ever_sends_cookie_replies_is_cookie_failed() -> None:
+    stages, _, relay = await probe_fake(healthy, on_initiation="cookie")
+    hs = stages[StageName.handshake]
+    assert (hs.ok, hs.reason) == (False, Reason.cookie_failed)
+    # Each cookie earns one more initiation, up to the budget once more.
+    assert relay.initiations == 2 * SETTINGS.handshake_attempts == hs.sent
+    assert hs.detail is not None and "cookie" in hs.detail
+
+
+@pytest.mark.asyncio
+async def test_a_namespace_that_is_gone_is_socket_error_not_internal_error() -> None:
+    settings = replace(SETTINGS, netns="wgprobe-test-no-such-namespace")
+    ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), 9, settings)
+    run = await run_stages(ctx)
+    hs = run.stages[0]
+    assert (hs.reason, hs.sent) == (Reason.socket_error, 0)
+    assert hs.detail is not None and "wgprobe-test-no-such-namespace" in hs.detail
+
+
+@pytest.mark.asyncio
+async def test_a_send_error_after_the_handshake_is_socket_error_for_the_stages() -> None:
+    async def handshake_then_break_the_socket(ctx: PathContext) -> tuple[StageResult, Tunnel | None]:
+        result, tunnel = await handshake.run(ctx)
+        assert tunnel is not None
+        tunnel.flow.sock.shutdown(socket.SHUT_WR)  # every later send fails with EPIPE, an OSError
+        return result, tunnel
+
+    stages, _, _ = await probe_fake(healthy, registry=Registry(handshake_then_break_the_socket, REGISTRY.stages))
+    assert stages[StageName.handshake].ok
+    for name in (StageName.tunnel, StageName.forward, StageName.egress, StageName.mtu):
+        reason = stages[name].reason if stages[name].judged else Reason.socket_error
+        assert reason is Reason.socket_error, stages[name]
+    assert stages[StageName.tunnel].judged
+
+
+@pytest.mark.asyncio
+async def test_a_stage_that_raises_becomes_internal_error_and_the_others_still_run() -> None:
+    def broken(ctx: PathContext) -> Exchange:
         raise RuntimeError("stage bug")
 
-    registry = tuple(
-        (name, applies, broken if name is StageName.forward else fn) for name, applies, fn in POST_HANDSHAKE
-    )
-    monkeypatch.setattr(probe.runner, "POST_HANDSHAKE", registry)
-    stages, _, _ = await probe_fake(healthy)
+    stages, _, _ = await probe_fake(healthy, registry=REGISTRY.replace(StageName.forward, broken))
     forward = stages[StageName.forward]
     assert (forward.ok, forward.reason, forward.detail) == (False, Reason.internal_error, "RuntimeError: stage bug")
-    assert all(stage.ok for name, stage in stages.items() if name is not StageName.forward)
+    assert stages[StageName.tunnel].ok and stages[StageName.egress].ok
 
 
 @pytest.mark.asyncio
-async def test_guard_turns_a_raising_handshake_into_internal_error() -> None:
-    async def broken(ctx: PathContext) -> StageResult:
+async def test_a_judge_that_raises_fails_its_own_stage_only() -> None:
+    prepare = next(stage.prepare for stage in REGISTRY.stages if stage.name is StageName.tunnel)
+
+    def crashing_judge(ctx: PathContext) -> Exchange:
+        exchange = prepare(ctx)
+
+        def judge(ip: IPPacket) -> tuple[int | None, object]:
+            raise ValueError("judge bug")
+
+        exchange.judge = judge  # type: ignore[assignment,method-assign]
+        return exchange
+
+    stages, _, _ = await probe_fake(healthy, registry=REGISTRY.replace(StageName.tunnel, crashing_judge))
+    tunnel = stages[StageName.tunnel]
+    assert (tunnel.reason, tunnel.detail) == (Reason.internal_error, "ValueError: judge bug")
+    assert stages[StageName.forward].ok and stages[StageName.mtu].ok
+
+
+@pytest.mark.asyncio
+async def test_a_raising_handshake_becomes_internal_error() -> None:
+    async def broken(ctx: PathContext) -> tuple[StageResult, Tunnel | None]:
         raise ProtocolError("not caught by the stage")
 
     ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), 9)
-    result = await probe.runner._guard(StageName.handshake, broken, ctx)
+    run = await run_stages(ctx, Registry(broken, REGISTRY.stages))
+    (result,) = run.stages
     assert (result.ok, result.reason, result.loss) == (False, Reason.internal_error, 1.0)
     assert result.detail == "ProtocolError: not caught by the stage"
 
@@ -511,13 +702,11 @@ async def test_recv_after_the_relay_port_closes_returns_at_the_deadline() -> Non
     """Regression: an ICMP port unreachable after the handshake used to make `Tunnel.recv` spin forever."""
     client = Identity(PrivateKey.generate())
     async with FakeRelay(client.public_key, None) as relay:
-        tunnel = await Tunnel.open(client, relay.public_key, LOOPBACK, relay.port, timeout=0.3)
+        tunnel = await Tunnel.open(client, relay.public_key, LOOPBACK[4], relay.port, timeout=0.3)
     try:
         tunnel.send(build_icmp_echo("10.64.0.2", "10.64.0.1", 1, 1, b"x"))  # draws ICMP port unreachable
         await asyncio.sleep(0.05)
-        started = time.monotonic()
-        assert await asyncio.wait_for(tunnel.recv(0.3), 2.0) is None
-        assert 0.25 <= time.monotonic() - started < 1.0
+        assert await asyncio.wait_for(tunnel.recv(0.3), 5.0) is None  # a hang guard, not a timing assertion
     finally:
         tunnel.close()
 
@@ -526,7 +715,7 @@ def foreign_error(relay: FakeRelay, ip: IPPacket) -> None:
     """Answer forward echoes with an ICMP error about *another* client's packet that carries our echo id."""
     if to_forward_target(ip):
         other = build_icmp_echo("10.64.0.99", "203.0.113.9", *echo_ids(ip))
-        relay.send_inner(build_icmp_error(GATEWAY, INNER, IcmpErrorKind.destination_unreachable, other, code=1))
+        relay.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, other, code=1))
     healthy(relay, ip)
 
 

@@ -25,10 +25,12 @@ from probe.wireguard import (
     IndexMismatchError,
     InitiatorHandshake,
     InitiatorState,
+    InvalidKeyError,
     PrivateKey,
     ProtocolError,
     ReplayError,
     Responder,
+    Response,
     TransportSession,
     UnknownPeerError,
 )
@@ -344,7 +346,7 @@ def test_low_order_ephemeral_in_initiation_is_a_protocol_error() -> None:
 
 @FUZZ
 @given(
-    body=st.one_of(st.binary(max_size=120), st.binary(min_size=80, max_size=80)),
+    body=st.one_of(st.binary(max_size=120), st.binary(min_size=84, max_size=84)),
     valid_mac1=st.booleans(),
 )
 def test_consume_response_raises_only_protocol_errors(body: bytes, valid_mac1: bool) -> None:
@@ -352,12 +354,27 @@ def test_consume_response_raises_only_protocol_errors(body: bytes, valid_mac1: b
     handshake.create_initiation(NOW)
     assert handshake.sender_index is not None
     data = body
-    if len(body) == 80:  # right type, right receiver index, random rest
+    if len(body) == 84:  # right type, right receiver index, random rest: a 92-byte response
         data = struct.pack("<III", 2, int.from_bytes(body[:4], "little"), handshake.sender_index) + body[4:]
+        assert len(data) == Response.SIZE
         if valid_mac1:
             data = with_mac1(data, CLIENT.public_key().raw)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError) as raised:
         handshake.consume_response(data, NOW)
+    if len(body) == 84 and valid_mac1:
+        # Past mac1, the random ephemeral reaches the DH steps and the AEAD (or is refused as a low-order point).
+        assert "mac1" not in str(raised.value)
+        assert isinstance(raised.value, AuthenticationError | InvalidKeyError)
     with pytest.raises(ProtocolError):
         handshake.receive(data, NOW)
     assert handshake.state is InitiatorState.INITIATION_SENT
+
+
+def test_a_response_with_a_valid_mac1_and_random_rest_fails_at_the_aead() -> None:
+    handshake = InitiatorHandshake(Identity(CLIENT), RELAY.public_key(), randbytes=seeded(b"aead"))
+    handshake.create_initiation(NOW)
+    assert handshake.sender_index is not None
+    ephemeral = PrivateKey.generate().public_key().raw  # a valid curve point: the DH steps succeed
+    data = struct.pack("<III", 2, 7, handshake.sender_index) + ephemeral + bytes(16) + bytes(32)
+    with pytest.raises(AuthenticationError, match="AEAD"):
+        handshake.consume_response(with_mac1(data, CLIENT.public_key().raw), NOW)

@@ -1,0 +1,199 @@
+"""A stage's exchange with a fake clock: booking answers, the verdict's order, loss with probes still in flight,
+and the dependency rule that leaves stages after a failed one unjudged. Pure: no socket, no event loop."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from probe.packets import Echo, IcmpErrorKind, build_icmp_echo, build_icmp_error, parse_icmp, parse_ip
+from probe.results import PathResult, Reason, StageName, StageResult, path_outcome, worst_reason
+from probe.runner import unjudged_after_failures
+from probe.stages import REGISTRY
+from probe.stages.base import ClaimKind, PathContext, Settings, claim_of, raw_claim
+from probe.stages.echo import EchoExchange
+from probe.wireguard import CookieState, Identity, PrivateKey
+
+INNER = IPv4Address("10.64.0.2")
+TARGET = IPv4Address("198.51.100.7")
+
+
+def exchange(packets: int = 3) -> EchoExchange:
+    key = PrivateKey.generate().public_key()
+    ctx = PathContext(
+        relay_name="xx-tst-wg-001",
+        relay_key=key,
+        entry=IPv4Address("127.0.0.1"),
+        port=51820,
+        identity=Identity(PrivateKey.generate()),
+        identity_index=0,
+        inner_v4=INNER,
+        inner_v6=None,
+        expected_egress=None,
+        settings=Settings(packets=packets, forward_target=TARGET),
+        cookie_state=CookieState(key),
+    )
+    return EchoExchange(
+        ctx,
+        StageName.forward,
+        TARGET,
+        timeout_reason=Reason.forward_timeout,
+        unreachable_reason=Reason.forward_unreachable,
+    )
+
+
+def answer(probe: bytes, **changes: object) -> bytes:
+    echo = parse_icmp(parse_ip(probe))
+    assert isinstance(echo, Echo)
+    payload = changes.get("payload", echo.payload)
+    assert isinstance(payload, bytes)
+    return build_icmp_echo(TARGET, INNER, echo.identifier, echo.sequence, payload, reply=True)
+
+
+def test_enough_good_answers_end_the_stage_ok_with_the_median_rtt() -> None:
+    ex = exchange()
+    probes = [ex.next_probe(0.0) for _ in range(3)]
+    for at, probe in zip((0.010, 0.020, 0.030), probes, strict=True):
+        assert not ex.done
+        ex.take(parse_ip(answer(probe)), at)
+    assert ex.done and ex.finished == 0.030
+    result = ex.result()
+    assert (result.ok, result.reason, result.seconds, result.loss, result.sent, result.received) == (
+        True,
+        None,
+        0.02,
+        0.0,
+        3,
+        3,
+    )
+    ex.close()
+
+
+def test_no_answer_is_the_stages_timeout_reason_with_full_loss_and_the_time_waited() -> None:
+    ex = exchange()
+    for n in range(5):
+        ex.next_probe(n * 0.05)
+    ex.end(1.0)
+    result = ex.result()
+    assert (result.ok, result.reason, result.loss, result.sent, result.received) == (
+        False,
+        Reason.forward_timeout,
+        1.0,
+        5,
+        0,
+    )
+    assert result.seconds == 1.0  # nothing answered: the time waited
+    ex.close()
+
+
+def test_probes_still_in_flight_at_the_end_are_not_counted_as_lost() -> None:
+    ex = exchange()
+    first = [ex.next_probe(0.0) for _ in range(3)]
+    ex.take(parse_ip(answer(first[0])), 0.010)
+    ex.take(parse_ip(answer(first[1])), 0.010)
+    ex.next_probe(0.050)  # a resend for the lost third...
+    late = ex.next_probe(0.995)  # ...and one sent 5 ms before the end
+    ex.take(parse_ip(answer(late)), 0.996)
+    assert ex.done
+    sent, received, loss = ex.loss()
+    # The third probe (sent at 0) and the resend at 0.05 had time: lost. The last one was answered.
+    assert (sent, received) == (5, 3) and loss == pytest.approx(0.4)
+
+
+def test_an_answer_just_sent_is_in_flight_until_two_rtts_have_passed() -> None:
+    ex = exchange(packets=2)
+    a = ex.next_probe(0.0)
+    ex.next_probe(0.0)
+    ex.take(parse_ip(answer(a)), 0.1)  # a 100 ms round trip
+    ex.next_probe(0.9)
+    ex.end(1.0)
+    # The second initial probe is lost (sent 1 s ago); the one sent 100 ms before the end is younger than 2 RTTs.
+    assert ex.loss()[:2] == (2, 1)
+
+
+def test_an_icmp_error_about_our_probe_ends_the_stage_at_once_as_unreachable() -> None:
+    ex = exchange()
+    probe = ex.next_probe(0.0)
+    error = build_icmp_error(IPv4Address("10.64.0.1"), INNER, IcmpErrorKind.destination_unreachable, probe, code=1)
+    ex.take(parse_ip(error), 0.002)
+    assert ex.done and ex.finished == 0.002
+    result = ex.result()
+    assert (result.reason, result.detail) == (Reason.forward_unreachable, "ICMP destination_unreachable from 10.64.0.1")
+
+
+def test_a_wrong_answer_is_reply_invalid_even_with_enough_good_ones() -> None:
+    ex = exchange()
+    probes = [ex.next_probe(0.0) for _ in range(3)]
+    ex.take(parse_ip(answer(probes[0], payload=b"forged-payload")), 0.001)
+    for probe in probes:
+        ex.take(parse_ip(answer(probe)), 0.002)
+    result = ex.result()
+    assert (result.ok, result.reason) == (False, Reason.reply_invalid)
+    assert result.detail is not None and "wrong_payload" in result.detail
+
+
+def test_corrupt_answers_make_a_timeout_reply_invalid_and_are_counted() -> None:
+    ex = exchange()
+    ex.next_probe(0.0)
+    ex.corrupt += 2
+    ex.end(1.0)
+    result = ex.result()
+    assert (result.reason, result.rejected) == (Reason.reply_invalid, 2)
+    assert result.detail == "2 corrupt packet(s) from the relay"
+
+
+def test_a_corrupt_packet_is_attributed_by_its_identifiers() -> None:
+    ex = exchange()
+    probe = ex.next_probe(0.0)
+    reply = bytearray(answer(probe))
+    reply[10] ^= 0xFF  # the IPv4 header checksum: parse_ip refuses it
+    assert raw_claim(bytes(reply)) == ex.claim == (ClaimKind.echo, ex.template.identifier)
+    ip = parse_ip(answer(probe))
+    assert claim_of(ip.version, ip.proto, ip.payload) == ex.claim
+    assert raw_claim(b"\x45" + bytes(5)) is None  # too short to say anything
+
+
+def stage(name: StageName, ok: bool, reason: Reason | None = None) -> StageResult:
+    return StageResult(name=name, ok=ok, reason=reason, seconds=0.0, loss=0.0)
+
+
+def test_stages_after_a_failed_tunnel_or_forward_are_not_judged_but_passes_stay_passes() -> None:
+    stages = [
+        stage(StageName.tunnel, True),
+        stage(StageName.forward, False, Reason.forward_timeout),
+        stage(StageName.egress, False, Reason.egress_timeout),
+        stage(StageName.mtu, True),
+    ]
+    out = unjudged_after_failures(stages, REGISTRY)
+    assert [(s.name, s.ok, s.reason, s.judged) for s in out] == [
+        (StageName.tunnel, True, None, True),
+        (StageName.forward, False, Reason.forward_timeout, True),
+        (StageName.egress, False, None, False),
+        (StageName.mtu, True, None, True),
+    ]
+    chain = unjudged_after_failures(
+        [stage(StageName.tunnel, False, Reason.tunnel_timeout)]
+        + [stage(n, False, Reason.forward_timeout) for n in (StageName.forward, StageName.egress, StageName.mtu)],
+        REGISTRY,
+    )
+    assert [s.judged for s in chain] == [True, False, False, False]
+    assert path_outcome(tuple(chain)) == (False, Reason.tunnel_timeout)
+
+
+def path(*stages: StageResult) -> PathResult:
+    ok, reason = path_outcome(stages)
+    return PathResult(port=51820, family="ipv4", ok=ok, reason=reason, stages=stages, entry="192.0.2.1")
+
+
+def test_a_paths_reason_is_its_first_failure_and_a_servers_is_its_earliest_failing_stage() -> None:
+    hs = stage(StageName.handshake, True)
+    forward_broken = path(hs, stage(StageName.tunnel, True), stage(StageName.forward, False, Reason.forward_timeout))
+    port_closed = path(stage(StageName.handshake, False, Reason.port_unreachable))
+    fine = path(hs, stage(StageName.tunnel, True))
+    assert (forward_broken.ok, forward_broken.reason) == (False, Reason.forward_timeout)
+    assert worst_reason((fine, forward_broken, port_closed)) is Reason.port_unreachable
+    assert worst_reason((forward_broken, fine)) is Reason.forward_timeout
+    assert worst_reason((fine,)) is None
+    egress = path(hs, stage(StageName.egress, False, Reason.egress_mismatch))
+    assert worst_reason((egress, forward_broken)) is Reason.forward_timeout  # earlier stage wins, not order
