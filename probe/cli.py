@@ -1,52 +1,117 @@
-"""The `probe` command. Subcommands import what they need when they run, so `probe server` starts fast."""
+"""The `probe` command.
+
+argparse, and each command's heavy imports inside its handler: `probe server` is run by hand during incidents and
+by deploy pipelines, so its start-up counts (a CLI framework cost a quarter of a second here). Every command
+module offers `register(subparsers)`; a handler takes the parsed arguments and returns the exit code.
+
+Exit codes, for every command (probe/errors.py holds them): 0 all ok, 1 a relay failed, 2 usage or config error,
+3 could not judge (inventory unreachable, the agent's own network down), 70 a bug in wgprobe.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
-import typer
-
-from probe import cli_probe
-from probe.errors import ConfigError, WgProbeError
-from probe.lab.cli import lab_app
-
-app = typer.Typer(
-    name="probe",
-    help="End-to-end connectivity probing for fleets of WireGuard relays.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from probe import __version__
+from probe.errors import (
+    EXIT_BUG,
+    EXIT_FAILED,
+    EXIT_UNJUDGED,
+    EXIT_USAGE,
+    ConfigError,
+    UnavailableError,
+    WgProbeError,
 )
-app.add_typer(lab_app, name="lab")
-app.command()(cli_probe.server)
-app.command()(cli_probe.sweep)
-app.command()(cli_probe.servers)
-app.command()(cli_probe.dissect)
 
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# What each kind of error means for the exit code, and how its message starts; checked in order.
+ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, "error"),
+    (UnavailableError, EXIT_UNJUDGED, "could not judge"),
+    (WgProbeError, EXIT_FAILED, "error"),
+)
 
 
-@app.command()
-def reflector(
-    listen: Annotated[
-        list[str] | None,
-        typer.Option("--listen", help="ADDR:PORT or [V6ADDR]:PORT to answer on (repeatable)."),
-    ] = None,
-) -> None:
-    """Answer egress-check requests with the source address and port they came from (see probe/reflector.py)."""
+def build_parser() -> argparse.ArgumentParser:
+    from probe import cli_probe
+    from probe.lab import cli as lab_cli
+
+    parser = argparse.ArgumentParser(
+        prog="probe",
+        description="End-to-end connectivity probing for fleets of WireGuard relays.",
+        epilog="Exit codes: 0 all ok, 1 a relay failed, 2 usage or config error, 3 could not judge.",
+    )
+    parser.add_argument("--version", action="version", version=f"wgprobe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_probe.register(commands)
+    lab_cli.register(commands)
+    _register_reflector(commands)
+    return parser
+
+
+def _register_reflector(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "reflector",
+        help="answer egress-check requests with the address they came from",
+        description="Answer egress-check requests with the source address and port they came from "
+        "(see probe/reflector.py).",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="ADDR:PORT or [V6ADDR]:PORT to answer on (repeatable)",
+    )
+    parser.set_defaults(handler=_reflector)
+
+
+def _reflector(args: argparse.Namespace) -> int:
     from probe import reflector as refl
 
-    addresses = [refl.parse_listen(item) for item in (listen or [f"0.0.0.0:{refl.DEFAULT_PORT}"])]
+    addresses = [refl.parse_listen(item) for item in (args.listen or [f"0.0.0.0:{refl.DEFAULT_PORT}"])]
     refl.serve(addresses)
+    return 0
 
 
-def main() -> None:
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run the command; every error becomes a message and an exit code, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from probe.term import clean_lines
+
     try:
-        app()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        code: int = args.handler(args)
     except WgProbeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        exit_code, prefix = next((code, prefix) for kind, code, prefix in ERRORS if isinstance(exc, kind))
+        print(f"{prefix}: {clean_lines(exc)}", file=sys.stderr)
+        return exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`probe sweep --json | head`): not an error, and nothing more can be written.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: say so in one line; the traceback only on request
+        print(f"internal error (a bug in wgprobe): {type(exc).__name__}: {clean_lines(exc)}", file=sys.stderr)
+        if os.environ.get("WGPROBE_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        else:
+            print("set WGPROBE_DEBUG=1 for the traceback", file=sys.stderr)
+        return EXIT_BUG
+    return code
+
+
+def main() -> NoReturn:
+    sys.exit(run())

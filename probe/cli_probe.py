@@ -1,231 +1,288 @@
-"""`probe server`, `probe sweep` and `probe servers`: the engineer's commands. Heavy modules load per command."""
+"""`probe server`, `probe sweep`, `probe servers` and `probe dissect`: the engineer's commands.
+
+Heavy modules (the runner, pydantic models, scapy) load inside the handlers. Everything printed that came from
+outside (names, labels, locations, details) goes through `probe.term.clean`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
-
-from probe.errors import ConfigError
+from probe.errors import EXIT_FAILED, EXIT_OK, EXIT_UNJUDGED, ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from rich.console import Console
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
     from probe.config import AgentConfig
     from probe.inventory import Inventory, Relay
-    from probe.results import ServerResult
+    from probe.results import ServerResult, StageResult
+    from probe.term import Style
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Agent config (default: $WGPROBE_CONFIG, then ./agent.toml).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 FAMILIES = ("ipv4", "ipv6")
+
+
+def _port(text: str) -> int:
+    if not text.isdecimal() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"must be 1..65535, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="agent config (default: $WGPROBE_CONFIG, then ./agent.toml)"
+    )
+
+
+def register(commands: Commands) -> None:
+    server_p = commands.add_parser(
+        "server",
+        help="probe one relay on every path, stage by stage",
+        description="Probe one relay on every path, stage by stage. "
+        "Exit 0 all paths ok, 1 any failed, 2 usage/config error, 3 could not judge.",
+    )
+    server_p.add_argument("name", help="relay name, as se-got-wg-001")
+    _config_option(server_p)
+    server_p.add_argument("--port", type=_port, help="probe only this entry port")
+    server_p.add_argument("--family", choices=FAMILIES, help="probe only ipv4 or ipv6")
+    server_p.add_argument("--json", action="store_true", dest="json_out", help="machine-readable output")
+    server_p.set_defaults(handler=server)
+
+    sweep_p = commands.add_parser(
+        "sweep",
+        help="probe every relay; failures by reason and by shared labels",
+        description="Probe every relay; summarise failures by reason and by the labels the failing relays share.",
+    )
+    _config_option(sweep_p)
+    sweep_p.add_argument("--json", action="store_true", dest="json_out", help="one JSON result per line")
+    sweep_p.add_argument("--rounds", type=_positive, default=1, help="probe the whole fleet this many times")
+    sweep_p.add_argument("--concurrency", type=_positive, default=16, help="relays probed at once (default 16)")
+    sweep_p.set_defaults(handler=sweep)
+
+    servers_p = commands.add_parser("servers", help="list the inventory the config points at")
+    _config_option(servers_p)
+    servers_p.add_argument("--json", action="store_true", dest="json_out", help="one JSON relay per line")
+    servers_p.set_defaults(handler=servers)
+
+    dissect_p = commands.add_parser(
+        "dissect",
+        help="show the packets of evidence pcaps",
+        description="Show the inner packets of evidence pcaps, dissected by scapy (slow to start: for people).",
+    )
+    dissect_p.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help="evidence pcap written by a probe")
+    dissect_p.set_defaults(handler=dissect)
 
 
 def _load(config_path: Path | None) -> tuple[AgentConfig, Inventory]:
     from probe.config import find_config, load_config
     from probe.inventory import load_inventory
+    from probe.term import clean
 
     config = load_config(find_config(config_path))
     inventory = load_inventory(config.inventory.source, include_inactive=config.inventory.include_inactive)
     for problem in inventory.problems:
-        print(f"warning: inventory: {problem} (skipped)", file=sys.stderr)
+        print(f"warning: inventory: {clean(problem)} (skipped)", file=sys.stderr)
+    if config.agent.netns is not None:
+        from probe.sockets import require_namespace
+
+        require_namespace(config.agent.netns)  # a config error now, not a socket_error on every path later
     return config, inventory
 
 
-def server(
-    name: Annotated[str, typer.Argument(help="Relay name, as se-got-wg-001.")],
-    config: ConfigOption = None,
-    port: Annotated[int | None, typer.Option("--port", help="Probe only this entry port.")] = None,
-    family: Annotated[str | None, typer.Option("--family", help="Probe only ipv4 or ipv6.")] = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Probe one relay on every path, stage by stage. Exit 0 all paths ok, 1 any failed, 2 usage/config error."""
-    if family is not None and family not in FAMILIES:
-        raise ConfigError(f"--family must be ipv4 or ipv6, got {family!r}")
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"--port must be 1..65535, got {port}")
+def could_not_judge(results: list[ServerResult]) -> bool:
+    """Every path of every result failed because the agent could not send at all: its own network is down."""
+    from probe.results import Reason
+
+    paths = [path for result in results for path in result.paths]
+    return bool(paths) and all(path.reason is Reason.socket_error for path in paths)
+
+
+def exit_code(results: list[ServerResult]) -> int:
+    if all(result.ok for result in results):
+        return EXIT_OK
+    return EXIT_UNJUDGED if could_not_judge(results) else EXIT_FAILED
+
+
+def server(args: argparse.Namespace) -> int:
     from probe.runner import Prober
 
-    agent_config, inventory = _load(config)
-    relay = inventory.require(name)
-    if family == "ipv6" and relay.ipv6_addr_in is None:
-        raise ConfigError(f"{name} has no IPv6 entry address in the inventory")
-    result = asyncio.run(Prober(agent_config, inventory).probe_relay(relay, only_port=port, family=family))
-    if json_out:
+    config, inventory = _load(args.config)
+    relay = inventory.require(args.name)
+    if args.family == "ipv6" and relay.ipv6_addr_in is None:
+        raise ConfigError(f"{relay.name} has no IPv6 entry address in the inventory")
+    prober = Prober(config, inventory)
+    result = asyncio.run(prober.probe_relay(relay, only_port=args.port, family=args.family))
+    if args.json_out:
         print(result.model_dump_json())
     else:
-        _print_server(result)
-    raise typer.Exit(0 if result.ok else 1)
+        print(render_server(result))
+    if could_not_judge([result]):
+        print("could not judge: the agent could not send on any path (its own network is down)", file=sys.stderr)
+    return exit_code([result])
 
 
-def sweep(
-    config: ConfigOption = None,
-    json_out: JsonOption = False,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Probe the whole fleet this many times.")] = 1,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Relays probed at once.")] = 16,
-) -> None:
-    """Probe every relay; summarise failures by reason and by the labels the failing relays share."""
+def sweep(args: argparse.Namespace) -> int:
     from probe.runner import Prober, rotation_now
+    from probe.term import Progress
 
-    agent_config, inventory = _load(config)
-    prober = Prober(agent_config, inventory)
+    config, inventory = _load(args.config)
+    prober = Prober(config, inventory)
     results: list[ServerResult] = []
     base = rotation_now()
+    progress = Progress(args.rounds * len(inventory.relays), "probing")
 
-    async def run_rounds(advance: Callable[[], None]) -> None:
+    async def run_rounds() -> None:
         # One event loop for every round: the prober's per-key locks belong to the loop they were made in.
-        gate = asyncio.Semaphore(concurrency)
+        gate = asyncio.Semaphore(args.concurrency)
 
         async def one(relay: Relay, number: int) -> None:
             async with gate:
                 result = await prober.probe_relay(relay, rotation=base + number)
             results.append(result)
-            if json_out:
+            if args.json_out:
                 print(result.model_dump_json(), flush=True)
-            advance()
+            progress.advance()
 
-        for number in range(rounds):
+        for number in range(args.rounds):
             await asyncio.gather(*(one(relay, number) for relay in inventory.relays))
 
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("probing", total=rounds * len(inventory.relays))
-        asyncio.run(run_rounds(lambda: progress.advance(task)))
-    if not json_out:
-        _print_sweep(results, inventory)
-    raise typer.Exit(0 if all(r.ok for r in results) else 1)
+    try:
+        asyncio.run(run_rounds())
+    finally:
+        progress.close()
+    if not args.json_out:
+        print(render_sweep(results, inventory))
+    return exit_code(results)
 
 
-def servers(config: ConfigOption = None, json_out: JsonOption = False) -> None:
-    """List the inventory the config points at (skipped entries are reported on stderr)."""
-    _agent_config, inventory = _load(config)
-    if json_out:
+def servers(args: argparse.Namespace) -> int:
+    from probe.term import clean, table
+
+    _config, inventory = _load(args.config)
+    if args.json_out:
         for relay in inventory.relays:
             print(relay.model_dump_json())
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{len(inventory.relays)} relays from {inventory.source} ({inventory.format})")
-    for column in ("relay", "IPv4 in", "IPv6 in", "location", "ports", "labels"):
-        table.add_column(column)
+        return EXIT_OK
+    rows = []
     for relay in inventory.relays:
         ranges = ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in relay.port_ranges)
-        table.add_row(
-            relay.name,
-            str(relay.ipv4_addr_in),
-            str(relay.ipv6_addr_in or "-"),
-            relay.location or "-",
-            f"{relay.main_port}" + (f" +{ranges}" if ranges else ""),
-            " ".join(f"{k}={v}" for k, v in sorted(relay.labels.items())),
+        rows.append(
+            [
+                clean(relay.name),
+                str(relay.ipv4_addr_in),
+                str(relay.ipv6_addr_in or "-"),
+                clean(relay.location or "-"),
+                f"{relay.main_port}" + (f" +{ranges}" if ranges else ""),
+                clean(" ".join(f"{k}={v}" for k, v in sorted(relay.labels.items()))),
+            ]
         )
-    _console().print(table)
+    title = f"{len(inventory.relays)} relays from {clean(inventory.source)} ({inventory.format})"
+    print(table(("relay", "IPv4 in", "IPv6 in", "location", "ports", "labels"), rows, title=title))
+    return EXIT_OK
 
 
-def dissect(
-    pcaps: Annotated[list[Path], typer.Argument(help="Evidence pcap files written by a failed probe.")],
-) -> None:
-    """Show the inner packets of evidence pcaps, dissected by scapy (slow to start: for people, not pipelines)."""
+def dissect(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from probe.packets import EvidenceError, read_pcap
     from probe.packets import dissect as dissect_packet
-    from probe.packets import read_pcap
+    from probe.term import clean
 
-    for path in pcaps:
-        records = read_pcap(path)
-        print(f"== {path}: {len(records)} packet(s)")
+    code = EXIT_OK
+    for path in args.pcaps:
+        try:
+            records = read_pcap(path)
+        except EvidenceError as exc:
+            print(f"error: {clean(exc)}", file=sys.stderr)
+            code = EXIT_FAILED
+            continue
+        print(f"== {clean(path)}: {len(records)} packet(s)")
         for n, (at, packet) in enumerate(records, start=1):
             stamp = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")
             print(f"-- #{n} {stamp}Z")
             print(dissect_packet(packet))
+    return code
 
 
-def _console() -> Console:
-    from rich.console import Console
-
-    # Piped output (CI logs, `| less`) gets a wide fixed width rather than rich's 80 columns, which would wrap
-    # every IPv6 path.
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _cell(stage_ok: bool, seconds: float, reason: str | None, loss: float) -> str:
-    if stage_ok:
-        text = f"[green]ok[/] {seconds * 1000:.1f}ms"
-        return text + (f" [yellow]{loss:.0%} loss[/]" if loss else "")
-    return f"[red]{reason}[/]"
+def _cell(stage: StageResult, style: Style) -> str:
+    if not stage.judged:
+        return style.dim("not judged")
+    if stage.ok:
+        text = style.green("ok") + f" {stage.seconds * 1000:.1f}ms"
+        return text + (" " + style.yellow(f"{stage.loss:.0%} loss") if stage.loss else "")
+    return style.red(str(stage.reason))
 
 
-def _print_server(result: ServerResult) -> None:
-    from rich.table import Table
-
+def render_server(result: ServerResult) -> str:
     from probe.results import STAGE_ORDER
+    from probe.term import Style, clean, table
 
-    console = _console()
+    style = Style()
     names = [s for s in STAGE_ORDER if any(st.name is s for p in result.paths for st in p.stages)]
-    table = Table(title=f"{result.server} from {result.agent}")
-    table.add_column("path")
-    for name in names:
-        table.add_column(name.value)
+    rows = []
     for path in result.paths:
         by_name = {stage.name: stage for stage in path.stages}
-        cells = []
-        for name in names:
-            stage = by_name.get(name)
-            cells.append("-" if stage is None else _cell(stage.ok, stage.seconds, stage.reason, stage.loss))
-        table.add_row(f"{path.entry} :{path.port}", *cells)
-    console.print(table)
+        cells = [_cell(by_name[name], style) if name in by_name else "-" for name in names]
+        rows.append([f"{path.entry} :{path.port}", *cells])
+    lines = [table(("path", *(n.value for n in names)), rows, title=f"{clean(result.server)} from {result.agent}")]
     for path in result.paths:
         failed = path.failed_stage
         if failed is not None and failed.detail:
-            console.print(f"  {path.family} :{path.port} {failed.name}: {failed.detail}", highlight=False)
+            lines.append(f"  {path.family} :{path.port} {failed.name}: {clean(failed.detail)}")
         if path.evidence:
-            console.print(f"  evidence: {path.evidence}", highlight=False, soft_wrap=True)
+            lines.append(f"  evidence: {clean(path.evidence)}")
     ms = result.duration_seconds * 1000
+    name = clean(result.server)
     if result.ok:
-        console.print(f"[green]{result.server}: OK[/] - {len(result.paths)} paths, every stage passed ({ms:.0f} ms)")
+        lines.append(style.green(f"{name}: OK") + f" - {len(result.paths)} paths, every stage passed ({ms:.0f} ms)")
     else:
         bad = sum(1 for p in result.paths if not p.ok)
-        console.print(
-            f"[red]{result.server}: FAILED {result.reason}[/] - {bad} of {len(result.paths)} paths ({ms:.0f} ms)"
+        lines.append(
+            style.red(f"{name}: FAILED {result.reason}") + f" - {bad} of {len(result.paths)} paths ({ms:.0f} ms)"
         )
-        if result.evidence:
-            console.print(f"  result: {result.evidence}", highlight=False, soft_wrap=True)
+    if result.evidence:
+        lines.append(f"  result: {clean(result.evidence)}")
+    if result.evidence_error:
+        lines.append(style.yellow(f"  evidence not saved: {clean(result.evidence_error)}"))
+    return "\n".join(lines)
 
 
-def _print_sweep(results: list[ServerResult], inventory: Inventory) -> None:
-    from rich.table import Table
+def render_sweep(results: list[ServerResult], inventory: Inventory) -> str:
+    from probe.term import clean, table
 
-    console = _console()
     failed = [r for r in results if not r.ok]
     names = sorted({r.server for r in results})
-    console.print(f"{len(names)} relays probed, {len({r.server for r in failed})} failing")
+    lines = [f"{len(names)} relays probed, {len({r.server for r in failed})} failing"]
     if not failed:
-        return
+        return lines[0]
     by_reason: dict[str, set[str]] = defaultdict(set)
     for r in failed:
         by_reason[str(r.reason)].add(r.server)
-    table = Table(title="failures by reason")
-    for column in ("reason", "relays", "names"):
-        table.add_column(column)
-    for reason, relays in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-        table.add_row(reason, str(len(relays)), " ".join(sorted(relays)[:12]) + (" ..." if len(relays) > 12 else ""))
-    console.print(table)
-    console.print(_labels_table(failed, inventory))
+    rows = [
+        [reason, str(len(relays)), clean(" ".join(sorted(relays)[:12])) + (" ..." if len(relays) > 12 else "")]
+        for reason, relays in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+    ]
+    lines.append(table(("reason", "relays", "names"), rows, title="\nfailures by reason"))
+    lines.append(labels_table(failed, inventory))
+    return "\n".join(lines)
 
 
-def _labels_table(failed: list[ServerResult], inventory: Inventory) -> object:
+def labels_table(failed: list[ServerResult], inventory: Inventory) -> str:
     """Which label values the failing relays share, against how common each is in the fleet: the post-mortem lost
     an hour finding that every failing relay ran one kernel version."""
-    from rich.table import Table
+    from probe.term import Style, clean, table
 
+    style = Style()
     fleet = Counter((k, v) for relay in inventory.relays for k, v in relay.labels.items())
     total = len(inventory.relays)
     failing_names = {r.server for r in failed}
@@ -237,11 +294,10 @@ def _labels_table(failed: list[ServerResult], inventory: Inventory) -> object:
         for k, v in relay.labels.items()
         if fleet[(k, v)] < total
     )
-    table = Table(title="labels of failing relays (values the whole fleet shares left out)")
-    for column in ("label", "failing", "in fleet", "share of failing"):
-        table.add_column(column)
+    rows = []
     for (key, value), count in failing.most_common(15):
         share = count / len(failing_names)
-        mark = "[bold red]" if share == 1 else ""
-        table.add_row(f"{mark}{key}={value}", str(count), str(fleet[(key, value)]), f"{share:.0%}")
-    return table
+        label = clean(f"{key}={value}")
+        rows.append([style.bold(label) if share == 1 else label, str(count), str(fleet[(key, value)]), f"{share:.0%}"])
+    title = "\nlabels of failing relays (values the whole fleet shares left out)"
+    return table(("label", "failing", "in fleet", "share of failing"), rows, title=title)

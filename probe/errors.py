@@ -9,6 +9,7 @@ EXIT_OK = 0  # every relay judged and every path ok
 EXIT_FAILED = 1  # a relay failed: the relay's fault
 EXIT_USAGE = 2  # usage or config error: the operator's to fix
 EXIT_UNJUDGED = 3  # could not judge: the inventory is unreachable, or the agent's own network is down
+EXIT_BUG = 70  # a bug in wgprobe (EX_SOFTWARE of sysexits.h): never mistaken for a verdict
 
 
 class WgProbeError(Exception):

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from probe.config import AgentConfig
+from probe.packets import EvidenceError
 from probe.inventory import Inventory, Relay
 from probe.results import (
     SCHEMA_VERSION,
@@ -121,6 +122,7 @@ class Prober:
         self._cookies: dict[tuple[int, str], CookieState] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._rtt: dict[str, float] = {}
+        self._evidence_errors: dict[str, str] = {}  # relay -> why its evidence could not be saved, this run
 
     async def probe_relay(
         self,
@@ -215,14 +217,24 @@ class Prober:
             return None
         from probe.evidence import save_path_pcap
 
-        return save_path_pcap(self.evidence_dir, relay, self.config.agent.name, spec.port, spec.family, ctx.record)
+        try:
+            return save_path_pcap(self.evidence_dir, relay, self.config.agent.name, spec.port, spec.family, ctx.record)
+        except (EvidenceError, OSError) as exc:
+            self._evidence_errors[relay] = str(exc)
+            return None
 
     def _save_result(self, result: ServerResult) -> ServerResult:
-        if self.evidence_dir is None or result.ok:
-            return result
-        from probe.evidence import save_result
+        """Save a failed result beside its pcaps. Evidence that cannot be written never costs the result: the
+        reason goes into `evidence_error` and the result is returned all the same."""
+        error = self._evidence_errors.pop(result.server, None)
+        if self.evidence_dir is not None and not result.ok and error is None:
+            from probe.evidence import save_result
 
-        return save_result(self.evidence_dir, result)
+            try:
+                return save_result(self.evidence_dir, result)
+            except (EvidenceError, OSError) as exc:
+                error = str(exc)
+        return result.model_copy(update={"evidence_error": error}) if error else result
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,13 @@ fi
 
 PY=${PYTHON:-python3}
 stamp=.venv/.wgprobe-installed
-if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# constraints.txt pins every Python package CI tested with, the build backend included (PIP_CONSTRAINT reaches
+# pip's isolated build environment too): a new release cannot change behaviour or speed behind our back.
+# Regenerate it with scripts/lock.sh after changing dependencies in pyproject.toml.
+export PIP_CONSTRAINT="$PWD/constraints.txt"
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi

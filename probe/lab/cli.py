@@ -2,129 +2,144 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from probe.lab.topology import DEFAULT_IDENTITIES, DEFAULT_PREFIX
 
-lab_app = typer.Typer(help="A fleet of real WireGuard relays in network namespaces, with injectable faults.")
+if TYPE_CHECKING:
+    from probe.cli import Commands
 
-DirOption = Annotated[Path, typer.Option("--dir", help="Lab directory (state, keys, relays.json, agent.toml).")]
 DEFAULT_DIR = Path("lab")
+FAULT_KINDS = "nat forward drop ports egress down loss:PCT delay:MS mtu v6nat"
 
 
-@lab_app.command("up")
-def lab_up(
-    servers: Annotated[int, typer.Option("--servers", help="Number of relays.")] = 3,
-    fault: Annotated[
-        list[str] | None, typer.Option("--fault", help="NAME:KIND[:ARG] fault at start-up (repeatable).")
-    ] = None,
-    agents: Annotated[int, typer.Option("--agents", help="Number of vantage points.")] = 1,
-    identities: Annotated[
-        int, typer.Option("--identities", help="Keys per agent registered on every relay.")
-    ] = DEFAULT_IDENTITIES,
-    lab_dir: DirOption = DEFAULT_DIR,
-    prefix: Annotated[str, typer.Option("--prefix", hidden=True)] = DEFAULT_PREFIX,
-) -> None:
-    """Build the lab (replacing a stale one) and show it."""
+def _count(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def register(commands: Commands) -> None:
+    lab = commands.add_parser(
+        "lab",
+        help="a fleet of real WireGuard relays in network namespaces, with injectable faults",
+        description="A fleet of real WireGuard relays in network namespaces, with injectable faults (needs root).",
+    )
+    sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        parser.add_argument(
+            "--dir", type=Path, default=DEFAULT_DIR, dest="lab_dir", help="lab directory (default ./lab)"
+        )
+        return parser
+
+    up = add("up", "build the lab (replacing a stale one) and show it")
+    up.add_argument("--servers", type=_count, default=3, help="number of relays (default 3)")
+    up.add_argument("--fault", action="append", metavar="NAME:KIND[:ARG]", help="fault at start-up (repeatable)")
+    up.add_argument("--agents", type=_count, default=1, help="number of vantage points (default 1)")
+    up.add_argument("--identities", type=_count, default=DEFAULT_IDENTITIES, help="keys per agent")
+    up.add_argument("--prefix", default=DEFAULT_PREFIX, help=argparse.SUPPRESS)
+    up.set_defaults(handler=lab_up)
+
+    down = add("down", "remove everything the lab made: processes (by PID), namespaces, sockets")
+    down.add_argument("--prefix", help="remove a lab by its prefix when its state file is lost")
+    down.set_defaults(handler=lab_down)
+
+    status = add("status", "relays, faults and the health of the lab's processes (exit 1 if unhealthy)")
+    status.set_defaults(handler=lab_status)
+
+    brk = add("break", "inject a fault into a running relay")
+    brk.add_argument("name", help="relay name, as se-got-wg-001")
+    brk.add_argument("kind", help=f"fault: {FAULT_KINDS}")
+    brk.set_defaults(handler=lab_break)
+
+    heal = add("heal", "remove a relay's faults (all, or one kind)")
+    heal.add_argument("name", help="relay name")
+    heal.add_argument("kind", nargs="?", help="only this fault kind (default: all)")
+    heal.set_defaults(handler=lab_heal)
+
+    run = add("exec", "run a command inside an agent's namespace (the prober's side of the lab)")
+    run.add_argument("--agent", type=_count, default=1, help="which vantage point (1-based)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="command to run (after --)")
+    run.set_defaults(handler=lab_exec)
+
+
+def lab_up(args: argparse.Namespace) -> int:
     from probe.lab.faults import parse_relay_fault
     from probe.lab.fleet import up
 
-    faults = [parse_relay_fault(item) for item in fault or []]
-    up(lab_dir, servers, agents=agents, identities=identities, faults=faults, prefix=prefix)
-    _show(lab_dir)
-    typer.echo(f"\nAgent config: {lab_dir / 'agent.toml'}   Relay list: {lab_dir / 'relays.json'}")
-    typer.echo(f"Run a command as the agent: probe lab exec --dir {lab_dir} -- CMD ...")
+    faults = [parse_relay_fault(item) for item in args.fault or []]
+    up(args.lab_dir, args.servers, agents=args.agents, identities=args.identities, faults=faults, prefix=args.prefix)
+    _show(args.lab_dir)
+    print(f"\nAgent config: {args.lab_dir / 'agent.toml'}   Relay list: {args.lab_dir / 'relays.json'}")
+    print(f"Run a command as the agent: probe lab exec --dir {args.lab_dir} -- CMD ...")
+    return 0
 
 
-@lab_app.command("down")
-def lab_down(
-    lab_dir: DirOption = DEFAULT_DIR,
-    prefix: Annotated[
-        str | None, typer.Option("--prefix", help="Remove a lab by its prefix when its state file is lost.")
-    ] = None,
-) -> None:
-    """Remove everything the lab made: processes (by PID), namespaces, sockets."""
+def lab_down(args: argparse.Namespace) -> int:
     from probe.lab.fleet import down, preflight
 
     preflight()
-    for line in down(lab_dir, prefix=prefix):
-        typer.echo(f"removed {line}" if not line.startswith("nothing") else line)
+    for line in down(args.lab_dir, prefix=args.prefix):
+        print(f"removed {line}" if not line.startswith("nothing") else line)
+    return 0
 
 
-@lab_app.command("status")
-def lab_status(lab_dir: DirOption = DEFAULT_DIR) -> None:
-    """Relays, faults and the health of the lab's processes. Exit 1 if a lab process is not as it should be."""
-    healthy = _show(lab_dir)
-    raise typer.Exit(0 if healthy else 1)
+def lab_status(args: argparse.Namespace) -> int:
+    return 0 if _show(args.lab_dir) else 1
 
 
-@lab_app.command("break")
-def lab_break(
-    name: Annotated[str, typer.Argument(help="Relay name, as se-got-wg-001.")],
-    kind: Annotated[str, typer.Argument(help="Fault: nat forward drop ports egress down loss:PCT delay:MS mtu v6nat")],
-    lab_dir: DirOption = DEFAULT_DIR,
-) -> None:
-    """Inject a fault into a running relay."""
+def lab_break(args: argparse.Namespace) -> int:
     from probe.lab.faults import Fault
     from probe.lab.fleet import break_relay
 
-    state = break_relay(lab_dir, name, Fault.parse(kind))
-    typer.echo(f"{name}: faults now {', '.join(state.relays[name].faults) or 'none'}")
+    state = break_relay(args.lab_dir, args.name, Fault.parse(args.kind))
+    print(f"{args.name}: faults now {', '.join(state.relays[args.name].faults) or 'none'}")
+    return 0
 
 
-@lab_app.command("heal")
-def lab_heal(
-    name: Annotated[str, typer.Argument(help="Relay name.")],
-    kind: Annotated[str | None, typer.Argument(help="Only this fault kind (default: all).")] = None,
-    lab_dir: DirOption = DEFAULT_DIR,
-) -> None:
-    """Remove a relay's faults (all, or one kind)."""
+def lab_heal(args: argparse.Namespace) -> int:
     from probe.lab.faults import Fault
     from probe.lab.fleet import heal_relay
 
-    state = heal_relay(lab_dir, name, Fault.parse(kind).kind if kind else None)
-    typer.echo(f"{name}: faults now {', '.join(state.relays[name].faults) or 'none'}")
+    state = heal_relay(args.lab_dir, args.name, Fault.parse(args.kind).kind if args.kind else None)
+    print(f"{args.name}: faults now {', '.join(state.relays[args.name].faults) or 'none'}")
+    return 0
 
 
-@lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def lab_exec(
-    command: Annotated[list[str], typer.Argument(help="Command to run in the agent namespace (after --).")],
-    agent: Annotated[int, typer.Option("--agent", help="Which vantage point (1-based).")] = 1,
-    lab_dir: DirOption = DEFAULT_DIR,
-) -> None:
-    """Run a command inside an agent's namespace (the prober's side of the lab)."""
+def lab_exec(args: argparse.Namespace) -> int:
     from probe.errors import ConfigError
     from probe.lab.state import load_state
 
-    plan = load_state(lab_dir).plan()
-    if not 1 <= agent <= len(plan.agents):
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("probe lab exec needs a command: probe lab exec [--agent N] -- CMD ...")
+    plan = load_state(args.lab_dir).plan()
+    if not 1 <= args.agent <= len(plan.agents):
         raise ConfigError(f"--agent must be 1..{len(plan.agents)}")
-    ns = plan.agents[agent - 1].netns
+    ns = plan.agents[args.agent - 1].netns
     os.execvp("ip", ["ip", "netns", "exec", ns, *command])
 
 
 def _show(lab_dir: Path) -> bool:
-    from rich.console import Console
-    from rich.table import Table
-
     from probe.lab.status import lab_status as read_status
+    from probe.term import Style, table
 
+    style = Style()
     status = read_status(lab_dir)
-    table = Table(title=f"wgprobe lab in {lab_dir} (prefix {status.prefix})")
-    for column in ("relay", "public IPv4", "public IPv6", "faults", "wireguard-go", "ok"):
-        table.add_column(column)
+    rows = []
     for relay in status.relays:
         wg = f"pid {relay.wg_pid}" if relay.wg_running else "not running"
         if relay.delay_running is not None:
             wg += ", delay holder " + ("up" if relay.delay_running else "DOWN")
-        ok = "[green]yes[/]" if relay.healthy else "[red]NO[/]"
-        table.add_row(relay.name, relay.ipv4, relay.ipv6, ", ".join(relay.faults) or "-", wg, ok)
-    console = Console()
-    console.print(table)
-    refl = f"pid {status.reflector_pid}" if status.reflector_running else "[red]not running[/]"
-    console.print(f"reflector: {refl}   agents: {', '.join(status.agents)}")
+        ok = style.green("yes") if relay.healthy else style.red("NO")
+        rows.append([relay.name, relay.ipv4, relay.ipv6, ", ".join(relay.faults) or "-", wg, ok])
+    columns = ("relay", "public IPv4", "public IPv6", "faults", "wireguard-go", "ok")
+    print(table(columns, rows, title=f"wgprobe lab in {lab_dir} (prefix {status.prefix})"))
+    refl = f"pid {status.reflector_pid}" if status.reflector_running else style.red("not running")
+    print(f"reflector: {refl}   agents: {', '.join(status.agents)}")
     return status.healthy

@@ -1,0 +1,104 @@
+"""What the commands print: plain tables, colour when a terminal wants it, and outside strings made harmless.
+
+Hostnames, labels, locations and HTTP reasons come from inventories and relays nobody here controls. Printed as
+they are, an ESC or OSC sequence in a hostname would set the terminal's title or worse, so every such string goes
+through `clean`, which shows control characters as visible escapes. Nothing here interprets markup either: a label
+`[/]` is just three characters. (A rich-text library was used before; besides its markup pitfalls it cost a
+tenth of a second of start-up per command.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+# C0 controls, DEL, C1 controls, and the Unicode bidirectional overrides that can make text read backwards.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(text: object) -> str:
+    """`text` as a string safe for a terminal: control characters shown as \\xNN, never acted on."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def clean_lines(text: object) -> str:
+    """As `clean`, but newlines and tabs stay (for multi-line messages of our own that quote outside strings)."""
+    return _UNSAFE_KEEP_LINES.sub(_escape, str(text))
+
+
+class Style:
+    """ANSI colours when writing to a terminal and NO_COLOR is not set (https://no-color.org/)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        stream = stream or sys.stdout
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def green(self, text: str) -> str:
+        return self._wrap("32", text)
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
+
+    def yellow(self, text: str) -> str:
+        return self._wrap("33", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None) -> str:
+    """Rows under a header, columns padded to their widest cell. Cells must already be `clean`ed (they may carry
+    this module's colours, which take no width)."""
+    widths = [visible_len(c) for c in columns]
+    for row in rows:
+        for n, cell in enumerate(row):
+            widths[n] = max(widths[n], visible_len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell + " " * (widths[n] - visible_len(cell)) for n, cell in enumerate(cells)).rstrip()
+
+    out = [title] if title else []
+    out.append(line(columns))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
+
+
+class Progress:
+    """`done/total` on one self-rewriting line of stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = self.stream.isatty()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.enabled:
+            self.stream.write(f"\r{self.label} {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

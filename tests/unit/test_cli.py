@@ -1,0 +1,127 @@
+"""The CLI's error boundary, as a user meets it: exit codes that say who is at fault, outside strings printed as
+data, results never lost to evidence that cannot be written. Subprocesses, no root: the "relays" here are a
+closed loopback port (port unreachable at once) and a broadcast address nothing may send to."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from probe.wireguard import PrivateKey
+
+KEY = base64.b64encode(PrivateKey.generate().public_key().raw).decode()
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def write_setup(tmp_path: Path, relays: str, *, probe: str = "", agent: str = "") -> Path:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key_file = keys / "agent.key"
+    key_file.write_text(PrivateKey.generate().to_base64() + "\n")
+    key_file.chmod(0o600)
+    (tmp_path / "fleet.toml").write_text(relays)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nname = "test-agent"\n{agent}\n'
+        '[[identities]]\nprivate_key_file = "keys/agent.key"\nipv4 = "10.64.0.2"\n'
+        '[inventory]\nsource = "fleet.toml"\n'
+        '[checks]\nforward_target = "198.51.100.7"\n'
+        f"[probe]\ntimeout = 0.2\nhandshake_timeout = 0.1\nhandshake_attempts = 1\n{probe}"
+    )
+    return config
+
+
+def relay_toml(name: str, ipv4: str, port: int, *, labels: str = "", location: str = "") -> str:
+    extra = (f"labels = {labels}\n" if labels else "") + (f"location = {location}\n" if location else "")
+    return f'[[relays]]\nname = "{name}"\npublic_key = "{KEY}"\nipv4 = "{ipv4}"\nmain_port = {port}\n{extra}'
+
+
+def probe(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "probe", *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+def test_outside_strings_are_printed_as_data_never_markup_or_terminal_control(tmp_path: Path) -> None:
+    port = closed_port()
+    relays = (
+        relay_toml("xx-one-wg-001", "127.0.0.1", port, labels='{ kernel = "[/]", site = "[link=http://x]y[/link]" }')
+        + relay_toml("xx-two-wg-002", "127.0.0.1", port, labels='{ kernel = "[/]", os = "\\u001b]0;pwned\\u0007" }')
+        + relay_toml("xx-ok-wg-003", "127.0.0.1", port, location='"\\u001b[31mred"')
+        # refused by the inventory (a name is hostname-like); the warning quotes it, escaped
+        + relay_toml("evil\\u001b]0;title\\u0007", "127.0.0.1", port)
+    )
+    config = write_setup(tmp_path, relays)
+    swept = probe("sweep", "--config", str(config))
+    listed = probe("servers", "--config", str(config))
+    for done in (swept, listed):
+        assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    assert swept.returncode == 1, swept.stderr
+    assert "kernel=[/]" in swept.stdout and "site=[link=http://x]y[/link]" in listed.stdout
+    assert "os=\\x1b]0;pwned\\x07" in listed.stdout
+    assert "\\x1b[31mred" in listed.stdout
+    assert "evil\\x1b]0;title\\x07" in listed.stderr  # the skipped entry is named, harmlessly
+
+
+def test_evidence_that_cannot_be_written_loses_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "evidence-is-a-file"
+    blocker.write_text("not a directory")
+    config = write_setup(
+        tmp_path,
+        relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()),
+        probe=f'evidence_dir = "{blocker}"\n',
+    )
+    done = probe("server", "xx-one-wg-001", "--config", str(config), "--json")
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["reason"] == "port_unreachable" and doc["evidence"] is None
+    assert doc["evidence_error"] and "evidence-is-a-file" in doc["evidence_error"]
+    table = probe("server", "xx-one-wg-001", "--config", str(config))
+    assert table.returncode == 1 and "evidence not saved" in table.stdout
+
+
+def test_a_configured_namespace_that_does_not_exist_is_a_config_error_before_probing(tmp_path: Path) -> None:
+    config = write_setup(
+        tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()), agent='netns = "wgprobe-test-none"'
+    )
+    done = probe("server", "xx-one-wg-001", "--config", str(config), "--json")
+    assert done.returncode == 2
+    assert done.stdout == "" and "wgprobe-test-none" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_agent_that_cannot_send_at_all_could_not_judge(tmp_path: Path) -> None:
+    # A UDP socket may not send to the broadcast address without SO_BROADCAST: connect() fails locally (EACCES),
+    # the way it fails when the agent's own network is down. Nothing leaves the machine.
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "255.255.255.255", 51820))
+    done = probe("server", "xx-one-wg-001", "--config", str(config), "--json")
+    assert done.returncode == 3, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["reason"] == "socket_error" and "could not judge" in done.stderr
+
+
+def test_usage_errors_exit_2_and_name_the_problem(tmp_path: Path) -> None:
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
+    for args, words in (
+        (["server", "xx-one-wg-001", "--config", str(config), "--port", "0"], "--port"),
+        (["server", "xx-one-wg-001", "--config", str(config), "--family", "ipv5"], "--family"),
+        (["server", "xx-one-wg-01", "--config", str(config)], "xx-one-wg-001"),
+        (["server", "xx-one-wg-001", "--config", str(tmp_path / "missing.toml")], "missing.toml"),
+        (["sweep", "--config", str(config), "--rounds", "0"], "--rounds"),
+        ([], "COMMAND"),
+    ):
+        done = probe(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr and "Traceback" not in done.stderr
