@@ -17,8 +17,8 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from probe.config import AgentConfig
-from probe.packets import EvidenceError
 from probe.inventory import Inventory, Relay
+from probe.packets import EvidenceError
 from probe.results import (
     SCHEMA_VERSION,
     PathResult,
@@ -154,7 +154,7 @@ class Prober:
         await asyncio.gather(*(lane(i, work) for i, work in enumerate(lanes) if work))
         paths = tuple(done[n] for n in range(len(specs)))
         reason = worst_reason(paths)
-        result = ServerResult.model_construct(
+        result = ServerResult(
             schema_version=SCHEMA_VERSION,
             server=relay.name,
             agent=self.config.agent.name,
@@ -200,7 +200,7 @@ class Prober:
             self._rtt[relay.name] = handshake.seconds
         ok, reason = path_outcome(run.stages)
         evidence = None if ok else self._save_pcap(relay.name, spec, ctx)
-        return PathResult.model_construct(
+        return PathResult(
             port=spec.port,
             family="ipv4" if spec.entry.version == 4 else "ipv6",
             ok=ok,
@@ -299,7 +299,7 @@ def unjudged_after_failures(stages: list[StageResult], registry: Registry) -> li
 
 def crashed(name: StageName, exc: BaseException) -> StageResult:
     """A bug in wgprobe, reported as a failed stage with `internal_error`, never an escaped exception."""
-    return StageResult.model_construct(
+    return StageResult(
         name=name,
         ok=False,
         reason=Reason.internal_error,

@@ -292,6 +292,16 @@ class EchoTemplate:
     def payload(self, seq: int) -> bytes:
         return self._head + seq.to_bytes(2, "big") + self._pad
 
+    def reply(self, seq: int) -> bytes:
+        """The ICMP message of the correct echo reply to request `seq`, byte for byte: an answer equal to it
+        needs no parsing. The reply differs from the request only in its type (0/129 for 8/128), and the
+        checksum by as much: the IPv6 pseudo-header sums the same with source and destination swapped."""
+        reply_type = ECHO_REPLY_V4 if self.version == 4 else ECHO_REPLY_V6
+        request_type = ECHO_REQUEST_V4 if self.version == 4 else ECHO_REQUEST_V6
+        checksum = finish(self._icmp_sum + 2 * seq - ((request_type - reply_type) << 8))
+        header = _HEADER.pack(reply_type, 0, checksum, self.identifier, seq)
+        return header + self._head + seq.to_bytes(2, "big") + self._pad
+
     def build(self, seq: int) -> bytes:
         icmp = _HEADER.pack(
             ECHO_REQUEST_V4 if self.version == 4 else ECHO_REQUEST_V6,

@@ -257,8 +257,7 @@ class Exchange:
         reason, detail = self.verdict()
         rtt = statistics.median(self.answered.values()) if self.answered else None
         waited = (self.finished or 0.0) - (self.started if self.started is not None else self.finished or 0.0)
-        # Built without validation: every value here is made by this code, and this runs for every stage.
-        return StageResult.model_construct(
+        return StageResult(
             name=self.name,
             ok=reason is None,
             reason=reason,
@@ -313,5 +312,5 @@ class Demux:
             exchange.take(ip, at)
         except Exception as exc:  # a bug in one stage's judge must not take the others down with it
             exchange.fail(Reason.internal_error, f"{type(exc).__name__}: {exc}", at)
-        if exchange.done and all(ex.done for ex in self.exchanges):
+        if exchange.done and all(ex.done for ex in self.exchanges):  # checked only when one just ended
             self.on_done()

@@ -6,6 +6,8 @@ import os
 from ipaddress import IPv4Address, IPv6Address
 
 from probe.packets import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
     EchoTemplate,
     IcmpError,
     IcmpErrorKind,
@@ -44,8 +46,9 @@ class EchoExchange(Exchange):
         self.unreachable_reason = unreachable_reason
         header = (20 if src.version == 4 else 40) + 8
         pad = max(0, size - header - _NONCE - _SEQUENCE)
-        self.template = EchoTemplate(src, target, identifier, os.urandom(_NONCE), pad=pad, df=size > 0)
         self._ours, self._target = packed(src), packed(target)
+        self.template = EchoTemplate(self._ours, self._target, identifier, os.urandom(_NONCE), pad=pad, df=size > 0)
+        self._proto = PROTO_ICMP if src.version == 4 else PROTO_ICMPV6
 
     def build(self, seq: int) -> bytes:
         return self.template.build(seq)
@@ -54,6 +57,13 @@ class EchoExchange(Exchange):
         return self.template.payload(seq) if seq in self.sent else None
 
     def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
+        # Almost every answer is exactly the reply we can predict: compare bytes, parse nothing. Anything else
+        # (an error, a forgery, a corruption) gets the full judgement, which says what is wrong with it.
+        payload = ip.payload
+        if ip.src == self._target and ip.dst == self._ours and ip.proto == self._proto and not ip.fragmented:
+            seq = int.from_bytes(payload[6:8], "big")
+            if seq in self.sent and payload == self.template.reply(seq):
+                return seq, Verdict(None, ip.ttl, ip.src, None)
         return judge_echo_reply(
             ip, src=self._target, dst=self._ours, identifier=self.template.identifier, payload_for=self._payload
         )

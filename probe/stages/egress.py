@@ -43,7 +43,7 @@ class ReflectorExchange(Exchange):
     def build(self, seq: int) -> bytes:
         nonce = os.urandom(reflector.NONCE_SIZE)
         self.nonces[nonce] = seq
-        return build_udp(self.src, self.target, self.sport, self.target_port, reflector.build_request(nonce))
+        return build_udp(self._ours, self._theirs, self.sport, self.target_port, reflector.build_request(nonce))
 
     def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
         verdict = judge_udp_reply(

@@ -57,7 +57,7 @@ def result(
         if rejected and reason is None:
             noise = f"{rejected} answer(s) did not authenticate"
             detail = f"{detail}; {noise}" if detail else noise
-    return StageResult.model_construct(
+    return StageResult(
         name=NAME,
         ok=reason is None,
         reason=reason,

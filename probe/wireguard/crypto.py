@@ -11,6 +11,7 @@ Every failure of a primitive on network input is converted here into a `Protocol
 """
 
 import hashlib
+from functools import lru_cache
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -126,18 +127,31 @@ def dh_public_bytes(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes_raw()
 
 
-def dh(private: X25519PrivateKey, public: bytes) -> bytes:
+def dh(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
     """DH(private, public): X25519. A low-order public key (all-zero result) raises `InvalidKeyError`.
 
     wireguard-go and the kernel reject an all-zero shared secret the same way, so a peer sending one is
-    treated as an invalid key rather than silently producing predictable keys.
+    treated as an invalid key rather than silently producing predictable keys. `public` may be a key already
+    loaded with `dh_public` (a relay's static key, used in every initiation to it).
     """
-    if len(public) != KEY_SIZE:
-        raise InvalidKeyError(f"public key must be {KEY_SIZE} bytes, got {len(public)}")
+    key = public if isinstance(public, X25519PublicKey) else dh_public(public)
     try:
-        return private.exchange(X25519PublicKey.from_public_bytes(public))
+        return private.exchange(key)
     except ValueError:
         raise InvalidKeyError("X25519 with a low-order public key (all-zero shared secret)") from None
+
+
+def dh_public(public: bytes) -> X25519PublicKey:
+    """Load a 32-byte X25519 public key once, for several DH operations with it."""
+    if len(public) != KEY_SIZE:
+        raise InvalidKeyError(f"public key must be {KEY_SIZE} bytes, got {len(public)}")
+    return X25519PublicKey.from_public_bytes(public)
+
+
+@lru_cache(maxsize=4096)
+def static_public(public: bytes) -> X25519PublicKey:
+    """A relay's static public key, loaded once per process: every initiation to the relay uses it."""
+    return dh_public(public)
 
 
 # §5.4.2: every handshake starts from Ci = HASH(CONSTRUCTION) and Hi = HASH(Ci ‖ IDENTIFIER).

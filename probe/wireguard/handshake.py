@@ -38,6 +38,7 @@ out and retransmitting after REKEY_TIMEOUT is the caller's decision: this object
 
 import enum
 import os
+import struct
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Final
@@ -47,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from probe.wireguard.constants import (
     INITIATION_MAC1_OFFSET,
     KEY_SIZE,
-    MAC_SIZE,
     MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
 )
 from probe.wireguard.cookie import CookieState, verify_mac1
@@ -59,20 +60,23 @@ from probe.wireguard.crypto import (
     aead_encrypt,
     dh,
     dh_private,
+    dh_public,
     dh_public_bytes,
     hash_,
     kdf1,
     kdf2,
     kdf3,
+    static_public,
 )
 from probe.wireguard.errors import AuthenticationError, HandshakeStateError, IndexMismatchError, MessageError
 from probe.wireguard.identity import Identity
 from probe.wireguard.keys import PublicKey, check_preshared_key
-from probe.wireguard.messages import CookieReply, Initiation, Response, message_type
+from probe.wireguard.messages import CookieReply, Response, message_type
 from probe.wireguard.session import TransportSession
 
 _NO_PRESHARED_KEY: Final = bytes(KEY_SIZE)
-_ZERO_MAC: Final = bytes(MAC_SIZE)
+_INITIATION_BODY: Final = struct.Struct("<II32s48s28s")  # the initiation up to mac1 (§5.4.2)
+assert _INITIATION_BODY.size == INITIATION_MAC1_OFFSET
 
 
 @lru_cache(maxsize=4096)
@@ -137,18 +141,19 @@ class InitiatorHandshake:
 
         h = hash_(initial_hash(peer) + ephemeral_public)
         c = kdf1(INITIAL_CHAINING_KEY, ephemeral_public)
-        c, k = kdf2(c, dh(ephemeral, peer))
+        c, k = kdf2(c, dh(ephemeral, static_public(peer)))
         encrypted_static = aead_encrypt(k, 0, self.identity.public_key.raw, h)
         h = hash_(h + encrypted_static)
         c, k = kdf2(c, self.identity.static_dh(self.peer_public))
         encrypted_timestamp = aead_encrypt(k, 0, self.identity.timestamp(now), h)
         h = hash_(h + encrypted_timestamp)
 
-        # Pack with zero macs, then let the cookie state fill in mac1 (and mac2 when a fresh cookie is held).
-        unmacked = Initiation(
-            sender_index, ephemeral_public, encrypted_static, encrypted_timestamp, _ZERO_MAC, _ZERO_MAC
+        # Packed with the layout directly: every field was made here at its size, so the field checks of
+        # `Initiation` would only cost time. The cookie state appends mac1 (and mac2 when it holds a cookie).
+        body = _INITIATION_BODY.pack(
+            MESSAGE_INITIATION, sender_index, ephemeral_public, encrypted_static, encrypted_timestamp
         )
-        message = self.cookie_state.add_macs(unmacked.pack()[:INITIATION_MAC1_OFFSET], now)
+        message = self.cookie_state.add_macs(body, now)
 
         self._ephemeral, self._chaining_key, self._hash = ephemeral, c, h
         self.sender_index, self.sent_at = sender_index, now
@@ -176,8 +181,9 @@ class InitiatorHandshake:
 
         c = kdf1(self._chaining_key, response.ephemeral)
         h = hash_(self._hash + response.ephemeral)
-        c = kdf1(c, dh(ephemeral, response.ephemeral))
-        c = kdf1(c, dh(self.identity.private_key.x25519, response.ephemeral))
+        their_ephemeral = dh_public(response.ephemeral)  # loaded once for both DH operations below
+        c = kdf1(c, dh(ephemeral, their_ephemeral))
+        c = kdf1(c, dh(self.identity.private_key.x25519, their_ephemeral))
         c, tau, k = kdf3(c, self._psk)
         h = hash_(h + tau)
         if aead_decrypt(k, 0, response.encrypted_nothing, h) != b"":
