@@ -31,14 +31,31 @@ EXIT_USAGE = 2
 def reflector(
     listen: Annotated[
         list[str] | None,
-        typer.Option("--listen", help="ADDR:PORT or [V6ADDR]:PORT to answer on (repeatable)."),
+        typer.Option(
+            "--listen", help="ADDR:PORT or [V6ADDR]:PORT to answer on (required, repeatable; port 0: any free port)."
+        ),
     ] = None,
+    rate: Annotated[float, typer.Option("--rate", help="Answers per second to one source address.")] = 20.0,
+    burst: Annotated[int, typer.Option("--burst", help="Answers one source address may have at once.")] = 40,
 ) -> None:
-    """Answer egress-check requests with the source address and port they came from (see probe/reflector.py)."""
+    """Answer egress-check requests with the source address and port they came from (see probe/reflector.py).
+
+    The rate and burst are per source address: one `probe server` of a dual-stack relay asks from each of the relay's
+    egress addresses about 6 paths x 4 requests at once, so a burst of 40 lets that through whole, while a spoofer can
+    aim no more than 20 answers a second at any address.
+    """
+    if not listen:
+        raise ConfigError(
+            "--listen is required: the address(es) to answer on, e.g. --listen 198.18.0.2:7777 --listen "
+            "[fd77:7770::2]:7777 (every address of the host is a choice to make explicitly: --listen 0.0.0.0:7777)"
+        )
+    if not rate > 0:
+        raise ConfigError(f"--rate must be above 0 answers a second, got {rate:g}")
+    if burst < 1:
+        raise ConfigError(f"--burst must be at least 1, got {burst}")
     from probe import reflector as refl
 
-    addresses = [refl.parse_listen(item) for item in (listen or [f"0.0.0.0:{refl.DEFAULT_PORT}"])]
-    refl.serve(addresses)
+    refl.serve([refl.parse_listen(item) for item in listen], rate=rate, burst=burst)
 
 
 def main() -> None:
