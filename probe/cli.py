@@ -35,22 +35,20 @@ def reflector(
             "--listen", help="ADDR:PORT or [V6ADDR]:PORT to answer on (required, repeatable; port 0: any free port)."
         ),
     ] = None,
+    # Per source address. One `probe server` of a dual-stack relay asks from each of the relay's egress addresses
+    # about 6 paths x 4 requests at once: a burst of 40 lets that through whole, while a spoofer can aim no more
+    # than 20 answers a second at any one address.
     rate: Annotated[float, typer.Option("--rate", help="Answers per second to one source address.")] = 20.0,
     burst: Annotated[int, typer.Option("--burst", help="Answers one source address may have at once.")] = 40,
 ) -> None:
-    """Answer egress-check requests with the source address and port they came from (see probe/reflector.py).
-
-    The rate and burst are per source address: one `probe server` of a dual-stack relay asks from each of the relay's
-    egress addresses about 6 paths x 4 requests at once, so a burst of 40 lets that through whole, while a spoofer can
-    aim no more than 20 answers a second at any address.
-    """
+    """Answer egress-check requests with the source address and port they came from (see probe/reflector.py)."""
     if not listen:
         raise ConfigError(
             "--listen is required: the address(es) to answer on, e.g. --listen 198.18.0.2:7777 --listen "
             "[fd77:7770::2]:7777 (every address of the host is a choice to make explicitly: --listen 0.0.0.0:7777)"
         )
-    if not rate > 0:
-        raise ConfigError(f"--rate must be above 0 answers a second, got {rate:g}")
+    if not 0 < rate < float("inf"):
+        raise ConfigError(f"--rate must be a number above 0 (answers a second), got {rate:g}")
     if burst < 1:
         raise ConfigError(f"--burst must be at least 1, got {burst}")
     from probe import reflector as refl

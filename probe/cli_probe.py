@@ -133,19 +133,35 @@ def servers(config: ConfigOption = None, json_out: JsonOption = False) -> None:
 def dissect(
     pcaps: Annotated[list[Path], typer.Argument(help="Evidence pcap files written by a failed probe.")],
 ) -> None:
-    """Show the inner packets of evidence pcaps, dissected by scapy (slow to start: for people, not pipelines)."""
+    """Show the inner packets of evidence pcaps, dissected by scapy (slow to start: for people, not pipelines).
+
+    A file that cannot be read, or is cut short, is reported on stderr (what could be read of it is shown) and the
+    next file follows. Exit 0 when every file was read whole, 1 otherwise.
+    """
     from datetime import UTC, datetime
 
+    from probe.packets import EvidenceError
     from probe.packets import dissect as dissect_packet
-    from probe.packets import read_pcap
+    from probe.packets.evidence import scan_pcap
 
+    failed = False
     for path in pcaps:
-        records = read_pcap(path)
+        try:
+            records, problem = scan_pcap(path)
+        except EvidenceError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            failed = True
+            continue
         print(f"== {path}: {len(records)} packet(s)")
         for n, (at, packet) in enumerate(records, start=1):
             stamp = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")
             print(f"-- #{n} {stamp}Z")
             print(dissect_packet(packet))
+        if problem is not None:
+            sys.stdout.flush()  # the report follows what was shown of the file, also when both go to one terminal
+            print(f"error: {path}: {problem}; the {len(records)} packet(s) before it are shown", file=sys.stderr)
+            failed = True
+    raise typer.Exit(1 if failed else 0)
 
 
 def _console() -> Console:

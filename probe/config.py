@@ -203,6 +203,15 @@ class ProbeSection(_Section):
 
     _resolve_evidence_dir = field_validator("evidence_dir")(_resolve)
 
+    @model_validator(mode="after")
+    def _one_path_fits_in_the_total(self) -> "ProbeSection":
+        if self.evidence_path_max_bytes > self.evidence_max_bytes:
+            raise ValueError(
+                f"evidence_path_max_bytes ({self.evidence_path_max_bytes}) is larger than evidence_max_bytes "
+                f"({self.evidence_max_bytes}): one path's evidence would be removed as soon as it is written"
+            )
+        return self
+
 
 class AgentConfig(_Section):
     agent: AgentSection

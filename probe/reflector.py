@@ -121,8 +121,8 @@ class RateLimiter:
     """
 
     def __init__(self, rate: float, burst: int, *, max_sources: int = MAX_SOURCES) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be above 0 answers a second, got {rate}")
+        if not 0 < rate < float("inf"):
+            raise ValueError(f"rate must be a number above 0 (answers a second), got {rate}")
         if burst < 1:
             raise ValueError(f"burst must be at least 1 answer, got {burst}")
         self.rate, self.burst, self.max_sources = rate, burst, max_sources

@@ -194,3 +194,22 @@ def test_several_problems_are_reported_together(config_dir: Path) -> None:
     assert lines[0].endswith("two.toml: 2 problems:")
     assert "identities[0].ipv4: Input is not a valid IPv4 address (got 'nope')" in lines[1]
     assert "checks.forward_target: required but missing" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("probe", "expected"),
+    [
+        ("evidence_path_max_bytes = 100", "probe.evidence_path_max_bytes: Input should be greater than or equal to"),
+        ("evidence_max_bytes = 1.5e9", "probe.evidence_max_bytes: Input should be a valid integer (got 1500000000.0)"),
+        ("evidence_max_age_hours = 0", "probe.evidence_max_age_hours: Input should be greater than 0 (got 0)"),
+        (
+            "evidence_path_max_bytes = 4194304\nevidence_max_bytes = 2097152",
+            "probe: evidence_path_max_bytes (4194304) is larger than evidence_max_bytes (2097152)",
+        ),
+    ],
+)
+def test_evidence_bounds(config_dir: Path, probe: str, expected: str) -> None:
+    path = config_dir / "evidence.toml"
+    path.write_text((config_dir / "minimal.toml").read_text() + f"[probe]\n{probe}\n")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path)

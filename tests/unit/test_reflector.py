@@ -190,7 +190,7 @@ def test_the_table_of_sources_is_bounded_and_idle_sources_expire() -> None:
     assert len(limiter) <= 3
 
 
-@pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (-1.0, 1), (1.0, 0)])
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (-1.0, 1), (float("nan"), 1), (float("inf"), 1), (1.0, 0)])
 def test_a_limiter_needs_a_positive_rate_and_burst(rate: float, burst: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         RateLimiter(rate=rate, burst=burst)
@@ -377,7 +377,9 @@ def test_listen_is_required() -> None:
     assert "error: --listen is required" in err.decode()
 
 
-@pytest.mark.parametrize(("option", "value"), [("--rate", "0"), ("--rate", "-1"), ("--burst", "0")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--rate", "0"), ("--rate", "-1"), ("--rate", "nan"), ("--rate", "inf"), ("--burst", "0")]
+)
 def test_rate_and_burst_must_be_positive(option: str, value: str) -> None:
     proc = _start("127.0.0.1:0", extra=(option, value))
     _out, err = proc.communicate(timeout=10)
