@@ -270,7 +270,7 @@ def read_private_key(path: Path) -> bytes:
         content = read_regular_file(path, max_bytes=_KEY_FILE_MAX_BYTES)
         return decode_base64_key(content, "private")
     except InputError as e:
-        raise ConfigError(f"key file {path} {e}") from None
+        raise ConfigError(f"key file {path}: {e}") from None
     except InvalidKeyError as e:
         raise ConfigError(f"key file {path}: {e}; expected one line as printed by `wg genkey`") from None
 

@@ -62,7 +62,9 @@ def _parse(text: str, source: str, suffix: str) -> tuple[str, Any]:
 def parse_inventory(
     content: str | bytes, *, source: str, include_inactive: bool = False, suffix: str = ""
 ) -> Inventory:
-    """An Inventory from a source's content, whatever the format; `source` names it in messages."""
+    """An Inventory from a source's content, whatever the format; `source` names it in messages (a URL's user and
+    password hidden)."""
+    source = redact_url(source)
     if isinstance(content, bytes):
         try:
             content = content.decode("utf-8-sig")  # -sig: tolerate a BOM from editors that write one

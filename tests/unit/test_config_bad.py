@@ -124,7 +124,7 @@ SECRET = b"qZ7vXk2Lw9TnR4bYc8HdJ3mPf6GsE1uAo5NiK0yWtVg="
         (SECRET[:17] + b"%" + SECRET[18:] + b"\n", "is not valid base64"),  # one wrong character
         (SECRET[:-2] + b"\n", "must be 44 base64 characters"),
         (SECRET * 20, "must be 44 base64 characters (32 bytes), got 880"),
-        (SECRET * 200, "lab-agent-1.key is larger than 4 KiB"),
+        (SECRET * 200, "lab-agent-1.key: is larger than 4 KiB"),
     ],
 )
 def test_a_bad_key_file_never_shows_a_byte_of_it(config_dir: Path, content: bytes, reason: str) -> None:

@@ -36,13 +36,13 @@ class Dripper:
     """A raw TCP server on loopback that answers every connection with `head`, then one byte of `drip` every 0.1 s,
     for at most `drip_for` seconds: the slow-loris server that urllib's per-read timeout never catches."""
 
-    def __init__(self, head: bytes, drip: bytes, drip_for: float = 8.0) -> None:
+    def __init__(self, head: bytes, drip: bytes, scheme: str = "http", drip_for: float = 8.0) -> None:
         self.head, self.drip, self.drip_for = head, drip, drip_for
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/relays.json"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/relays.json"
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -84,6 +84,8 @@ def dripper(request: pytest.FixtureRequest) -> Iterator[Dripper]:
     "dripper",
     [
         pytest.param((b"", b""), id="silent"),
+        pytest.param((b"", b"", "https"), id="silent-tls"),  # the TLS handshake never completes
+        pytest.param((b"\x16\x03\x03\x40\x00", b"\x02" * 100, "https"), id="dripping-tls"),
         pytest.param((b"HTTP/1.1 200 OK\r\n", b"X-Slow: aaaaaaaa"), id="headers"),
         pytest.param((b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"[" + b" " * 99), id="body"),
     ],
@@ -212,6 +214,16 @@ def test_url_credentials_are_sent_as_basic_auth_and_never_shown(served: tuple[Se
         assert str(caught.value).startswith(f"http://***@127.0.0.1:{port}/relays: HTTP {status}")
 
 
+def test_a_source_named_with_credentials_is_shown_without_them() -> None:
+    fleet = f'[[relays]]\nname = "a"\npublic_key = "{KEY}"\nipv4 = "192.0.2.1"\n'
+    assert (
+        parse_inventory(fleet, source="https://bob:hunter2@x.example/f.toml").source == "https://***@x.example/f.toml"
+    )
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory("{}", source="https://bob:hunter2@x.example/f.json")
+    assert "hunter2" not in str(caught.value)
+
+
 def test_credentials_do_not_follow_a_redirect(served: tuple[Served, int]) -> None:
     state, port = served
     state.location = f"http://127.0.0.1:{port}/elsewhere"
@@ -312,3 +324,82 @@ def test_an_address_written_as_a_number_is_refused_in_every_format() -> None:
     )
     with pytest.raises(InventoryError, match=r"\[defaults\] ipv4_gateway: an IP address is written as a string"):
         parse_inventory(gateway, source="x", suffix=".toml")
+
+
+# --- the same over TLS --------------------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here: the test trusts it through SSL_CERT_FILE."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wgprobe test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Served, int]]:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    state = Served()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"served": state}))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield state, server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_inventory_over_tls_loads_and_a_tls_server_error_is_unavailable(tls_served: tuple[Served, int]) -> None:
+    state, port = tls_served
+    inventory = InventorySource(f"https://bob:hunter2@127.0.0.1:{port}/relays", timeout=5.0).load()
+    assert len(inventory.relays) == 10
+    assert inventory.source == f"https://***@127.0.0.1:{port}/relays"
+    assert state.requests[0]["authorization"] == "Basic " + base64.b64encode(b"bob:hunter2").decode()
+    state.status = 503
+    with pytest.raises(InventoryUnavailable, match="HTTP 503"):
+        InventorySource(f"https://127.0.0.1:{port}/relays", timeout=5.0).load()
+
+
+def test_a_certificate_nobody_trusts_is_unavailable(
+    tls_served: tuple[Served, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _state, port = tls_served
+    (tmp_path / "other").mkdir()
+    other, _ = _self_signed(tmp_path / "other")
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    with pytest.raises(InventoryUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        InventorySource(f"https://127.0.0.1:{port}/relays", timeout=5.0).load()
