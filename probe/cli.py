@@ -67,16 +67,29 @@ def _register_reflector(commands: Commands) -> None:
         "--listen",
         action="append",
         metavar="ADDR:PORT",
-        help="ADDR:PORT or [V6ADDR]:PORT to answer on (repeatable)",
+        help="ADDR:PORT or [V6ADDR]:PORT to answer on (required, repeatable; port 0: any free port)",
     )
+    # Per source address. One `probe server` of a dual-stack relay asks from each of the relay's egress addresses
+    # about 6 paths x 4 requests at once: a burst of 40 lets that through whole, while a spoofer can aim no more
+    # than 20 answers a second at any one address.
+    parser.add_argument("--rate", type=float, default=20.0, help="answers per second to one source address")
+    parser.add_argument("--burst", type=int, default=40, help="answers one source address may have at once")
     parser.set_defaults(handler=_reflector)
 
 
 def _reflector(args: argparse.Namespace) -> int:
+    if not args.listen:
+        raise ConfigError(
+            "--listen is required: the address(es) to answer on, e.g. --listen 198.18.0.2:7777 --listen "
+            "[fd77:7770::2]:7777 (every address of the host is a choice to make explicitly: --listen 0.0.0.0:7777)"
+        )
+    if not 0 < args.rate < float("inf"):
+        raise ConfigError(f"--rate must be a number above 0 (answers a second), got {args.rate:g}")
+    if args.burst < 1:
+        raise ConfigError(f"--burst must be at least 1, got {args.burst}")
     from probe import reflector as refl
 
-    addresses = [refl.parse_listen(item) for item in (args.listen or [f"0.0.0.0:{refl.DEFAULT_PORT}"])]
-    refl.serve(addresses)
+    refl.serve([refl.parse_listen(item) for item in args.listen], rate=args.rate, burst=args.burst)
     return 0
 
 

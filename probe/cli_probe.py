@@ -192,26 +192,36 @@ def servers(args: argparse.Namespace) -> int:
 
 
 def dissect(args: argparse.Namespace) -> int:
+    """A file that cannot be read, or is cut short, is reported on stderr (what could be read of it is shown) and
+    the next file follows. Exit 0 when every file was read whole, 1 otherwise."""
     from datetime import UTC, datetime
 
-    from probe.packets import EvidenceError, read_pcap
+    from probe.packets import EvidenceError
     from probe.packets import dissect as dissect_packet
+    from probe.packets.evidence import scan_pcap
     from probe.term import clean
 
-    code = EXIT_OK
+    failed = False
     for path in args.pcaps:
         try:
-            records = read_pcap(path)
+            records, problem = scan_pcap(path)
         except EvidenceError as exc:
-            print(f"error: {clean(exc)}", file=sys.stderr)
-            code = EXIT_FAILED
+            print(f"error: {clean(exc)}", file=sys.stderr, flush=True)
+            failed = True
             continue
         print(f"== {clean(path)}: {len(records)} packet(s)")
         for n, (at, packet) in enumerate(records, start=1):
             stamp = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")
             print(f"-- #{n} {stamp}Z")
             print(dissect_packet(packet))
-    return code
+        if problem is not None:
+            sys.stdout.flush()  # the report follows what was shown of the file, also when both go to one terminal
+            print(
+                f"error: {clean(path)}: {clean(problem)}; the {len(records)} packet(s) before it are shown",
+                file=sys.stderr,
+            )
+            failed = True
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _cell(stage: StageResult, style: Style) -> str:

@@ -12,22 +12,22 @@
     forward_target = "198.18.0.2"        # answers ICMP echo beyond the relays' NAT
     forward_target_v6 = "fd77::2"
     reflector = "198.18.0.2:7777"        # `probe reflector`, for the egress check; or "[v6addr]:port"
+    [probe]                              # all optional; the defaults are on ProbeSection
+    evidence_dir = "evidence"            # pcaps and JSON of failed probes
+    evidence_path_max_bytes = 1048576    # cap of one path's pcap: the first packets are kept, the rest counted
+    evidence_max_bytes = 268435456       # the evidence wgprobe keeps in evidence_dir, in all (oldest removed first)
+    evidence_max_age_hours = 168         # evidence older than this is removed
 
 Paths in the file are relative to the file's own directory, so a config travels with its keys. `find_config` looks
 for the file: --config, then $WGPROBE_CONFIG, then ./agent.toml. Every error a user must fix is a ConfigError that
-names the file, the key and the fix.
+names the file, the key and the fix. IP addresses are strings: pydantic would read `ipv4 = 12` as 0.0.0.12.
 """
 
-import base64
-import binascii
-import difflib
 import os
 import re
 import stat
 import tomllib
-import typing
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,47 +45,35 @@ from pydantic import (
     model_validator,
 )
 
+from probe.addresses import Endpoint, IPv4Field, IPv6Field
 from probe.errors import ConfigError
+from probe.inputs import InputError, check_nesting, read_regular_file
+from probe.validation import describe_validation_error
+from probe.wireguard.constants import KEY_SIZE
+from probe.wireguard.errors import InvalidKeyError
+from probe.wireguard.keys import decode_base64_key
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
+    "AgentConfig",
+    "AgentSection",
+    "ChecksSection",
+    "Endpoint",
+    "Identity",
+    "InventorySection",
+    "ProbeSection",
+    "find_config",
+    "load_config",
+    "read_private_key",
+]
 
 CONFIG_ENV = "WGPROBE_CONFIG"
 DEFAULT_CONFIG = "agent.toml"
-_KEY_SIZE = 32
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An IP address and UDP/TCP port, written "198.18.0.2:7777" or "[fd77::2]:7777"."""
-
-    host: IPv4Address | IPv6Address
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Endpoint":
-        bracketed = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
-        if bracketed:
-            host, port = bracketed.group(1), bracketed.group(2)
-        else:
-            host, sep, port = text.rpartition(":")
-            if not sep:
-                host, port = text, None
-            elif ":" in host:
-                raise ValueError("write an IPv6 endpoint as [V6ADDR]:PORT")
-        if port is None:
-            raise ValueError("no port: write HOST:PORT, e.g. 198.18.0.2:7777, or [V6ADDR]:PORT")
-        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-            raise ValueError(f"port {port!r} is not a number from 1 to 65535")
-        try:
-            address = ip_address(host)
-        except ValueError:
-            # The probe sends to this address through every relay; resolving a name per probe is not its job.
-            raise ValueError(f"{host!r} is not an IP address") from None
-        if bracketed and address.version != 6:
-            raise ValueError("brackets are for IPv6 addresses: write HOST:PORT")
-        return cls(host=address, port=int(port))
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
+# A config of a thousand identities is a few hundred kB; a key file is one line.
+_CONFIG_MAX_BYTES = 1 << 20
+_KEY_FILE_MAX_BYTES = 4096
 
 
 def _endpoint(value: Any) -> Endpoint:
@@ -134,8 +122,8 @@ class Identity(_Section):
     """
 
     private_key_file: Path
-    ipv4: IPv4Address
-    ipv6: IPv6Address | None = None
+    ipv4: IPv4Field
+    ipv6: IPv6Field | None = None
 
     _private_key: bytes | None = PrivateAttr(default=None)
 
@@ -144,8 +132,8 @@ class Identity(_Section):
     @classmethod
     def with_private_key(cls, private_key: bytes, *, ipv4: IPv4Address, ipv6: IPv6Address | None = None) -> "Identity":
         """An identity built in code (tests, the lab) rather than loaded from a key file."""
-        if len(private_key) != _KEY_SIZE:
-            raise ConfigError(f"a WireGuard private key is 32 bytes, got {len(private_key)}")
+        if len(private_key) != KEY_SIZE:
+            raise ConfigError(f"a WireGuard private key is {KEY_SIZE} bytes, got {len(private_key)}")
         identity = cls(private_key_file=Path("<memory>"), ipv4=ipv4, ipv6=ipv6)
         identity._private_key = private_key
         return identity
@@ -178,8 +166,8 @@ class InventorySection(_Section):
 
 
 class ChecksSection(_Section):
-    forward_target: IPv4Address
-    forward_target_v6: IPv6Address | None = None
+    forward_target: IPv4Field
+    forward_target_v6: IPv6Field | None = None
     reflector: EndpointField | None = None  # no reflector: the egress check is not run
     reflector_v6: EndpointField | None = None  # for the IPv6 egress check when `reflector` is IPv4
 
@@ -210,7 +198,22 @@ class ProbeSection(_Section):
     # pcaps and dissections of failed probes; validate_default so the default, too, is relative to the config
     evidence_dir: Path = Field(default=Path("evidence"), validate_default=True)
 
+    # Bounds on evidence (see probe/evidence.py): one path's pcap keeps its first packets up to this size...
+    evidence_path_max_bytes: int = Field(default=1 << 20, ge=1024, strict=True)
+    # ...and what wgprobe keeps in evidence_dir, in all and by age, is pruned oldest first.
+    evidence_max_bytes: int = Field(default=256 << 20, ge=1 << 20, strict=True)
+    evidence_max_age_hours: float = Field(default=168.0, gt=0)
+
     _resolve_evidence_dir = field_validator("evidence_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_path_fits_in_the_total(self) -> "ProbeSection":
+        if self.evidence_path_max_bytes > self.evidence_max_bytes:
+            raise ValueError(
+                f"evidence_path_max_bytes ({self.evidence_path_max_bytes}) is larger than evidence_max_bytes "
+                f"({self.evidence_max_bytes}): one path's evidence would be removed as soon as it is written"
+            )
+        return self
 
 
 class AgentConfig(_Section):
@@ -248,53 +251,11 @@ class AgentConfig(_Section):
         return self._path
 
 
-def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The model that validates the table at `loc`, to name its keys in "unknown key" errors."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        inner = _inner_model(field.annotation) if field is not None else None
-        if inner is None:
-            return None
-        model = inner
-    return model
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def describe_errors(error: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One line per error, "checks.reflector: no port: ... (got '198.18.0.2')", keys as written in the TOML."""
-    lines = []
-    for detail in error.errors(include_url=False):
-        loc = detail["loc"]
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        message = str(detail["msg"]).removeprefix("Value error, ")
-        if detail["type"] == "missing":
-            message = "required but missing"
-        elif detail["type"] == "extra_forbidden":
-            model = _model_at(root, loc[:-1])
-            known = list(model.model_fields) if model else []
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-            if known:
-                message += f"; allowed: {', '.join(known)}"
-        elif isinstance(detail["input"], str | int | float | bool):
-            message += f" (got {detail['input']!r})"
-        lines.append(f"{where}: {message}" if where else message)
-    return lines
-
-
 def read_private_key(path: Path) -> bytes:
-    """The 32 bytes of a base64 WireGuard private key file, refusing files others can read."""
+    """The 32 bytes of a base64 WireGuard private key file, refusing files others can read.
+
+    No message shows any of the file's content, not even the byte that is wrong: it is a secret even when malformed.
+    """
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -309,32 +270,37 @@ def read_private_key(path: Path) -> bytes:
             f"key; run: chmod 600 {path}"
         )
     try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"key file {path}: cannot read a base64 key: {e}") from None
-    # The messages below never echo the file's content: it is a secret even when malformed.
+        content = read_regular_file(path, max_bytes=_KEY_FILE_MAX_BYTES)
+        return decode_base64_key(content, "private")
+    except InputError as e:
+        raise ConfigError(f"key file {path}: {e}") from None
+    except InvalidKeyError as e:
+        raise ConfigError(f"key file {path}: {e}; expected one line as printed by `wg genkey`") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"key file {path} is not base64 (expected one line as printed by `wg genkey`)") from None
-    if len(key) != _KEY_SIZE:
-        raise ConfigError(f"key file {path} decodes to {len(key)} bytes; a WireGuard private key is 32 bytes")
-    return key
+        text = read_regular_file(path, max_bytes=_CONFIG_MAX_BYTES).decode("utf-8")
+        data = tomllib.loads(text)
+        check_nesting(data)
+    except InputError as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError, TOMLDecodeError, the 4300-digit limit on integers
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return data
 
 
 def load_config(path: Path) -> AgentConfig:
     """Read, validate and resolve an agent config, and load its identities' private keys."""
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = _read_toml(path)
     context: dict[str, Any] = {"base_dir": path.absolute().parent}
     try:
         config = AgentConfig.model_validate(data, context=context)
     except ValidationError as e:
-        problems = describe_errors(e, AgentConfig)
+        found = describe_validation_error(e, model=AgentConfig)
+        problems = [f"{where}: {message}" if where else message for where, message in found]
         if len(problems) == 1:
             raise ConfigError(f"{path}: {problems[0]}") from None
         raise ConfigError(f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems)) from None

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from probe.config import AgentConfig
+from probe.evidence import EvidenceStore
 from probe.inventory import Inventory, Relay
 from probe.packets import EvidenceError
 from probe.results import (
@@ -118,6 +119,7 @@ class Prober:
         self.settings = settings_from(config, inventory)
         self.identities = [Identity(PrivateKey(ident.private_key)) for ident in config.identities]
         self.evidence_dir: Path | None = config.probe.evidence_dir if evidence else None
+        self.evidence = EvidenceStore.from_config(config.probe) if evidence else None
         self.registry = REGISTRY
         self._cookies: dict[tuple[int, str], CookieState] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
@@ -191,7 +193,7 @@ class Prober:
             expected_egress=relay.egress_ipv4 if spec.entry.version == 4 else relay.egress_ipv6,
             settings=self.settings,
             cookie_state=self._cookies.setdefault((identity_index, relay.name), CookieState(relay_key)),
-            record=Record() if self.evidence_dir is not None else None,
+            record=Record(max_bytes=self.config.probe.evidence_path_max_bytes) if self.evidence else None,
             first_gap=self._first_gap(relay.name),
         )
         run = await run_stages(ctx, self.registry)
@@ -213,26 +215,24 @@ class Prober:
         )
 
     def _save_pcap(self, relay: str, spec: PathSpec, ctx: PathContext) -> str | None:
-        if self.evidence_dir is None or ctx.record is None:
+        if self.evidence is None or ctx.record is None:
             return None
-        from probe.evidence import save_path_pcap
-
+        packets = [(at, packet) for at, _direction, packet in ctx.record.packets]
         try:
-            return save_path_pcap(self.evidence_dir, relay, self.config.agent.name, spec.port, spec.family, ctx.record)
-        except (EvidenceError, OSError) as exc:
+            saved = self.evidence.save_path_pcap(relay, self.config.agent.name, spec.port, spec.family, packets)
+        except EvidenceError as exc:
             self._evidence_errors[relay] = str(exc)
             return None
+        return saved.path
 
     def _save_result(self, result: ServerResult) -> ServerResult:
         """Save a failed result beside its pcaps. Evidence that cannot be written never costs the result: the
         reason goes into `evidence_error` and the result is returned all the same."""
         error = self._evidence_errors.pop(result.server, None)
-        if self.evidence_dir is not None and not result.ok and error is None:
-            from probe.evidence import save_result
-
+        if self.evidence is not None and not result.ok and error is None:
             try:
-                return save_result(self.evidence_dir, result)
-            except (EvidenceError, OSError) as exc:
+                return self.evidence.save_result(result)
+            except EvidenceError as exc:
                 error = str(exc)
         return result.model_copy(update={"evidence_error": error}) if error else result
 

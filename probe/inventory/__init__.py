@@ -2,19 +2,20 @@
 
     inventory = load_inventory("relays.json")           # or an http(s) URL; format recognised from the content
     relay = inventory.require("se-got-wg-001")          # UnknownRelayError suggests close names
+    # InventoryError (a ConfigError): the source is wrong; InventoryUnavailable: it could not be reached
     for problem in inventory.problems: ...              # entries that were skipped, and why
 
 Importing this package imports no HTTP library; `InventorySource` fetches lazily.
 """
 
+from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
 from probe.inventory.model import (
     DEFAULT_MAIN_PORT,
-    MULLVAD_IPV4_GATEWAY,
-    MULLVAD_IPV6_GATEWAY,
     Inventory,
     InventoryError,
     InventoryFormat,
     InventoryProblem,
+    InventoryUnavailable,
     Relay,
     UnknownRelayError,
     decode_public_key,
@@ -30,6 +31,7 @@ __all__ = [
     "InventoryFormat",
     "InventoryProblem",
     "InventorySource",
+    "InventoryUnavailable",
     "Relay",
     "UnknownRelayError",
     "decode_public_key",

@@ -20,6 +20,7 @@ from probe.inventory.model import (
     InventoryProblem,
     Relay,
 )
+from probe.validation import describe_validation_error
 
 
 class EntryProblem(Exception):
@@ -42,42 +43,6 @@ class Collected:
     problems: list[InventoryProblem] = field(default_factory=list)
     inactive: list[str] = field(default_factory=list)
     entries: int = 0  # WireGuard entries seen, loaded or not
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _location(loc: tuple[int | str, ...], source_names: Mapping[str, str]) -> str:
-    if not loc:
-        return ""
-    head = source_names.get(str(loc[0]), str(loc[0]))
-    return head + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
-
-
-def describe_validation_error(
-    error: ValidationError, source_names: Mapping[str, str], derived: frozenset[str] = frozenset()
-) -> list[tuple[str, str]]:
-    """(field, message) pairs for a pydantic error, fields named as the source names them.
-
-    An error on a `derived` field (one the source did not write, copied from another) only repeats the error on the
-    field it was copied from, so it is left out.
-    """
-    found: list[tuple[str, str]] = []
-    for detail in error.errors(include_url=False):
-        loc = detail["loc"]
-        if loc and str(loc[0]) in derived:
-            continue
-        message = str(detail["msg"]).removeprefix("Value error, ")
-        if detail["type"] == "missing":
-            message = "required but missing"
-        elif detail["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif isinstance(detail["input"], str | int | float | bool | None):
-            message += f" (got {_show(detail['input'])})"
-        found.append((_location(loc, source_names), message))
-    return found
 
 
 def collect_relays(
@@ -113,7 +78,8 @@ def collect_relays(
         try:
             relay = Relay.model_validate(fields)
         except ValidationError as e:
-            for where, message in describe_validation_error(e, source_names, DERIVED_FIELDS - set(fields)):
+            derived = DERIVED_FIELDS - set(fields)
+            for where, message in describe_validation_error(e, source_names=source_names, derived=derived):
                 out.problems.append(_problem(name, index, where, message))
             continue
         if not relay.active and not include_inactive:  # `active` written as "false" or 0

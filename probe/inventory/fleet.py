@@ -26,16 +26,15 @@ silently fall back to the entry address and make the egress check fail for a rea
 """
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from probe.inventory.entries import EntryProblem, build_inventory, collect_relays, describe_validation_error
+from probe.addresses import IPv4Field, IPv6Field
+from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
+from probe.inventory.entries import EntryProblem, build_inventory, collect_relays
 from probe.inventory.model import (
     DEFAULT_MAIN_PORT,
-    MULLVAD_IPV4_GATEWAY,
-    MULLVAD_IPV6_GATEWAY,
     Inventory,
     InventoryError,
     InventoryFormat,
@@ -43,6 +42,7 @@ from probe.inventory.model import (
     PortRanges,
     check_label_names,
 )
+from probe.validation import describe_validation_error
 
 # TOML key -> Relay field, for the keys whose names differ; the rest are the same word.
 _RENAMED = {"ipv4": "ipv4_addr_in", "ipv6": "ipv6_addr_in"}
@@ -67,8 +67,8 @@ class _Defaults(BaseModel):
 
     main_port: Port = DEFAULT_MAIN_PORT
     port_ranges: PortRanges = ()
-    ipv4_gateway: IPv4Address = MULLVAD_IPV4_GATEWAY
-    ipv6_gateway: IPv6Address = MULLVAD_IPV6_GATEWAY
+    ipv4_gateway: IPv4Field = MULLVAD_IPV4_GATEWAY
+    ipv6_gateway: IPv6Field = MULLVAD_IPV6_GATEWAY
     labels: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -96,7 +96,7 @@ def _defaults(data: Any, source: str) -> tuple[_Defaults, dict[str, str]]:
         defaults = _Defaults.model_validate(data if data is not None else {})
         labels = check_label_names(_label_values(defaults.labels, "labels"))
     except ValidationError as e:
-        found = describe_validation_error(e, {})
+        found = describe_validation_error(e, model=_Defaults)
         reasons = "; ".join(f"[defaults] {where}: {message}" for where, message in found)
         raise InventoryError(f"{source}: {reasons}") from None
     except (EntryProblem, ValueError) as e:  # ValueError: a label name Prometheus would refuse

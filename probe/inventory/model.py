@@ -5,8 +5,6 @@ relay must satisfy whatever it came from. A relay's name ends up in metric label
 names, so it is held to a hostname-like alphabet here, once, rather than escaped at every use.
 """
 
-import base64
-import binascii
 import difflib
 import re
 from enum import StrEnum
@@ -15,14 +13,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
-from probe.errors import ConfigError
+from probe.addresses import IPv4Field, IPv6Field
+from probe.errors import ConfigError, UnavailableError
+from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
+from probe.wireguard.errors import InvalidKeyError
+from probe.wireguard.keys import decode_base64_key
 
-# Mullvad's in-tunnel gateways (`wireguard.ipv4_gateway` / `ipv6_gateway` of /app/v1/relays). Every relay of a fleet
-# answers on the same gateway address, which is why probes never use an OS interface (see DESIGN.md).
-MULLVAD_IPV4_GATEWAY = IPv4Address("10.64.0.1")
-MULLVAD_IPV6_GATEWAY = IPv6Address("fc00:bbbb:bbbb:bb01::1")
 DEFAULT_MAIN_PORT = 51820
-WIREGUARD_KEY_SIZE = 32
 # Relay fields that default to another field's value (see Relay._egress_defaults_to_entry).
 DERIVED_FIELDS = frozenset({"egress_ipv4", "egress_ipv6"})
 
@@ -33,6 +30,12 @@ _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 class InventoryError(ConfigError):
     """An inventory source is unreadable, of an unknown shape, or holds no usable relay."""
+
+
+class InventoryUnavailable(UnavailableError):
+    """The inventory source could not be reached (connection refused, name not found, timeout, TLS failure, HTTP
+    5xx, 408 or 429): nothing can be said about the relays, so commands exit with "could not judge", not "failed"
+    and not "config error"."""
 
 
 class UnknownRelayError(InventoryError):
@@ -46,14 +49,11 @@ class InventoryFormat(StrEnum):
 
 
 def decode_public_key(text: str) -> bytes:
-    """The 32 raw bytes of a base64 WireGuard key; ValueError saying why not."""
+    """The 32 raw bytes of a base64 WireGuard key; ValueError saying why not (what pydantic validators raise)."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
-        raise ValueError(f"not valid base64 ({e})") from None
-    if len(raw) != WIREGUARD_KEY_SIZE:
-        raise ValueError(f"decodes to {len(raw)} bytes; a WireGuard key is 32 bytes (44 base64 characters)")
-    return raw
+        return decode_base64_key(text, "public")
+    except InvalidKeyError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_public_key(text: str) -> str:
@@ -101,13 +101,13 @@ class Relay(BaseModel):
 
     name: Annotated[str, AfterValidator(_check_name)]
     public_key: Annotated[str, AfterValidator(_check_public_key)]
-    ipv4_addr_in: IPv4Address
-    ipv6_addr_in: IPv6Address | None = None
+    ipv4_addr_in: IPv4Field
+    ipv6_addr_in: IPv6Field | None = None
     # The address the outside world should see traffic come from; on Mullvad it is the entry address.
     # _egress_defaults_to_entry fills it in; the None default only tells type checkers it may be left out, and is
     # refused by validation (validate_default) if nothing replaced it.
-    egress_ipv4: IPv4Address = Field(default=None, validate_default=True)
-    egress_ipv6: IPv6Address | None = None
+    egress_ipv4: IPv4Field = Field(default=None, validate_default=True)
+    egress_ipv6: IPv6Field | None = None
     active: bool = True
     location: str | None = None  # site code, e.g. "se-got"
     main_port: Port = DEFAULT_MAIN_PORT

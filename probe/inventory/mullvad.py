@@ -19,17 +19,18 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from probe.inventory.entries import build_inventory, collect_relays, describe_validation_error
+from probe.addresses import address_text
+from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
+from probe.inventory.entries import build_inventory, collect_relays
 from probe.inventory.model import (
     DEFAULT_MAIN_PORT,
-    MULLVAD_IPV4_GATEWAY,
-    MULLVAD_IPV6_GATEWAY,
     Inventory,
     InventoryError,
     InventoryFormat,
     InventoryProblem,
     PortRange,
 )
+from probe.validation import describe_validation_error
 
 # Relay field -> the list's own name for it, so problems name what the user sees in the JSON.
 APP_NAMES = {"name": "hostname", "public_key": "public_key"}
@@ -89,8 +90,8 @@ def _port_ranges(value: Any) -> tuple[list[tuple[int, int]], list[InventoryProbl
         try:
             ranges.append(_port_range_adapter().validate_python(item))
         except ValidationError as e:
-            for where, message in describe_validation_error(e, {}):
-                field = f"wireguard.port_ranges[{i}]" + (f"[{where}]" if where else "")
+            for where, message in describe_validation_error(e):
+                field = f"wireguard.port_ranges[{i}]" + (f".{where}" if where and not where.startswith("[") else where)
                 problems.append(InventoryProblem(relay=None, index=None, field=field, message=message))
     return ranges, problems
 
@@ -99,9 +100,7 @@ def _gateway(kind: type[_A], value: Any, default: _A, field: str, problems: list
     if value is None:
         return default
     try:
-        if not isinstance(value, str):  # IPv4Address(5) would quietly be 0.0.0.5
-            raise ValueError(f"expected an address string, got {value!r}")
-        return kind(value)
+        return kind(address_text(value))
     except ValueError as e:
         message = f"{e}; using {default}"
         problems.append(InventoryProblem(relay=None, index=None, field=field, message=message))

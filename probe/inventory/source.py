@@ -2,6 +2,10 @@
 
 The format is recognised from the content, so a user points `source` at whatever they have: a JSON object with
 "wireguard" is Mullvad's app list, a JSON array is Mullvad's web list, TOML is our hand-written format.
+
+Whatever the source, the input is bounded before it is parsed: a file must be a regular file of at most MAX_BODY
+(the cap of a download), and the decoded data at most MAX_NESTING levels deep. A URL is shown, in messages and in
+`Inventory.source`, without its user and password.
 """
 
 import json
@@ -11,7 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from probe.inventory.fetch import fetch
+from probe.inputs import InputError, check_nesting, read_regular_file, redact_url
+from probe.inventory.fetch import MAX_BODY, fetch
 from probe.inventory.fleet import parse_fleet_toml
 from probe.inventory.model import Inventory, InventoryError
 from probe.inventory.mullvad import parse_app_list, parse_web_list
@@ -23,16 +28,29 @@ def is_url(location: str) -> bool:
 
 def _decode(text: str, source: str, suffix: str) -> tuple[str, Any]:
     """("json" | "toml", decoded data); the suffix (.json/.toml) only decides which error to show."""
+    kind, data = _parse(text, source, suffix)
+    try:
+        check_nesting(data)
+    except InputError as e:
+        raise InventoryError(f"{source}: {e}") from None
+    return kind, data
+
+
+def _parse(text: str, source: str, suffix: str) -> tuple[str, Any]:
     json_error = toml_error = ""
     if suffix != ".toml":
         try:
             return "json", json.loads(text)
-        except json.JSONDecodeError as e:
+        except RecursionError:
+            raise InventoryError(f"{source}: nested too deeply to be an inventory") from None
+        except ValueError as e:  # JSONDecodeError, and the 4300-digit limit on integers
             json_error = str(e)
     if suffix != ".json":
         try:
             return "toml", tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+        except RecursionError:
+            raise InventoryError(f"{source}: nested too deeply to be an inventory") from None
+        except ValueError as e:  # TOMLDecodeError, and the 4300-digit limit on integers
             toml_error = str(e)
     if not toml_error:
         raise InventoryError(f"{source}: not valid JSON: {json_error}")
@@ -44,7 +62,9 @@ def _decode(text: str, source: str, suffix: str) -> tuple[str, Any]:
 def parse_inventory(
     content: str | bytes, *, source: str, include_inactive: bool = False, suffix: str = ""
 ) -> Inventory:
-    """An Inventory from a source's content, whatever the format; `source` names it in messages."""
+    """An Inventory from a source's content, whatever the format; `source` names it in messages (a URL's user and
+    password hidden)."""
+    source = redact_url(source)
     if isinstance(content, bytes):
         try:
             content = content.decode("utf-8-sig")  # -sig: tolerate a BOM from editors that write one
@@ -79,7 +99,7 @@ class InventorySource:
         self.location = os.fspath(location)
         if "://" in self.location and not is_url(self.location):
             scheme = self.location.split("://", 1)[0]
-            raise InventoryError(f"{self.location}: unsupported scheme {scheme!r}; use a file path or http(s) URL")
+            raise InventoryError(f"{self.shown}: unsupported scheme {scheme!r}; use a file path or http(s) URL")
         self.include_inactive = include_inactive
         self.timeout = timeout
         self.etag: str | None = None
@@ -91,6 +111,11 @@ class InventorySource:
     def is_url(self) -> bool:
         return is_url(self.location)
 
+    @property
+    def shown(self) -> str:
+        """The location as messages and `Inventory.source` show it: without a URL's user and password."""
+        return redact_url(self.location)
+
     def load(self) -> Inventory:
         if not self.is_url:
             return self._load_file(Path(self.location))
@@ -98,7 +123,7 @@ class InventorySource:
         result = fetch(self.location, etag=etag, timeout=self.timeout)
         if result.status == 304:
             if self.inventory is None:
-                raise InventoryError(f"{self.location}: 304 Not Modified to an unconditional request")
+                raise InventoryError(f"{self.shown}: 304 Not Modified to an unconditional request")
             self.not_modified = True
             return self.inventory
         suffix = PurePosixPath(urlsplit(self.location).path).suffix
@@ -107,7 +132,7 @@ class InventorySource:
         elif "toml" in result.content_type:
             suffix = ".toml"
         inventory = parse_inventory(
-            result.body, source=self.location, include_inactive=self.include_inactive, suffix=suffix
+            result.body, source=self.shown, include_inactive=self.include_inactive, suffix=suffix
         )
         self.etag, self.body, self.inventory = result.etag, result.body, inventory
         self.not_modified = False
@@ -115,9 +140,9 @@ class InventorySource:
 
     def _load_file(self, path: Path) -> Inventory:
         try:
-            content = path.read_bytes()
-        except OSError as e:
-            raise InventoryError(f"{path}: cannot read inventory: {e.strerror or e}") from None
+            content = read_regular_file(path, max_bytes=MAX_BODY)
+        except InputError as e:
+            raise InventoryError(f"{path}: cannot read inventory: {e}") from None
         inventory = parse_inventory(
             content, source=str(path), include_inactive=self.include_inactive, suffix=path.suffix
         )

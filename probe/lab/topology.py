@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from probe.errors import ConfigError
+from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
 
 DEFAULT_PREFIX = "wgp"
 WG_PORT = 51820
 REFLECTOR_PORT = 7777
-TUNNEL_V4_GATEWAY = IPv4Address("10.64.0.1")
-TUNNEL_V6_GATEWAY = IPv6Address("fc00:bbbb:bbbb:bb01::1")
+# The lab's relays are Mullvad-like: the same in-tunnel gateways as the inventories' defaults.
+TUNNEL_V4_GATEWAY = MULLVAD_IPV4_GATEWAY
+TUNNEL_V6_GATEWAY = MULLVAD_IPV6_GATEWAY
 TUNNEL_V4_NET = "10.64.0.0/10"
 TUNNEL_V6_NET = "fc00:bbbb:bbbb:bb01::/64"
 INET_V4_PREFIXLEN = 15

@@ -20,19 +20,34 @@ from probe.wireguard.errors import InvalidKeyError
 _BASE64_KEY_LENGTH: Final = 44  # 32 bytes in standard base64 with one "=" of padding, as `wg genkey` prints
 
 
-def _decode_base64_key(text: str | bytes, kind: str) -> bytes:
-    """Decode a base64 key strictly; surrounding whitespace (a key file's trailing newline) is allowed."""
+def decode_base64_key(text: str | bytes, kind: str = "") -> bytes:
+    """The 32 raw bytes of a key in base64 (`wg genkey`, `wg pubkey`, `wg genpsk`); InvalidKeyError saying why not.
+
+    The one decoder for keys from anywhere: key files, inventories, the protocol core. Surrounding whitespace (a key
+    file's trailing newline) is allowed. Its messages say what is wrong and never quote the text, not even one
+    character: the text may be a private key, and a malformed secret is still a secret. `kind` ("private",
+    "public", "preshared") only names the key in the message.
+    """
+    name = f"{kind} key" if kind else "key"
+    if isinstance(text, bytes | bytearray | memoryview):
+        data = bytes(text)
+        # Decoding bytes that are not ASCII would raise a UnicodeDecodeError that quotes the offending byte.
+        if not data.isascii():
+            raise InvalidKeyError(f"{name} is not valid base64")
+        text = data.decode("ascii")
+    elif not isinstance(text, str):
+        raise InvalidKeyError(f"{name} must be text, got {type(text).__name__}")
     stripped = text.strip()
     if len(stripped) != _BASE64_KEY_LENGTH:
         raise InvalidKeyError(
-            f"{kind} key must be {_BASE64_KEY_LENGTH} base64 characters ({KEY_SIZE} bytes), got {len(stripped)}"
+            f"{name} must be {_BASE64_KEY_LENGTH} base64 characters ({KEY_SIZE} bytes), got {len(stripped)}"
         )
     try:
         raw = base64.b64decode(stripped, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidKeyError(f"{kind} key is not valid base64") from None
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
+        raise InvalidKeyError(f"{name} is not valid base64") from None
     if len(raw) != KEY_SIZE:
-        raise InvalidKeyError(f"{kind} key must decode to {KEY_SIZE} bytes, got {len(raw)}")
+        raise InvalidKeyError(f"{name} must decode to {KEY_SIZE} bytes, got {len(raw)}")
     return raw
 
 
@@ -55,7 +70,7 @@ class PublicKey:
 
     @classmethod
     def from_base64(cls, text: str | bytes) -> "PublicKey":
-        return cls(_decode_base64_key(text, "public"))
+        return cls(decode_base64_key(text, "public"))
 
     @property
     def raw(self) -> bytes:
@@ -91,7 +106,7 @@ class PrivateKey:
 
     @classmethod
     def from_base64(cls, text: str | bytes) -> "PrivateKey":
-        return cls(_decode_base64_key(text, "private"))
+        return cls(decode_base64_key(text, "private"))
 
     @classmethod
     def generate(cls, randbytes: Callable[[int], bytes] = os.urandom) -> "PrivateKey":
@@ -131,7 +146,7 @@ class PrivateKey:
 
 def decode_preshared_key(text: str | bytes) -> bytes:
     """A preshared key from its base64 form (`wg genpsk`), as the 32 raw bytes the handshake takes."""
-    return _decode_base64_key(text, "preshared")
+    return decode_base64_key(text, "preshared")
 
 
 def check_preshared_key(psk: bytes | None) -> bytes | None:

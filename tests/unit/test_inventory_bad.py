@@ -26,7 +26,7 @@ PROBLEM_CASES = [
     ("app-missing-public-key.json", Problem("se-got-wg-002", "public_key", "required but missing"), 2),
     (
         "app-bad-key-length.json",
-        Problem("se-got-wg-002", "public_key", "decodes to 31 bytes; a WireGuard key is 32 bytes"),
+        Problem("se-got-wg-002", "public_key", "public key must decode to 32 bytes, got 31"),
         2,
     ),
     (
@@ -37,7 +37,13 @@ PROBLEM_CASES = [
     ("app-duplicate-hostname.json", Problem("se-got-wg-001", "hostname", "duplicate: entry 0 has the same name"), 2),
     ("app-relay-not-object.json", Problem(None, "", "expected an object, got str"), 3),
     ("app-reversed-port-range.json", Problem(None, "wireguard.port_ranges[1]", "port range 60000-4000 is reversed"), 3),
-    ("web-bad-pubkey.json", Problem("se-got-wg-002", "pubkey", "not valid base64"), 2),
+    (
+        "web-bad-pubkey.json",
+        Problem(
+            "se-got-wg-002", "pubkey", "public key must be 44 base64 characters (32 bytes), got 9 (got 'not a key')"
+        ),
+        2,
+    ),
     ("fleet-missing-name.toml", Problem(None, "name", "required but missing"), 1),
     ("fleet-reversed-port-range.toml", Problem("lab-wg-002", "port_ranges[1]", "port range 5000-4000 is reversed"), 1),
     ("fleet-unknown-key.toml", Problem("lab-wg-001", "egress_ip4", "unknown key; a relay has name, public_key"), 1),

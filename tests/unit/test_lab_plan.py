@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from probe.addresses import Endpoint
 from probe.config import load_config
 from probe.errors import ConfigError, LabError
 from probe.inventory import load_inventory
@@ -402,8 +403,8 @@ def test_agent_toml_holds_exactly_the_agent_config_contract() -> None:
         "reflector": "198.18.0.2:7777",
         "reflector_v6": "[fd77:7770::2]:7777",
     }
-    assert parse_listen(config["checks"]["reflector"]) == (plan.outside_ipv4, 7777)
-    assert parse_listen(config["checks"]["reflector_v6"]) == (plan.outside_ipv6, 7777)
+    assert parse_listen(config["checks"]["reflector"]) == Endpoint(plan.outside_ipv4, 7777)
+    assert parse_listen(config["checks"]["reflector_v6"]) == Endpoint(plan.outside_ipv6, 7777)
 
 
 def test_the_config_loader_reads_the_lab_agent_config(tmp_path: Path) -> None:

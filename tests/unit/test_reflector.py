@@ -2,6 +2,7 @@
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -15,14 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probe.errors import ConfigError
 from probe.reflector import (
     MESSAGE_SIZE,
     Observed,
+    RateLimiter,
+    Reflector,
     ReflectorError,
     build_request,
     build_response,
-    parse_listen,
     parse_request,
     parse_response,
 )
@@ -145,37 +146,66 @@ def test_random_bytes_only_ever_raise_reflector_error(data: bytes, nonce: bytes)
     assert 0 <= observed.port <= 65535
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("198.18.0.2:7777", (IPv4Address("198.18.0.2"), 7777)),
-        ("[fd77::2]:7777", (IPv6Address("fd77::2"), 7777)),
-        ("0.0.0.0:1", (IPv4Address("0.0.0.0"), 1)),
-        ("[::1]:65535", (IPv6Address("::1"), 65535)),
-    ],
-)
-def test_listen_addresses_parse(text: str, expected: tuple[IPv4Address | IPv6Address, int]) -> None:
-    assert parse_listen(text) == expected
+# --- rate limiting, with the clock driven by hand ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("host", "want ADDR:PORT or [V6ADDR]:PORT, got 'host'"),
-        ("1.2.3.4:0", "want ADDR:PORT"),
-        ("1.2.3.4:65536", "want ADDR:PORT"),
-        ("1.2.3.4:70000", "want ADDR:PORT"),
-        ("1.2.3.4:", "want ADDR:PORT"),
-        ("1.2.3.4:-1", "want ADDR:PORT"),
-        ("[fd77::2]", "want ADDR:PORT"),
-        ("nothost:80", "not an IP address in 'nothost:80'"),
-        (":80", "not an IP address"),
-        ("1.2.3.4.5:80", "not an IP address"),
-    ],
-)
-def test_bad_listen_addresses_are_config_errors(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_listen(text)
+def test_a_source_gets_its_burst_then_the_rate() -> None:
+    limiter = RateLimiter(rate=4.0, burst=3)  # times below are exact binary fractions: no rounding in the test
+    assert [limiter.allow("192.0.2.1", 100.0) for _ in range(5)] == [True, True, True, False, False]
+    assert not limiter.allow("192.0.2.1", 100.125)  # half a token
+    assert limiter.allow("192.0.2.1", 100.25)  # one token every 0.25 s
+    assert not limiter.allow("192.0.2.1", 100.25)
+    assert [limiter.allow("192.0.2.1", 200.0) for _ in range(4)] == [True, True, True, False]  # refilled to the burst
+
+
+def test_sources_are_limited_separately() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    assert limiter.allow("192.0.2.1", 0.0)
+    assert not limiter.allow("192.0.2.1", 0.0)
+    assert limiter.allow("192.0.2.2", 0.0)
+    assert limiter.allow("2001:db8::1", 0.0)
+    assert len(limiter) == 3
+
+
+def test_a_clock_going_backwards_gives_no_tokens() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    assert limiter.allow("192.0.2.1", 100.0)
+    assert not limiter.allow("192.0.2.1", 50.0)
+    assert not limiter.allow("192.0.2.1", 100.5)
+
+
+def test_the_table_of_sources_is_bounded_and_idle_sources_expire() -> None:
+    limiter = RateLimiter(rate=1.0, burst=2, max_sources=3)
+    for n in range(3):
+        assert limiter.allow(f"192.0.2.{n}", 0.0)
+    # Full of sources still within their burst window: a new one is refused, not let in by forgetting another
+    # (forgetting would hand a spoofed victim a fresh burst).
+    assert not limiter.allow("192.0.2.9", 0.5)
+    assert len(limiter) == 3
+    # Two seconds on, every bucket is full again: keeping them says nothing, so they make room and expire.
+    assert limiter.allow("192.0.2.9", 2.0)
+    assert len(limiter) <= 3
+    for n in range(10, 20):
+        limiter.allow(f"192.0.2.{n}", 100.0 + n * 10)
+    assert len(limiter) <= 3
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (-1.0, 1), (float("nan"), 1), (float("inf"), 1), (1.0, 0)])
+def test_a_limiter_needs_a_positive_rate_and_burst(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        RateLimiter(rate=rate, burst=burst)
+
+
+def test_the_reflector_core_counts_what_it_does() -> None:
+    core = Reflector(RateLimiter(rate=1.0, burst=2))
+    source = IPv4Address("192.0.2.7")
+    answers = [core.handle(build_request(NONCE), source, 4000, 10.0) for _ in range(3)]
+    assert answers[0] is not None and parse_response(answers[0], NONCE) == Observed(source, 4000)
+    assert answers[1] is not None and answers[2] is None
+    assert core.handle(b"junk", source, 4000, 10.0) is None
+    assert core.handle(build_request(NONCE), IPv6Address("2001:db8::7"), 4000, 10.0) is not None
+    assert (core.answered, core.rate_limited, core.malformed) == (3, 1, 1)
+    assert core.counters() == "reflector: answered=3 rate_limited=1 malformed=1 sources=2"
 
 
 # --- the real reflector on loopback -------------------------------------------------------------------------------
@@ -196,11 +226,26 @@ def _free_port() -> int:
     raise AssertionError("no UDP port free on both loopback addresses")
 
 
-def _start(*listen: str) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "probe", "reflector"]
+def _start(*listen: str, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "probe", "reflector", *extra]
     for item in listen:
         args += ["--listen", item]
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _first_line(proc: subprocess.Popen[bytes]) -> str:
+    """The reflector's start line, read with a hang guard."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], 10)
+    assert ready, "the reflector logged nothing within 10 s"
+    return proc.stderr.readline().decode()
+
+
+def _listening_port(proc: subprocess.Popen[bytes]) -> int:
+    line = _first_line(proc)
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    assert found, line
+    return int(found.group(1))
 
 
 def _ask(client: socket.socket, server: tuple[str, int], payload: bytes, timeout: float) -> bytes | None:
@@ -268,15 +313,90 @@ def test_the_reflector_answers_with_the_clients_address_and_port(
         assert _ask(client, server, build_request(nonce), 2.0) is not None
 
 
-def test_sigterm_stops_the_reflector_cleanly() -> None:
-    port = _free_port()
-    proc = _start(f"127.0.0.1:{port}")
+def test_sigterm_stops_the_reflector_cleanly_and_logs_its_counters() -> None:
+    proc = _start("127.0.0.1:0")
     try:
+        port = _listening_port(proc)
         _wait_until_answering(proc, [("127.0.0.1", port)])
     finally:
         code, err = _stop(proc)
     assert code == 0, err
     assert "Traceback" not in err
+    assert re.fullmatch(r"reflector: answered=[1-9]\d* rate_limited=0 malformed=0 sources=1", err.strip()), err
+
+
+def test_the_reflector_logs_where_it_listens_and_its_limits() -> None:
+    proc = _start("127.0.0.1:0", "[::1]:0", extra=("--rate", "5", "--burst", "7"))
+    try:
+        line = _first_line(proc)
+    finally:
+        _stop(proc)
+    assert re.fullmatch(
+        r"reflector: listening on 127\.0\.0\.1:\d+, \[::1\]:\d+; "
+        r"answers per source address: 5/s, burst 7\n",
+        line,
+    ), line
+
+
+def test_answers_are_rate_limited_per_source_and_counted_on_sigusr1() -> None:
+    # One token per 1000 s: the burst is all a source gets during the test, whatever the machine's speed.
+    proc = _start("127.0.0.1:0", extra=("--rate", "0.001", "--burst", "3"))
+    server = ("127.0.0.1", 0)
+    try:
+        server = ("127.0.0.1", _listening_port(proc))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            answered = [_ask(client, server, build_request(NONCE), 2.0) for _ in range(3)]
+            assert all(answer is not None for answer in answered)
+            for _ in range(5):
+                client.sendto(build_request(NONCE), server)
+            client.sendto(b"junk", server)
+            # Another source is answered: the reflector reads in order, so everything above has been handled.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                other.bind(("127.0.0.2", 0))
+                assert _ask(other, server, build_request(NONCE), 2.0) is not None
+            client.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                client.recvfrom(1024)  # nothing came back for the five over the burst, nor for the junk
+        proc.send_signal(signal.SIGUSR1)
+        assert _first_line(proc) == "reflector: answered=4 rate_limited=5 malformed=1 sources=2\n"
+        assert proc.poll() is None  # SIGUSR1 reports and carries on
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as third:
+            third.bind(("127.0.0.3", 0))
+            assert _ask(third, server, build_request(NONCE), 2.0) is not None
+    finally:
+        code, err = _stop(proc)
+    assert code == 0
+    assert err.strip() == "reflector: answered=5 rate_limited=5 malformed=1 sources=3"
+
+
+def test_listen_is_required() -> None:
+    proc = _start()
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2
+    assert "error: --listen is required" in err.decode()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--rate", "0"), ("--rate", "-1"), ("--rate", "nan"), ("--rate", "inf"), ("--burst", "0")]
+)
+def test_rate_and_burst_must_be_positive(option: str, value: str) -> None:
+    proc = _start("127.0.0.1:0", extra=(option, value))
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2
+    assert f"error: {option} must be" in err.decode()
+
+
+def test_a_port_already_bound_is_refused_not_shared() -> None:
+    # The holder allows address reuse, as a second reflector would have: sharing must still be refused.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        proc = _start(f"127.0.0.1:{port}")
+        _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2, err
+    assert f"error: reflector cannot listen on 127.0.0.1:{port}: Address already in use" in err.decode()
 
 
 def test_an_address_it_cannot_listen_on_is_a_usage_error() -> None:
@@ -284,3 +404,10 @@ def test_an_address_it_cannot_listen_on_is_a_usage_error() -> None:
     _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 2
     assert "error: reflector cannot listen on 192.0.2.1:7777" in err.decode()
+
+
+def test_a_bad_listen_address_is_a_usage_error() -> None:
+    proc = _start("127.0.0.1")
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2
+    assert "error: --listen '127.0.0.1': no port" in err.decode()
