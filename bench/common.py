@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.lab import fleet
-from probe.lab.topology import DEFAULT_IDENTITIES, LabPlan
+from probe.lab import DEFAULT_IDENTITIES, fleet
+from probe.lab.topology import LabPlan
 
 PREFIX = "wgb"
 

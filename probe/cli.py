@@ -69,11 +69,12 @@ def _register_reflector(commands: Commands) -> None:
         metavar="ADDR:PORT",
         help="ADDR:PORT or [V6ADDR]:PORT to answer on (required, repeatable; port 0: any free port)",
     )
-    # Per source address. One `probe server` of a dual-stack relay asks from each of the relay's egress addresses
-    # about 6 paths x 4 requests at once: a burst of 40 lets that through whole, while a spoofer can aim no more
-    # than 20 answers a second at any one address.
-    parser.add_argument("--rate", type=float, default=20.0, help="answers per second to one source address")
-    parser.add_argument("--burst", type=int, default=40, help="answers one source address may have at once")
+    # Per source address, which for the egress check is a relay's egress address: every agent's requests through
+    # that relay share it. A lossy relay's probes resend every 50 ms, and a `probe verify` of every path from
+    # several agents asks at once: 100 a second after a burst of 200 carries those, while a spoofer can still aim
+    # no more than 100 answers of 48 bytes a second (4.8 kB/s, no amplification) at any one address.
+    parser.add_argument("--rate", type=float, default=100.0, help="answers per second to one source address")
+    parser.add_argument("--burst", type=int, default=200, help="answers one source address may have at once")
     parser.set_defaults(handler=_reflector)
 
 

@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from probe.inputs import describe_size, redact_url
-from probe.inventory.model import InventoryError, InventoryUnavailable
+from probe.inventory.model import MAX_BODY, InventoryError, InventoryUnavailable
 
 if TYPE_CHECKING:
     import http.client
     import urllib.request
 
 # The full Mullvad app list is ~340 kB; anything past this is not a relay list and would only eat memory.
-MAX_BODY = 32 * 1024 * 1024
 USER_AGENT = "wgprobe-inventory/1"
 # The server's own trouble or a limit on us, not a fault of the URL: retrying later may work.
 _UNAVAILABLE_STATUSES = frozenset({408, 429})

@@ -19,6 +19,8 @@ from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
 from probe.wireguard.errors import InvalidKeyError
 from probe.wireguard.keys import decode_base64_key
 
+# The full Mullvad app list is ~340 kB; a source past this, file or URL, is not a relay list and would only eat memory.
+MAX_BODY = 32 * 1024 * 1024
 DEFAULT_MAIN_PORT = 51820
 # Relay fields that default to another field's value (see Relay._egress_defaults_to_entry).
 DERIVED_FIELDS = frozenset({"egress_ipv4", "egress_ipv6"})

@@ -16,10 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probe.inputs import InputError, check_nesting, read_regular_file, redact_url
-from probe.inventory.fetch import MAX_BODY, fetch
-from probe.inventory.fleet import parse_fleet_toml
-from probe.inventory.model import Inventory, InventoryError
-from probe.inventory.mullvad import parse_app_list, parse_web_list
+from probe.inventory.model import MAX_BODY, Inventory, InventoryError
 
 
 def is_url(location: str) -> bool:
@@ -72,10 +69,16 @@ def parse_inventory(
             raise InventoryError(f"{source}: not UTF-8 text ({e})") from None
     kind, data = _decode(content, source, suffix.lower())
     if kind == "toml":
+        from probe.inventory.fleet import parse_fleet_toml  # each format's loader only when a source uses it
+
         return parse_fleet_toml(data, source=source, include_inactive=include_inactive)
     if isinstance(data, list):
+        from probe.inventory.mullvad import parse_web_list
+
         return parse_web_list(data, source=source, include_inactive=include_inactive)
     if isinstance(data, dict) and "wireguard" in data:
+        from probe.inventory.mullvad import parse_app_list
+
         return parse_app_list(data, source=source, include_inactive=include_inactive)
     shape = "an object without a 'wireguard' key" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
     raise InventoryError(
@@ -120,6 +123,8 @@ class InventorySource:
         if not self.is_url:
             return self._load_file(Path(self.location))
         etag = self.etag if self.inventory is not None else None
+        from probe.inventory.fetch import fetch  # HTTP only for URLs (http.client, ssl, email: tens of ms)
+
         result = fetch(self.location, etag=etag, timeout=self.timeout)
         if result.status == 304:
             if self.inventory is None:

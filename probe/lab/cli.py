@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from probe.lab.topology import DEFAULT_IDENTITIES, DEFAULT_PREFIX
+from probe.lab import DEFAULT_IDENTITIES, DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from probe.cli import Commands

@@ -56,14 +56,17 @@ def render_ruleset(relay: RelayPlan, faults: Iterable[Fault]) -> str:
         forward.append(f'iifname "{wg}" meta length > {MTU_FAULT_LIMIT} drop')
 
     egress_filter: list[str] = []
+    ingress_filter: list[str] = []
     loss = active.get(FaultKind.LOSS)
     if loss is not None:
         # numgen's range is 0-99, so 100% is a plain drop rather than "< 100" (which nft refuses).
         chance = "" if loss.arg == 100 else f" numgen random mod 100 < {loss.arg}"
-        # Neighbour discovery is spared: the loss models lossy transit, and a relay's link to its own router is
-        # not where that happens. Losing NS/NA would stall IPv6 for the kernel's 1 s retransmit timer instead.
-        egress_filter.append(f'oifname "{PUBLIC_IF}" icmpv6 type {{ {ND_TYPES} }} accept')
-        egress_filter.append(f'oifname "{PUBLIC_IF}"{chance} drop')
+        # Each way, as lossy transit is: packets leaving the relay and packets arriving at it. Neighbour discovery
+        # is spared: the loss models transit, and a relay's link to its own router is not where that happens.
+        # Losing NS/NA would stall IPv6 for the kernel's 1 s retransmit timer instead.
+        for rules, match in ((egress_filter, "oifname"), (ingress_filter, "iifname")):
+            rules.append(f'{match} "{PUBLIC_IF}" icmpv6 type {{ {ND_TYPES} }} accept')
+            rules.append(f'{match} "{PUBLIC_IF}"{chance} drop')
 
     return "\n".join(
         [
@@ -73,6 +76,8 @@ def render_ruleset(relay: RelayPlan, faults: Iterable[Fault]) -> str:
             _chain("source_nat", "nat hook postrouting priority srcnat", post_nat),
             _chain("forward_filter", "filter hook forward priority filter", forward),
             _chain("public_egress", "filter hook postrouting priority filter", egress_filter),
+            # Before connection tracking and NAT, as a packet lost on the way never reaches them.
+            _chain("public_ingress", "filter hook prerouting priority raw", ingress_filter),
             "}",
             "",
         ]

@@ -17,13 +17,12 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from probe.errors import LabError
-from probe.lab import firewall, netns
+from probe.lab import DEFAULT_IDENTITIES, firewall, netns
 from probe.lab.artifacts import identity_public_keys, write_artifacts
 from probe.lab.faults import Fault, FaultKind
 from probe.lab.processes import has_exited, is_running, stop, wait_until
 from probe.lab.state import LabState, RelayState, load_state, save_state, state_path
 from probe.lab.topology import (
-    DEFAULT_IDENTITIES,
     INET_V4_PREFIXLEN,
     INET_V6_PREFIXLEN,
     TUNNEL_V4_GATEWAY,

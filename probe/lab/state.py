@@ -10,8 +10,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from probe.errors import LabError
+from probe.lab import DEFAULT_IDENTITIES, DEFAULT_PREFIX
 from probe.lab.faults import Fault
-from probe.lab.topology import DEFAULT_IDENTITIES, DEFAULT_PREFIX, LabPlan, plan_lab
+from probe.lab.topology import LabPlan, plan_lab
 
 STATE_FILE = "lab-state.json"
 STATE_VERSION = 1

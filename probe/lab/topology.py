@@ -18,8 +18,8 @@ from ipaddress import IPv4Address, IPv6Address
 
 from probe.errors import ConfigError
 from probe.gateways import MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
+from probe.lab import DEFAULT_IDENTITIES, DEFAULT_PREFIX
 
-DEFAULT_PREFIX = "wgp"
 WG_PORT = 51820
 REFLECTOR_PORT = 7777
 # The lab's relays are Mullvad-like: the same in-tunnel gateways as the inventories' defaults.
@@ -41,10 +41,6 @@ PORT_RANGES: tuple[tuple[int, int], ...] = (
 MAX_RELAYS = 500
 MAX_AGENTS = 9
 MAX_IDENTITIES = 8
-# Keys per agent: a key probes one path of a relay at a time (one session and endpoint per relay), so the paths of
-# one `probe server` run (12 on a dual-stack Mullvad relay) are spread over this many keys running side by side:
-# two paths per key, so one 25 ms flood-limit gap per run.
-DEFAULT_IDENTITIES = 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ Typical client use::
     reply = session.decrypt(sock.recv())                             # padded; strip by the inner IP length
 """
 
+from typing import TYPE_CHECKING
+
 from probe.wireguard.cookie import CookieChecker, CookieState, compute_mac1, compute_mac2, verify_mac1
 from probe.wireguard.errors import (
     AuthenticationError,
@@ -36,8 +38,22 @@ from probe.wireguard.messages import (
     message_type,
     parse_message,
 )
-from probe.wireguard.responder import CookieRequired, HandshakeAccepted, Responder, ResponderResult
 from probe.wireguard.session import ReplayWindow, TransportSession
+
+if TYPE_CHECKING:
+    from probe.wireguard.responder import CookieRequired, HandshakeAccepted, Responder, ResponderResult
+
+# The responder side serves tests, the lab and the simulated fleet, never a probe: it loads on first use.
+_RESPONDER = frozenset({"CookieRequired", "HandshakeAccepted", "Responder", "ResponderResult"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _RESPONDER:
+        from probe.wireguard import responder
+
+        return getattr(responder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AuthenticationError",

@@ -17,11 +17,6 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
 
 from probe.wireguard.constants import (
     CONSTRUCTION,
@@ -102,6 +97,9 @@ def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, associated: bytes)
 
 def xaead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """XAEAD(key, nonce, plain, auth): XChaCha20-Poly1305 with a 24-byte random nonce (§5.4.7)."""
+    # libsodium loads only when a cookie is seen (a relay under load), not in every probe's start-up.
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
     return bytes(crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, associated, nonce, key))
 
 
@@ -109,6 +107,9 @@ def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes
     """Inverse of `xaead_encrypt`; a bad tag or malformed input raises `AuthenticationError`."""
     if len(nonce) != COOKIE_NONCE_SIZE or len(key) != KEY_SIZE:
         raise AuthenticationError("XAEAD nonce or key has the wrong length")
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
+    from nacl.exceptions import CryptoError
+
     try:
         return bytes(crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, associated, nonce, key))
     except (CryptoError, ValueError, TypeError):

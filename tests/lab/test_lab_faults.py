@@ -125,10 +125,12 @@ def test_mtu_fault_drops_only_large_forwarded_packets(healed: Lab) -> None:
 def test_loss_fault_drops_a_share_of_packets(healed: Lab) -> None:
     with client(healed, 4) as c:
         assert c.ping("10.64.0.1", count=1).ok  # handshake before the loss, so retries do not stall the test
-        breaks(healed, 4, "loss:50")
+        breaks(healed, 4, "loss:30")
         result = c.ping(healed.plan.outside_ipv4, count=60, interval=0.01, timeout=1)
-    # Each round trip crosses the relay's public link twice (out to the target, back to the agent): ~25% survive.
-    assert 0 < result.received < 45, result
+    # A round trip through the NAT crosses the relay's public link four times (in from the agent, out to the
+    # target, in from it, out to the agent), each a 30% chance of loss: 0.7**4, about 24% survive, 14 of 60.
+    # Loss one way only would let 0.7**2, 49%, through.
+    assert 0 < result.received < 27, result
 
 
 def test_delay_fault_holds_packets_on_the_public_link(healed: Lab) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from probe.errors import ConfigError, UnavailableError
 from probe.inventory import InventoryError, InventorySource, InventoryUnavailable, load_inventory, parse_inventory
-from probe.inventory.fetch import MAX_BODY
+from probe.inventory.model import MAX_BODY
 
 DATA = Path(__file__).parent.parent / "data" / "inventory"
 SAMPLE = (DATA / "mullvad-app-relays-sample.json").read_bytes()

@@ -221,6 +221,15 @@ def _chains(ruleset: str) -> dict[str, list[str]]:
 ND_SPARED = (
     'oifname "eth0" icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept'
 )
+ND_SPARED_IN = ND_SPARED.replace("oifname", "iifname")
+
+
+def lossy(percent: int) -> dict[str, list[str]]:
+    """The chains `loss:PERCENT` sets: the same chance of a drop each way on the public link."""
+    return {
+        "public_egress": [ND_SPARED, f'oifname "eth0" numgen random mod 100 < {percent} drop'],
+        "public_ingress": [ND_SPARED_IN, f'iifname "eth0" numgen random mod 100 < {percent} drop'],
+    }
 HEALTHY = _chains(render_ruleset(RELAY, []))
 
 
@@ -241,7 +250,7 @@ def test_a_healthy_relay_redirects_every_extended_port_and_masquerades_both_fami
     assert not {51820, 52000, 33434, 33564, 3999, 60001, 443} & ports
     assert ports == {p for low, high in PORT_RANGES for p in range(low, high + 1)} - {51820}
     assert HEALTHY["source_nat"] == [V4_MASQ, V6_MASQ]
-    assert HEALTHY["forward_filter"] == HEALTHY["public_egress"] == []
+    assert HEALTHY["forward_filter"] == HEALTHY["public_egress"] == HEALTHY["public_ingress"] == []
     assert needs_forwarding([])
 
 
@@ -262,8 +271,8 @@ def test_a_healthy_relay_redirects_every_extended_port_and_masquerades_both_fami
         ),
         ("drop", {"forward_filter": ['iifname "wgpr250" drop']}),
         ("mtu", {"forward_filter": ['iifname "wgpr250" meta length > 1200 drop']}),
-        ("loss:20", {"public_egress": [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 20 drop']}),
-        ("loss:75", {"public_egress": [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 75 drop']}),
+        ("loss:20", lossy(20)),
+        ("loss:75", lossy(75)),
         ("forward", {}),  # sysctl, see needs_forwarding
         ("down", {}),  # the process is stopped
         ("delay:150", {}),  # iptables NFQUEUE, see delay_rules
@@ -280,7 +289,7 @@ def test_faults_combine() -> None:
     assert chains["entry_ports"] == []
     assert chains["source_nat"] == [V4_MASQ]
     assert chains["forward_filter"] == ['iifname "wgpr250" meta length > 1200 drop']
-    assert chains["public_egress"] == [ND_SPARED, 'oifname "eth0" numgen random mod 100 < 5 drop']
+    assert {name: chains[name] for name in ("public_egress", "public_ingress")} == lossy(5)
     assert not needs_forwarding(faults)
 
 
