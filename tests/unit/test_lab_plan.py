@@ -230,6 +230,8 @@ def lossy(percent: int) -> dict[str, list[str]]:
         "public_egress": [ND_SPARED, f'oifname "eth0" numgen random mod 100 < {percent} drop'],
         "public_ingress": [ND_SPARED_IN, f'iifname "eth0" numgen random mod 100 < {percent} drop'],
     }
+
+
 HEALTHY = _chains(render_ruleset(RELAY, []))
 
 
