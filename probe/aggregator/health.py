@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from probe.results import PathResult
 from probe.service_config import Quorum
 
 
@@ -61,7 +61,12 @@ class AgentState(StrEnum):
     silent = "silent"  # no result and no status from it within the staleness limit
 
 
-def agent_vote(newest: Sequence[PathResult], fresh: Iterable[PathResult]) -> Vote | None:
+class _Path(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+def agent_vote(newest: Sequence[_Path], fresh: Iterable[_Path]) -> Vote | None:
     """One agent's vote on one relay: `newest` are the paths of its newest result, `fresh` every path it measured
     within the staleness limit (the newest included). None when the newest result holds no path."""
     if not newest:

@@ -1,18 +1,25 @@
 """What the store keeps: plain records, owned and mutated by `ResultStore` only, read by the views and metrics.
 
 Times are seconds since the epoch from the store's clock (results' own timestamps converted by `epoch`).
+
+Results are validated by the contract's pydantic models and then kept as slotted dataclasses: a validated 12-path
+result is ~83 KB of model objects but ~10 KB as these records, and the store holds one per relay and agent (plus
+older paths per port slot), so at 1,000 relays x 3 agents the difference is ~250 MB against ~30 MB.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Verdict, Vote
 from probe.inventory import Relay
 from probe.messages import AgentStatus, ResultMessage
-from probe.results import PathResult, Reason, StageName
+from probe.results import STAGE_ORDER, PathResult, Reason, StageName, StageResult
 
 
 def epoch(moment: datetime) -> float:
@@ -20,13 +27,29 @@ def epoch(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+@dataclass(frozen=True, slots=True)
+class PortSlots:
+    """A relay's port slots: its main port, or the range a rotated port lies in ("4000-33433")."""
+
+    main_port: int
+    ranges: tuple[tuple[int, int, str], ...]  # (low, high, name), single-port ranges left out
+
+    @classmethod
+    def of(cls, relay: Relay) -> PortSlots:
+        ranges = tuple((low, high, f"{low}-{high}") for low, high in relay.port_ranges if low != high)
+        return cls(relay.main_port, ranges)
+
+    def slot(self, port: int) -> str:
+        if port != self.main_port:
+            for low, high, name in self.ranges:
+                if low <= port <= high:
+                    return name
+        return str(port)
+
+
 def port_slot(relay: Relay, port: int) -> str:
     """The inventory's name for the port a path was probed on: its main port, or the range it lies in."""
-    if port != relay.main_port:
-        for low, high in relay.port_ranges:
-            if low <= port <= high and low != high:
-                return f"{low}-{high}"
-    return str(port)
+    return PortSlots.of(relay).slot(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +86,120 @@ class Failure:
     evidence: str | None
 
 
-@dataclass(slots=True)
-class PathRecord:
+STAGE_RANK: dict[StageName, int] = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+
+
+class StageRecord(NamedTuple):
+    """A StageResult's fields, in its field order (checked below), as a tuple: building one costs a twentieth of
+    validating the stage (a frozen dataclass, a third), and ingest builds sixty per result."""
+
+    name: StageName
+    ok: bool
+    reason: Reason | None
+    seconds: float
+    loss: float
+    sent: int
+    received: int
+    detail: str | None
+    judged: bool
+    rejected: int
+
+    @classmethod
+    def of(cls, stage: StageResult) -> StageRecord:
+        # A validated model's __dict__ holds its fields in declaration order: one C-level read, no attribute lookups.
+        return tuple.__new__(cls, stage.__dict__.values())
+
+    def result(self) -> StageResult:
+        return StageResult(**self._asdict())
+
+
+if tuple(StageResult.model_fields) != StageRecord._fields:  # a contract change lands here first
+    raise ImportError("StageRecord no longer mirrors StageResult's fields: update probe/aggregator/records.py")
+
+
+class PathRecord(NamedTuple):
+    """One path of one result, compact, with where and when it was taken."""
+
     slot: str
-    path: PathResult
+    port: int
+    family: str
+    entry: str
+    ok: bool
+    reason: Reason | None
+    identity: int
+    evidence: str | None
+    stages: tuple[StageRecord, ...]
     taken_at: float
     round: int
     control_ok: bool
+
+    @classmethod
+    def of(cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool) -> PathRecord:
+        return cls(
+            slot,
+            path.port,
+            path.family,
+            path.entry,
+            path.ok,
+            path.reason,
+            path.identity,
+            path.evidence,
+            tuple([tuple.__new__(StageRecord, stage.__dict__.values()) for stage in path.stages]),  # .of, inlined
+            taken_at,
+            round,
+            control_ok,
+        )
+
+    @property
+    def failed_stage(self) -> StageRecord | None:
+        return next((stage for stage in self.stages if not stage.ok), None)
+
+
+def worst_reason(paths: Iterable[PathRecord]) -> Reason | None:
+    """The reason of the path that failed at the earliest stage, as `probe.results.worst_reason` for results."""
+    worst: tuple[int, Reason] | None = None
+    for path in paths:
+        failed = path.failed_stage
+        if failed is not None and failed.reason is not None:
+            rank = STAGE_RANK[failed.name]
+            if worst is None or rank < worst[0]:
+                worst = (rank, failed.reason)
+    return None if worst is None else worst[1]
+
+
+class ResultSummary(NamedTuple):
+    """The newest result of one agent on one relay: its own fields and its paths (also held per slot)."""
+
+    result_id: str
+    round: int
+    taken_at: float
+    received_at: float
+    ok: bool
+    reason: Reason | None
+    control_ok: bool
+    duration_seconds: float
+    paths: tuple[PathRecord, ...]
+
+    @classmethod
+    def of(cls, message: ResultMessage, paths: tuple[PathRecord, ...], taken_at: float, now: float) -> ResultSummary:
+        return cls(
+            message.result_id,
+            message.round,
+            taken_at,
+            now,
+            message.ok,
+            message.reason,
+            message.control_ok,
+            message.duration_seconds,
+            paths,
+        )
 
 
 @dataclass(slots=True)
 class AgentRecord:
     """One agent's view of one relay."""
 
-    newest: ResultMessage
-    taken_at: float
-    received_at: float
+    newest: ResultSummary
     paths: dict[tuple[str, str], PathRecord] = field(default_factory=dict)  # (slot, family) -> newest path
 
 
@@ -92,6 +213,7 @@ class AgentJudgement:
 @dataclass(slots=True)
 class ServerRecord:
     relay: Relay
+    slots: PortSlots
     since: float
     history: deque[HealthChange]
     state: HealthState = HealthState.unknown
@@ -100,6 +222,7 @@ class ServerRecord:
     judgements: tuple[AgentJudgement, ...] = ()
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     last_failure: Failure | None = None
+    due: float = -math.inf  # judge again once the clock passes this (-inf: at the next refresh)
 
 
 @dataclass(slots=True)
@@ -112,6 +235,7 @@ class AgentInfo:
     newest_taken_at: float | None = None
     newest_control_ok: bool = True  # of its newest result, whatever the relay
     results: int = 0  # results accepted from it
+    standing: tuple[bool, bool, float] | None = None  # as of the last refresh (see ResultStore._standing)
 
     @property
     def status_control_ok(self) -> bool:
@@ -120,6 +244,29 @@ class AgentInfo:
 
 
 @dataclass(slots=True)
-class PacketCount:
-    sent: int = 0
-    received: int = 0
+class PacketCounts:
+    """Packets one agent sent to one relay and answers it got, per stage (indexed in STAGE_ORDER), over every
+    result; `judged` says which stages were ever judged (a stage never judged has no series)."""
+
+    sent: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
+    received: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
+    judged: list[bool] = field(default_factory=lambda: [False] * len(STAGE_ORDER))
+
+    def add(self, stages: Iterable[StageRecord]) -> None:
+        sent, received, judged = self.sent, self.received, self.judged
+        for stage in stages:
+            if stage.judged:
+                index = STAGE_RANK[stage.name]
+                sent[index] += stage.sent
+                received[index] += stage.received
+                judged[index] = True
+
+    def for_stage(self, stage: StageName) -> tuple[int, int] | None:
+        """(sent, received) of one stage, None if it was never judged."""
+        index = STAGE_RANK[stage]
+        return (self.sent[index], self.received[index]) if self.judged[index] else None
+
+    def per_stage(self) -> Iterator[tuple[StageName, int, int]]:
+        for index, stage in enumerate(STAGE_ORDER):
+            if self.judged[index]:
+                yield stage, self.sent[index], self.received[index]

@@ -19,6 +19,7 @@ range is one path here and one series in Prometheus rather than a new one every 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -36,6 +37,7 @@ from probe.aggregator.intake import (
     status_topic_agent,
 )
 from probe.aggregator.records import (
+    STAGE_RANK,
     AgentChange,
     AgentInfo,
     AgentJudgement,
@@ -43,15 +45,19 @@ from probe.aggregator.records import (
     Change,
     Failure,
     HealthChange,
-    PacketCount,
+    PacketCounts,
     PathRecord,
+    PortSlots,
+    ResultSummary,
     ServerRecord,
+    StageRecord,
     epoch,
-    port_slot,
+    worst_reason,
 )
+from probe.config import _check_agent_name
 from probe.inventory import Inventory
 from probe.messages import AgentStatus, ResultMessage
-from probe.results import SCHEMA_VERSION, PathResult, StageName, worst_reason
+from probe.results import SCHEMA_VERSION
 from probe.service_config import HealthSection
 
 DEFAULT_SEEN_IDS = 100_000  # result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents
@@ -92,7 +98,7 @@ class ResultStore:
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._logged: set[tuple[str | None, Outcome]] = set()
         self.messages: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
-        self.packets: dict[tuple[str, str, StageName], PacketCount] = {}
+        self.packets: dict[tuple[str, str], PacketCounts] = {}  # (relay, agent)
         self.inventory = inventory
         self.set_inventory(inventory)
 
@@ -125,8 +131,8 @@ class ResultStore:
         for relay in inventory.relays:
             held = self._servers.get(relay.name)
             if held is None:
-                held = ServerRecord(relay=relay, since=now, history=deque(maxlen=self.health.history))
-            held.relay = relay
+                held = ServerRecord(relay, PortSlots.of(relay), now, deque(maxlen=self.health.history))
+            held.relay, held.slots, held.due = relay, PortSlots.of(relay), -math.inf
             servers[relay.name] = held
         self._servers = servers
         self.packets = {key: count for key, count in self.packets.items() if key[0] in servers}
@@ -159,7 +165,7 @@ class ResultStore:
             status = self._parse(AgentStatus, payload)
             if status.agent != agent:
                 raise _Refused(Outcome.topic_mismatch, f"payload is from {printable(status.agent, 64)}")
-            self._check_agent_limit(agent)
+            self._check_agent(agent)
         except _Refused as refused:
             return self._drop(refused.outcome, sender, refused.detail)
         now = self.now()
@@ -182,7 +188,7 @@ class ResultStore:
             # Dropped, not kept: metric labels come only from the inventory, so an agent with a newer inventory (or
             # a broken one) cannot add series; the first round after our own inventory refresh brings it in.
             raise _Refused(Outcome.unknown_server, f"{printable(message.server, 64)} is not in the inventory")
-        self._check_agent_limit(message.agent)
+        self._check_agent(message.agent)
         if (message.agent, message.result_id) in self._seen:
             raise _Refused(Outcome.duplicate, f"result_id {printable(message.result_id, 64)}")
         return message
@@ -202,9 +208,16 @@ class ResultStore:
             raise _Refused(Outcome.unknown_schema, detail)
         return message
 
-    def _check_agent_limit(self, agent: str) -> None:
-        # Agent names become label values: a bound keeps a misconfigured fleet from growing series without end.
-        if agent not in self._agents and len(self._agents) >= self._max_agents:
+    def _check_agent(self, agent: str) -> None:
+        # Agent names become label values and log words: held to the agent config's alphabet, and bounded in number
+        # so a misconfigured fleet cannot grow series without end.
+        if agent in self._agents:
+            return
+        try:
+            _check_agent_name(agent)
+        except ValueError as e:
+            raise _Refused(Outcome.malformed, f"agent name {printable(agent, 64)!r}: {e}") from None
+        if len(self._agents) >= self._max_agents:
             raise _Refused(Outcome.agent_limit, f"already {len(self._agents)} agents")
 
     def _drop(self, outcome: Outcome, sender: str | None, detail: str) -> Ingested:
@@ -232,77 +245,91 @@ class ResultStore:
         info.results += 1
         if info.newest_taken_at is None or taken_at > info.newest_taken_at:
             info.newest_taken_at, info.newest_control_ok = taken_at, message.control_ok
+        slot_of = server.slots.slot
+        paths = tuple(
+            PathRecord.of(path, slot_of(path.port), taken_at, message.round, message.control_ok)
+            for path in message.paths
+        )
+        server.due = -math.inf  # judge it again at the next refresh
         record = server.agents.get(message.agent)
         if record is None:
-            record = server.agents[message.agent] = AgentRecord(newest=message, taken_at=taken_at, received_at=now)
-        elif (taken_at, message.round) > (record.taken_at, record.newest.round):
+            record = server.agents[message.agent] = AgentRecord(ResultSummary.of(message, paths, taken_at, now))
+        elif (taken_at, message.round) > (record.newest.taken_at, record.newest.round):
             # A replayed older result (spool after an outage) fills gaps below but never replaces a newer one.
-            record.newest, record.taken_at, record.received_at = message, taken_at, now
-        for path in message.paths:
-            slot = port_slot(server.relay, path.port)
-            held = record.paths.get((slot, path.family))
+            record.newest = ResultSummary.of(message, paths, taken_at, now)
+        held_paths = record.paths
+        for path in paths:
+            held = held_paths.get((path.slot, path.family))
             if held is None or taken_at >= held.taken_at:
-                record.paths[(slot, path.family)] = PathRecord(slot, path, taken_at, message.round, message.control_ok)
-        if len(record.paths) > MAX_PATHS_PER_AGENT:
-            oldest = sorted(record.paths.items(), key=lambda item: item[1].taken_at)
-            for key, _ in oldest[: len(record.paths) - MAX_PATHS_PER_AGENT]:
-                del record.paths[key]
+                held_paths[(path.slot, path.family)] = path
+        if len(held_paths) > MAX_PATHS_PER_AGENT:
+            oldest = sorted(held_paths.items(), key=lambda item: item[1].taken_at)
+            for key, _ in oldest[: len(held_paths) - MAX_PATHS_PER_AGENT]:
+                del held_paths[key]
         if message.control_ok:
-            self._count_packets(message)
-            self._note_failure(server, message, taken_at)
+            # Every result counts, replayed ones too, so loss over any window pools every packet. Unjudged stages
+            # and results taken while the agent's control check failed say nothing about the relay: left out.
+            counts = self.packets.get((message.server, message.agent))
+            if counts is None:
+                counts = self.packets[(message.server, message.agent)] = PacketCounts()
+            for path in paths:
+                counts.add(path.stages)
+            self._note_failure(server, message.agent, paths, taken_at)
 
-    def _count_packets(self, message: ResultMessage) -> None:
-        # Every result counts, replayed ones too, so loss over any window pools every packet. Unjudged stages and
-        # results taken while the agent's control check failed say nothing about the relay and are left out.
-        for path in message.paths:
-            for stage in path.stages:
-                if stage.judged:
-                    key = (message.server, message.agent, stage.name)
-                    count = self.packets.get(key)
-                    if count is None:
-                        count = self.packets[key] = PacketCount()
-                    count.sent += stage.sent
-                    count.received += stage.received
-
-    def _note_failure(self, server: ServerRecord, message: ResultMessage, taken_at: float) -> None:
+    def _note_failure(self, server: ServerRecord, agent: str, paths: tuple[PathRecord, ...], taken_at: float) -> None:
         if server.last_failure is not None and taken_at <= server.last_failure.at:
             return
-        worst: tuple[int, PathResult] | None = None
-        for path in message.paths:
-            failed = path.failed_stage
-            if failed is not None and (worst is None or failed.name.rank < worst[0]):
-                worst = (failed.name.rank, path)
+        worst: tuple[int, PathRecord, StageRecord] | None = None
+        for path in paths:
+            failed = None if path.ok else path.failed_stage
+            if failed is not None and (worst is None or STAGE_RANK[failed.name] < worst[0]):
+                worst = (STAGE_RANK[failed.name], path, failed)
         if worst is None:
             return
-        path = worst[1]
-        stage = path.failed_stage
+        _, path, stage = worst
         server.last_failure = Failure(
             at=taken_at,
-            agent=message.agent,
+            agent=agent,
             reason=path.reason,
-            stage=stage.name if stage else None,
+            stage=stage.name,
             port=path.port,
             family=path.family,
-            detail=stage.detail if stage else None,
+            detail=stage.detail,
             evidence=path.evidence,
         )
 
     # -- judging ---------------------------------------------------------------------------------------------------
 
     def refresh(self) -> tuple[Change, ...]:
-        """Re-judge every agent and relay at the clock's time; the changes, for the shell to log."""
+        """Judge every agent, and every relay whose verdict may have changed, at the clock's time; the changes, for
+        the shell to log.
+
+        A relay is re-judged when a result for it came in, when one of its inputs goes stale (`due`), or when an
+        agent's standing changed (online, control check, schedule), which touches every relay: at 1,000 relays a
+        full judgement is ~30 ms, so a once-a-second refresh judges only the few relays that moved.
+        """
         now = self.now()
         changes: list[Change] = []
+        everything = False
         for info in self._agents.values():
             state = self._agent_state(info, now)
             if state is not info.state:
                 changes.append(AgentChange(info.name, now, state, info.state))
                 info.state, info.since = state, now
+            standing = self._standing(info)
+            if standing != info.standing:
+                info.standing, everything = standing, True
         for server in self._servers.values():
-            change = self._settle(server, now)
-            if change is not None:
-                changes.append(change)
+            if everything or now > server.due:
+                change = self._settle(server, now)
+                if change is not None:
+                    changes.append(change)
         return tuple(changes)
+
+    def _standing(self, info: AgentInfo) -> tuple[bool, bool, float]:
+        """What of an agent its votes on every relay depend on, besides its results and the clock."""
+        online = info.status is None or info.status.online
+        return (online, info.newest_control_ok and info.status_control_ok, self.stale_after(info.name))
 
     def _agent_state(self, info: AgentInfo, now: float) -> AgentState:
         if info.status is not None and not info.status.online:
@@ -318,7 +345,7 @@ class ResultStore:
         info = self._agents[agent]
         if info.status is not None and not info.status.online:
             return Exclusion.offline
-        if now - record.taken_at > self.stale_after(agent):
+        if now - record.newest.taken_at > self.stale_after(agent):
             return Exclusion.stale
         if not (record.newest.control_ok and info.newest_control_ok and info.status_control_ok):
             return Exclusion.control_failed
@@ -329,21 +356,25 @@ class ResultStore:
     def _settle(self, server: ServerRecord, now: float) -> HealthChange | None:
         votes: list[Vote] = []
         judgements: list[AgentJudgement] = []
-        failing: list[PathResult] = []
+        failing: list[PathRecord] = []
+        due = math.inf  # the first moment something counted here goes stale
         for agent, record in server.agents.items():
+            limit = self.stale_after(agent)
+            if now - record.newest.taken_at <= limit:
+                due = min(due, record.newest.taken_at + limit)
             exclusion = self._exclusion(agent, record, now)
             vote = None
             if exclusion is None:
-                limit = self.stale_after(agent)
-                fresh = [p.path for p in record.paths.values() if p.control_ok and now - p.taken_at <= limit]
+                fresh = [p for p in record.paths.values() if p.control_ok and now - p.taken_at <= limit]
+                due = min([due, *(p.taken_at + limit for p in fresh)])
                 vote = agent_vote(record.newest.paths, fresh)
                 if vote is not None:
                     votes.append(vote)
                     failing += [path for path in (*record.newest.paths, *fresh) if not path.ok]
             judgements.append(AgentJudgement(agent, vote, exclusion))
         verdict = judge(votes, self.health.quorum)
-        server.verdict, server.judgements = verdict, tuple(judgements)
-        server.reason = worst_reason(tuple(failing))
+        server.verdict, server.judgements, server.due = verdict, tuple(judgements), due
+        server.reason = worst_reason(failing)
         if verdict.state is server.state:
             return None
         change = HealthChange(server.relay.name, now, verdict.state, server.state, server.reason)

@@ -203,22 +203,21 @@ def summary(server: ServerRecord) -> ServerSummary:
     )
 
 
-def _path(record: PathRecord, fresh: bool) -> PathView:
-    path = record.path
+def _path(path: PathRecord, fresh: bool) -> PathView:
     return PathView(
         port=path.port,
-        port_slot=record.slot,
-        family=path.family,
+        port_slot=path.slot,
+        family=path.family,  # type: ignore[arg-type]  # validated as the Literal when the result came in
         entry=path.entry,
         ok=path.ok,
         reason=path.reason,
-        stages=path.stages,
+        stages=tuple(stage.result() for stage in path.stages),
         identity=path.identity,
         evidence=path.evidence,
-        round=record.round,
-        taken_at=_time(record.taken_at),
+        round=path.round,
+        taken_at=_time(path.taken_at),
         fresh=fresh,
-        control_ok=record.control_ok,
+        control_ok=path.control_ok,
     )
 
 
@@ -233,7 +232,7 @@ def server_detail(store: ResultStore, name: str) -> ServerDetail | None:
     agents = []
     for agent, record in sorted(server.agents.items()):
         judgement = judged.get(agent)
-        paths = sorted(record.paths.values(), key=lambda p: (p.path.family, p.path.port))
+        paths = sorted(record.paths.values(), key=lambda p: (p.family, p.port))
         newest = record.newest
         agents.append(
             ServerAgentView(
@@ -242,9 +241,9 @@ def server_detail(store: ResultStore, name: str) -> ServerDetail | None:
                 excluded=judgement.exclusion if judgement else None,
                 result_id=newest.result_id,
                 round=newest.round,
-                taken_at=_time(record.taken_at),
-                age_seconds=max(0.0, now - record.taken_at),
-                fresh=store.is_fresh(agent, record.taken_at, now),
+                taken_at=_time(newest.taken_at),
+                age_seconds=max(0.0, now - newest.taken_at),
+                fresh=store.is_fresh(agent, newest.taken_at, now),
                 control_ok=newest.control_ok,
                 ok=newest.ok,
                 reason=newest.reason,

@@ -1,7 +1,11 @@
 """Health by quorum across vantage points, driven by a fake clock: an agent that cannot see (control check failed,
 offline, silent) never marks a relay down and is reported itself; staleness turns knowledge into `unknown`."""
 
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Vote, agent_vote, judge, quorum_size
 from probe.aggregator.records import AgentChange, HealthChange
@@ -270,3 +274,52 @@ def test_a_result_from_an_agent_clock_ahead_is_not_fresh_for_ever(store: ResultS
     assert states(store)[R0] is HealthState.up
     clock.advance(46)
     assert states(store)[R0] is HealthState.unknown
+
+
+# -- the incremental refresh ---------------------------------------------------------------------------------------
+
+EVENTS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("result"),
+            st.sampled_from(AGENTS),
+            st.sampled_from(RELAYS),
+            st.sampled_from([None, StageName.handshake, StageName.forward]),
+            st.booleans(),  # control_ok
+            st.integers(min_value=-60, max_value=0),  # taken this long ago: late and replayed results too
+            st.sampled_from([(51820,), (51820, 4000), (53,)]),
+        ),
+        st.tuples(st.just("status"), st.sampled_from(AGENTS), st.booleans(), st.booleans(), st.sampled_from([15, 60])),
+        st.tuples(st.just("wait"), st.floats(min_value=0, max_value=40)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(events=EVENTS)
+def test_refreshing_only_what_moved_judges_as_judging_everything(events: list[tuple[Any, ...]]) -> None:
+    clock = FakeClock()
+    steady = ResultStore(make_inventory(RELAYS), now=clock)  # refreshed after every event, as the shell does
+    fresh = ResultStore(make_inventory(RELAYS), now=clock)  # judged once, at the end, from scratch
+    for event in events:
+        if event[0] == "wait":
+            clock.advance(event[1])
+        elif event[0] == "status":
+            _, agent, online, control_ok, interval = event
+            data = payload(
+                make_status(agent, at=clock(), online=online, control_ok=control_ok, interval_seconds=interval)
+            )
+            for store in (steady, fresh):
+                store.ingest_status(data, status_topic(agent))
+        else:
+            _, agent, relay, fail, control_ok, ago, ports = event
+            message = make_result(relay, agent, taken_at=clock() + ago, fail=fail, control_ok=control_ok, ports=ports)
+            for store in (steady, fresh):
+                store.ingest_result(payload(message), result_topic(agent, relay))
+        steady.refresh()
+    steady.refresh()
+    fresh.refresh()
+    for name in RELAYS:
+        a, b = steady.servers[name], fresh.servers[name]
+        assert (a.state, a.reason, a.verdict, a.judgements) == (b.state, b.reason, b.verdict, b.judgements), name

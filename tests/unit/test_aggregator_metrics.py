@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from probe.aggregator.metrics import ALL_METRICS, exposition, make_registry
+from probe.aggregator.metrics import ALL_METRICS, exposition, make_registry, render
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_result, make_stage, make_status, payload
 from probe.messages import ResultMessage, result_topic, status_topic
@@ -163,10 +163,17 @@ def test_the_registry_is_explicit(scenario: tuple[ResultStore, FakeClock]) -> No
     assert "wgprobe_server_up" not in REGISTRY._names_to_collectors
 
 
+def test_the_direct_renderer_writes_what_prometheus_client_writes(scenario: tuple[ResultStore, FakeClock]) -> None:
+    store, _ = scenario
+    assert render(store) == exposition(make_registry(store))
+    lines = render(store).decode().splitlines()
+    assert 'wgprobe_probe_success{agent="agent-a",family="ipv6",port="4000-33433",server="se-got-wg-002"} 0.0' in lines
+
+
 def test_promtool_accepts_the_exposition(scenario: tuple[ResultStore, FakeClock]) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is needed (Debian: apt-get install prometheus)"
-    text, _ = scrape(scenario[0])
-    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "" and done.stderr.strip() == ""  # no lint warnings either
+    for text in (scrape(scenario[0])[0], render(scenario[0]).decode()):
+        done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip() == "" and done.stderr.strip() == ""  # no lint warnings either

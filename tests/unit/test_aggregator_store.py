@@ -54,7 +54,7 @@ def test_a_good_result_is_kept(store: ResultStore, clock: FakeClock) -> None:
     ingested = store.ingest_result(payload(message), result_topic(A, RELAYS[0]))
     assert ingested.accepted and ingested.sender == A and not ingested.first_from_sender
     record = store.servers[RELAYS[0]].agents[A]
-    assert record.newest == message
+    assert (record.newest.result_id, record.newest.round, record.newest.control_ok) == (message.result_id, 0, True)
     assert sorted(record.paths) == [
         ("4000-33433", "ipv4"),
         ("4000-33433", "ipv6"),
@@ -92,6 +92,13 @@ def _malformed_cases(clock: FakeClock) -> list[tuple[str, bytes, str, Outcome, s
         ("short topic", _json(good(clock)), "wgprobe/v1/results/agent-a", Outcome.topic_mismatch, "not a results"),
         ("v2 topic", _json(good(clock)), f"wgprobe/v2/results/{A}/{RELAYS[0]}", Outcome.topic_mismatch, ""),
         ("status topic", _json(good(clock)), status_topic(A), Outcome.topic_mismatch, "not a results topic"),
+        (
+            "agent name",
+            payload(make_result(RELAYS[0], 'a"b', taken_at=clock())),
+            result_topic('a"b', RELAYS[0]),
+            Outcome.malformed,
+            "agent name 'a\"b': must be 1-63 letters",
+        ),
         (
             "unknown server",
             payload(make_result("xx-nope-wg-001", A, taken_at=clock())),
@@ -144,7 +151,7 @@ def test_a_re_sent_result_is_a_duplicate_and_counts_once(store: ResultStore, clo
     ingested = store.ingest_result(payload(message), result_topic(A, RELAYS[0]))
     assert ingested.outcome is Outcome.duplicate and ingested.first_from_sender
     assert store.messages[Outcome.duplicate] == 1
-    assert store.packets[(RELAYS[0], A, StageName.tunnel)].sent == 8  # two paths, once
+    assert store.packets[(RELAYS[0], A)].for_stage(StageName.tunnel) == (8, 6)  # two paths, once
     # Ids are per agent: another agent's result with the same id is not a re-send.
     other = make_result(RELAYS[0], B, taken_at=clock(), result_id=message.result_id)
     assert ingest(store, other) is Outcome.accepted
@@ -169,12 +176,12 @@ def test_a_late_result_does_not_overwrite_a_newer_one_but_still_counts(store: Re
     assert ingest(store, newer) is Outcome.accepted
     assert ingest(store, older) is Outcome.accepted  # a spool replay arriving late
     record = store.servers[RELAYS[0]].agents[A]
-    assert record.newest == newer
-    assert not record.paths[("51820", "ipv4")].path.ok  # the newer path stays
-    assert record.paths[("53", "ipv4")].path.ok  # a slot only the older result measured is filled
+    assert record.newest.result_id == newer.result_id
+    assert not record.paths[("51820", "ipv4")].ok  # the newer path stays
+    assert record.paths[("53", "ipv4")].ok  # a slot only the older result measured is filled
     assert record.paths[("53", "ipv4")].round == 1
     # Both results' packets count: tunnel passed on 2 + 4 paths of 3 packets each.
-    assert store.packets[(RELAYS[0], A, StageName.tunnel)].sent == 18
+    assert store.packets[(RELAYS[0], A)].for_stage(StageName.tunnel) == (18, 18)
     failure = store.servers[RELAYS[0]].last_failure
     assert failure is not None and failure.at == t0 + 15
 
@@ -185,17 +192,17 @@ def test_packets_are_pooled_over_every_result(store: ResultStore, clock: FakeClo
     for n, (sent, received) in enumerate([(3, 3), (5, 2), (4, 1)]):
         message = make_result(RELAYS[0], A, taken_at=clock.advance(15), round=n, sent=sent, received=received)
         assert ingest(store, message) is Outcome.accepted
-    count = store.packets[(RELAYS[0], A, StageName.tunnel)]
-    assert (count.sent, count.received) == (2 * 12, 2 * 6)  # two paths (ipv4, ipv6) per result
-    assert 1 - count.received / count.sent == 0.5
+    count = store.packets[(RELAYS[0], A)].for_stage(StageName.tunnel)
+    assert count == (2 * 12, 2 * 6)  # two paths (ipv4, ipv6) per result
+    assert 1 - count[1] / count[0] == 0.5
 
 
 def test_unjudged_stages_and_results_without_control_are_not_counted(store: ResultStore, clock: FakeClock) -> None:
     broken_nat = make_result(RELAYS[0], A, taken_at=clock(), families=("ipv4",), fail=StageName.forward)
     assert ingest(store, broken_nat) is Outcome.accepted
-    forward = store.packets[(RELAYS[0], A, StageName.forward)]
-    assert (forward.sent, forward.received) == (3, 0)  # the judged failure counts as loss
-    assert (RELAYS[0], A, StageName.egress) not in store.packets  # unjudged: neither success nor failure
+    counts = store.packets[(RELAYS[0], A)]
+    assert counts.for_stage(StageName.forward) == (3, 0)  # the judged failure counts as loss
+    assert counts.for_stage(StageName.egress) is None  # unjudged: neither success nor failure
     blind = make_result(RELAYS[1], A, taken_at=clock(), control_ok=False, fail=StageName.handshake)
     assert ingest(store, blind) is Outcome.accepted
     assert not any(key[0] == RELAYS[1] for key in store.packets)
@@ -210,7 +217,7 @@ def test_rotated_ports_of_one_range_share_a_slot(store: ResultStore, clock: Fake
     for n, port in enumerate((4000, 17000, 33433)):
         ingest(store, make_result(RELAYS[0], A, taken_at=clock.advance(15), round=n, ports=(51820, port)))
     assert len(store.servers[RELAYS[0]].agents[A].paths) == 4
-    assert store.servers[RELAYS[0]].agents[A].paths[("4000-33433", "ipv6")].path.port == 33433
+    assert store.servers[RELAYS[0]].agents[A].paths[("4000-33433", "ipv6")].port == 33433
 
 
 def test_paths_per_agent_and_relay_are_bounded(store: ResultStore, clock: FakeClock) -> None:
