@@ -23,9 +23,11 @@ from prometheus_client.utils import floatToGoString
 
 from probe.aggregator.health import HEALTH_STATES, AgentState, HealthState
 from probe.aggregator.intake import Outcome
-from probe.aggregator.records import ServerRecord, StageRecord
+from probe.aggregator.records import JUDGED, NAME, OK, SECONDS, ServerRecord, Stage
 from probe.aggregator.store import ResultStore
-from probe.results import STAGE_ORDER, StageName
+from probe.results import STAGE_ORDER
+
+STAGE_NAMES = tuple(stage.value for stage in STAGE_ORDER)
 
 
 @dataclass(frozen=True)
@@ -153,22 +155,22 @@ def _paths(store: ResultStore, out: Samples, name: str, server: ServerRecord, no
     for agent, record in server.agents.items():
         out[RESULT_AGE.name].append(((name, agent), max(0.0, now - record.newest.taken_at)))
         limit = store.stale_after(agent)
-        by_stage: dict[StageName, list[StageRecord]] = {}
+        by_stage: dict[str, list[Stage]] = {}
         for path in record.paths.values():
             if not path.control_ok or now - path.taken_at > limit:
                 continue
             success.append(((name, agent, path.slot, path.family), 1.0 if path.ok else 0.0))
             for stage in path.stages:
-                if stage.judged:
-                    by_stage.setdefault(stage.name, []).append(stage)
-        for stage_name in STAGE_ORDER:
+                if stage[JUDGED]:
+                    by_stage.setdefault(stage[NAME], []).append(stage)
+        for stage_name in STAGE_NAMES:
             stages = by_stage.get(stage_name)
             if not stages:
                 continue
-            passed = [s.seconds for s in stages if s.ok]
-            labels = (name, agent, stage_name.value)
+            passed = [s[SECONDS] for s in stages if s[OK]]
+            labels = (name, agent, stage_name)
             stage_success.append((labels, 1.0 if len(passed) == len(stages) else 0.0))
-            duration.append((labels, statistics.median(passed or [s.seconds for s in stages])))
+            duration.append((labels, statistics.median(passed or [s[SECONDS] for s in stages])))
 
 
 def _agents(store: ResultStore, out: Samples) -> None:

@@ -37,6 +37,8 @@ from probe.aggregator.intake import (
     status_topic_agent,
 )
 from probe.aggregator.records import (
+    DETAIL,
+    NAME,
     STAGE_RANK,
     AgentChange,
     AgentInfo,
@@ -50,14 +52,14 @@ from probe.aggregator.records import (
     PortSlots,
     ResultSummary,
     ServerRecord,
-    StageRecord,
+    Stage,
     epoch,
     worst_reason,
 )
 from probe.config import _check_agent_name
 from probe.inventory import Inventory
 from probe.messages import AgentStatus, ResultMessage
-from probe.results import SCHEMA_VERSION
+from probe.results import SCHEMA_VERSION, StageName
 from probe.service_config import HealthSection
 
 DEFAULT_SEEN_IDS = 100_000  # result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents
@@ -279,11 +281,11 @@ class ResultStore:
     def _note_failure(self, server: ServerRecord, agent: str, paths: tuple[PathRecord, ...], taken_at: float) -> None:
         if server.last_failure is not None and taken_at <= server.last_failure.at:
             return
-        worst: tuple[int, PathRecord, StageRecord] | None = None
+        worst: tuple[int, PathRecord, Stage] | None = None
         for path in paths:
             failed = None if path.ok else path.failed_stage
-            if failed is not None and (worst is None or STAGE_RANK[failed.name] < worst[0]):
-                worst = (STAGE_RANK[failed.name], path, failed)
+            if failed is not None and (worst is None or STAGE_RANK[failed[NAME]] < worst[0]):
+                worst = (STAGE_RANK[failed[NAME]], path, failed)
         if worst is None:
             return
         _, path, stage = worst
@@ -291,10 +293,10 @@ class ResultStore:
             at=taken_at,
             agent=agent,
             reason=path.reason,
-            stage=stage.name,
+            stage=StageName(stage[NAME]),
             port=path.port,
             family=path.family,
-            detail=stage.detail,
+            detail=stage[DETAIL],
             evidence=path.evidence,
         )
 

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from probe.aggregator.health import HEALTH_STATES, AgentState, Exclusion, HealthState, Vote
-from probe.aggregator.records import AgentInfo, Failure, HealthChange, PathRecord, ServerRecord
+from probe.aggregator.records import AgentInfo, Failure, HealthChange, PathRecord, ServerRecord, stage_result
 from probe.aggregator.store import ResultStore
 from probe.inventory import Relay
 from probe.results import Reason, StageName, StageResult
@@ -211,7 +211,7 @@ def _path(path: PathRecord, fresh: bool) -> PathView:
         entry=path.entry,
         ok=path.ok,
         reason=path.reason,
-        stages=tuple(stage.result() for stage in path.stages),
+        stages=tuple(stage_result(stage) for stage in path.stages),
         identity=path.identity,
         evidence=path.evidence,
         round=path.round,
