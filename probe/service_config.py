@@ -58,6 +58,7 @@ from probe.errors import ConfigError
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
+MAX_INTERVAL_SECONDS = 86400.0  # a probing schedule slower than daily is a mistake, in a config or a status
 AGENT_HTTP_LISTEN = "127.0.0.1:9108"
 # Another port than the agent's, so an agent and an aggregator on one host (the lab) do not collide by default.
 AGGREGATOR_HTTP_LISTEN = "127.0.0.1:9109"
@@ -265,7 +266,7 @@ class HealthSection(_Section):
     quorum: Annotated[Quorum, PlainValidator(_quorum)] = "majority"
     stale_after_intervals: float = Field(default=3.0, ge=1, le=1000)
     # The agents' [schedule] interval_seconds; an agent whose status says its interval is judged by that instead.
-    interval_seconds: float = Field(default=15.0, gt=0, le=86400)
+    interval_seconds: float = Field(default=15.0, gt=0, le=MAX_INTERVAL_SECONDS)
     history: int = Field(default=50, ge=1, le=10_000, strict=True)  # health changes kept per relay
 
     def stale_after(self, interval_seconds: float | None = None) -> float:

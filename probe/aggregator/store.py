@@ -2,8 +2,9 @@
 
 A thin shell feeds it: the MQTT subscriber (or `probe serve`'s in-process bus) calls `ingest_result` and
 `ingest_status` from its message callback and logs the drops whose `first_from_sender` is set. Intake and judgement
-are apart: `refresh()` judges every relay and agent at the clock's time and returns what changed, for the shell to
-log; the shell calls it about once a second, and the HTTP views and the metrics collector call it before reading.
+are apart: `refresh()` judges, at the clock's time, every agent and every relay whose verdict may have moved, and
+returns what changed, for the shell to log; the shell calls it about once a second, and the HTTP views and the
+metrics collector call it before reading.
 So a burst (the retained messages after a restart, a spool replayed after an outage) is judged once, whole, rather
 than message by message with transient verdicts in between, and ingest stays cheap. Every method runs on one thread
 (the event loop's); nothing locks.
@@ -60,9 +61,12 @@ from probe.config import _check_agent_name
 from probe.inventory import Inventory
 from probe.messages import AgentStatus, ResultMessage
 from probe.results import SCHEMA_VERSION, StageName
-from probe.service_config import HealthSection
+from probe.service_config import MAX_INTERVAL_SECONDS, HealthSection
 
-DEFAULT_SEEN_IDS = 100_000  # result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents
+# Result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents, and every retained result a
+# reconnect re-delivers. A re-send older than that is accepted again but, being older, replaces nothing (it only
+# counts its packets twice).
+DEFAULT_SEEN_IDS = 100_000
 DEFAULT_MAX_AGENTS = 256
 MAX_PATHS_PER_AGENT = 64  # per relay: 2 families x (main port + ranges); more can only come from a broken agent
 _MAX_LOGGED = 4096  # (sender, outcome) pairs remembered for "log once per sender"
@@ -118,6 +122,8 @@ class ResultStore:
         """Seconds after which this agent's results are stale: by its own interval when its status says it."""
         info = self._agents.get(agent)
         interval = info.status.interval_seconds if info and info.status else None
+        if interval is not None and not 0 < interval <= MAX_INTERVAL_SECONDS:
+            interval = None  # a status cannot make its agent's results stale at once, or fresh for ever
         return self.health.stale_after(interval)
 
     def is_fresh(self, agent: str, taken_at: float, now: float) -> bool:
@@ -307,8 +313,8 @@ class ResultStore:
         the shell to log.
 
         A relay is re-judged when a result for it came in, when one of its inputs goes stale (`due`), or when an
-        agent's standing changed (online, control check, schedule), which touches every relay: at 1,000 relays a
-        full judgement is ~30 ms, so a once-a-second refresh judges only the few relays that moved.
+        agent's standing changed (online, control check, schedule), which touches every relay. Judging 1,000 relays
+        takes tens of milliseconds; a once-a-second refresh judges only the few that moved.
         """
         now = self.now()
         changes: list[Change] = []

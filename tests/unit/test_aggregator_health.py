@@ -209,6 +209,14 @@ def test_an_agent_on_a_slower_schedule_goes_stale_later(store: ResultStore, cloc
     assert states(store)[RELAYS[1]] is HealthState.unknown  # 100 s > 3 x 15 s
 
 
+@pytest.mark.parametrize("interval", [0.0, -15.0, 1e12, float("nan")])
+def test_a_status_with_a_nonsense_interval_gets_the_configured_one(
+    store: ResultStore, clock: FakeClock, interval: float
+) -> None:
+    status(store, "agent-a", clock(), interval_seconds=interval)
+    assert store.stale_after("agent-a") == 45.0
+
+
 def test_a_broken_relay_is_down_in_the_next_round_despite_fresh_older_paths(
     store: ResultStore, clock: FakeClock
 ) -> None:
