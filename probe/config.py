@@ -29,7 +29,7 @@ import stat
 import tomllib
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -88,7 +88,7 @@ def _endpoint(value: Any) -> Endpoint:
 EndpointField = Annotated[Endpoint, PlainValidator(_endpoint), PlainSerializer(str, return_type=str)]
 
 
-def _resolve(path: Path, info: ValidationInfo) -> Path:
+def resolve_path(path: Path, info: ValidationInfo) -> Path:
     # load_config passes the config file's directory as validation context; without it (a model built in code)
     # paths stay as given.
     base = info.context.get("base_dir") if isinstance(info.context, dict) else None
@@ -96,7 +96,7 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
     return base / path if isinstance(base, Path) and not path.is_absolute() else path
 
 
-def _check_agent_name(name: str) -> str:
+def check_agent_name(name: str) -> str:
     if not _AGENT_NAME.fullmatch(name):
         # It names MQTT topics and metric labels, where '/', '+', '#' and spaces have meanings of their own.
         raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -108,7 +108,7 @@ class _Section(BaseModel):
 
 
 class AgentSection(_Section):
-    name: Annotated[str, AfterValidator(_check_agent_name)]
+    name: Annotated[str, AfterValidator(check_agent_name)]
     # Open probe sockets inside this network namespace (as `ip netns` names it): a prober host may keep its probing
     # in a namespace of its own, and the lab's agent configs use it so `probe server` works from the root namespace.
     netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -127,7 +127,7 @@ class Identity(_Section):
 
     _private_key: bytes | None = PrivateAttr(default=None)
 
-    _resolve_key_file = field_validator("private_key_file")(_resolve)
+    _resolve_key_file = field_validator("private_key_file")(resolve_path)
 
     @classmethod
     def with_private_key(cls, private_key: bytes, *, ipv4: IPv4Address, ipv6: IPv6Address | None = None) -> "Identity":
@@ -158,7 +158,7 @@ class InventorySection(_Section):
             return source
         if "://" in source:
             raise ValueError("use a file path or an http:// or https:// URL")
-        return str(_resolve(Path(source), info))
+        return str(resolve_path(Path(source), info))
 
     @property
     def is_url(self) -> bool:
@@ -204,7 +204,7 @@ class ProbeSection(_Section):
     evidence_max_bytes: int = Field(default=256 << 20, ge=1 << 20, strict=True)
     evidence_max_age_hours: float = Field(default=168.0, gt=0)
 
-    _resolve_evidence_dir = field_validator("evidence_dir")(_resolve)
+    _resolve_evidence_dir = field_validator("evidence_dir")(resolve_path)
 
     @model_validator(mode="after")
     def _one_path_fits_in_the_total(self) -> "ProbeSection":
@@ -278,7 +278,12 @@ def read_private_key(path: Path) -> bytes:
         raise ConfigError(f"key file {path}: {e}; expected one line as printed by `wg genkey`") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's TOML (agent or aggregator): bounded, a regular file, not nested absurdly; ConfigError
+    naming the file for every way it can be unreadable."""
     try:
         text = read_regular_file(path, max_bytes=_CONFIG_MAX_BYTES).decode("utf-8")
         data = tomllib.loads(text)
@@ -292,18 +297,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read, validate and resolve an agent config, and load its identities' private keys."""
-    data = _read_toml(path)
-    context: dict[str, Any] = {"base_dir": path.absolute().parent}
+def validate_file(model: type[M], path: Path) -> M:
+    """`path` read and validated as `model`, relative paths resolved against the file's directory; every problem
+    named by key, all of them in one ConfigError."""
+    data = read_toml(path)
     try:
-        config = AgentConfig.model_validate(data, context=context)
+        return model.model_validate(data, context={"base_dir": path.absolute().parent})
     except ValidationError as e:
-        found = describe_validation_error(e, model=AgentConfig)
+        found = describe_validation_error(e, model=model)
         problems = [f"{where}: {message}" if where else message for where, message in found]
         if len(problems) == 1:
             raise ConfigError(f"{path}: {problems[0]}") from None
         raise ConfigError(f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read, validate and resolve an agent config, and load its identities' private keys."""
+    config = validate_file(AgentConfig, path)
     keys: dict[bytes, int] = {}
     for index, identity in enumerate(config.identities):
         try:

@@ -1,0 +1,272 @@
+"""What the store keeps: plain records, owned and mutated by `ResultStore` only, read by the views and metrics.
+
+Times are seconds since the epoch from the store's clock (results' own timestamps converted by `epoch`).
+
+Results are validated by the contract's pydantic models and then kept as slotted dataclasses: a validated 12-path
+result is ~83 KB of model objects but ~10 KB as these records, and the store holds one per relay and agent (plus
+older paths per port slot), so at 1,000 relays x 3 agents the difference is ~250 MB against ~30 MB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, NamedTuple
+
+from probe.aggregator.health import AgentState, Exclusion, HealthState, Verdict, Vote
+from probe.inventory import Relay
+from probe.messages import AgentStatus, ResultMessage
+from probe.results import STAGE_ORDER, PathResult, Reason, StageName, StageResult
+
+
+def epoch(moment: datetime) -> float:
+    # A timestamp without a zone is taken as UTC (agents write "Z"), never as the aggregator's local time.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PortSlots:
+    """A relay's port slots: its main port, or the range a rotated port lies in ("4000-33433")."""
+
+    main_port: int
+    ranges: tuple[tuple[int, int, str], ...]  # (low, high, name), single-port ranges left out
+
+    @classmethod
+    def of(cls, relay: Relay) -> PortSlots:
+        ranges = tuple((low, high, f"{low}-{high}") for low, high in relay.port_ranges if low != high)
+        return cls(relay.main_port, ranges)
+
+    def slot(self, port: int) -> str:
+        if port != self.main_port:
+            for low, high, name in self.ranges:
+                if low <= port <= high:
+                    return name
+        return str(port)
+
+
+def port_slot(relay: Relay, port: int) -> str:
+    """The inventory's name for the port a path was probed on: its main port, or the range it lies in."""
+    return PortSlots.of(relay).slot(port)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    server: str
+    at: float
+    state: HealthState
+    previous: HealthState
+    reason: Reason | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChange:
+    agent: str
+    at: float
+    state: AgentState
+    previous: AgentState | None
+
+
+Change = HealthChange | AgentChange
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The last failure seen on a relay by an agent whose control check held."""
+
+    at: float  # when the result was taken
+    agent: str
+    reason: Reason | None
+    stage: StageName | None
+    port: int
+    family: str
+    detail: str | None
+    evidence: str | None
+
+
+STAGE_RANK: dict[str, int] = {stage.value: rank for rank, stage in enumerate(STAGE_ORDER)}
+
+# A stage as the store keeps it: a plain tuple of StageResult's fields in its field order, enums as their string
+# values. Plain tuples of strings, numbers and None are the one kind of object the cyclic garbage collector stops
+# tracking; a 1,000-relay, 3-agent store holds ~180,000 stages, and as tracked objects (named tuples, dataclasses, or
+# tuples holding enum members) the collector's passes over them took ~15% of ingest time. Read with the indices below.
+Stage = tuple[str, bool, str | None, float, float, int, int, str | None, bool, int]
+NAME: Final = 0
+OK: Final = 1
+REASON: Final = 2
+SECONDS: Final = 3
+SENT: Final = 5
+RECEIVED: Final = 6
+DETAIL: Final = 7
+JUDGED: Final = 8
+_PLAIN: dict[object, str | None] = {**{m: m.value for m in StageName}, **{m: m.value for m in Reason}, None: None}
+_STAGE_FIELDS = ("name", "ok", "reason", "seconds", "loss", "sent", "received", "detail", "judged", "rejected")
+if tuple(StageResult.model_fields) != _STAGE_FIELDS:  # a contract change lands here first
+    raise ImportError("the aggregator's Stage no longer mirrors StageResult: update probe/aggregator/records.py")
+
+
+def stage_of(stage: StageResult) -> Stage:
+    # A validated model's __dict__ holds its fields in declaration order: one C-level read, no attribute lookups.
+    values = tuple(stage.__dict__.values())
+    return (_PLAIN[values[0]], values[1], _PLAIN[values[2]], *values[3:])
+
+
+def stage_result(stage: Stage) -> StageResult:
+    return StageResult.model_validate(dict(zip(_STAGE_FIELDS, stage, strict=True)))
+
+
+class PathRecord(NamedTuple):
+    """One path of one result, compact, with where and when it was taken."""
+
+    slot: str
+    port: int
+    family: str
+    entry: str
+    ok: bool
+    reason: Reason | None
+    identity: int
+    evidence: str | None
+    stages: tuple[Stage, ...]
+    taken_at: float
+    round: int
+    control_ok: bool
+
+    @classmethod
+    def of(cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool) -> PathRecord:
+        return cls(
+            slot,
+            path.port,
+            path.family,
+            path.entry,
+            path.ok,
+            path.reason,
+            path.identity,
+            path.evidence,
+            tuple([stage_of(stage) for stage in path.stages]),
+            taken_at,
+            round,
+            control_ok,
+        )
+
+    @property
+    def failed_stage(self) -> Stage | None:
+        return next((stage for stage in self.stages if not stage[OK]), None)
+
+
+def worst_reason(paths: Iterable[PathRecord]) -> Reason | None:
+    """The reason of the path that failed at the earliest stage, as `probe.results.worst_reason` for results."""
+    worst: tuple[int, str] | None = None
+    for path in paths:
+        failed = path.failed_stage
+        if failed is not None and failed[REASON] is not None:
+            rank = STAGE_RANK[failed[NAME]]
+            if worst is None or rank < worst[0]:
+                worst = (rank, failed[REASON])
+    return None if worst is None else Reason(worst[1])
+
+
+class ResultSummary(NamedTuple):
+    """The newest result of one agent on one relay: its own fields and its paths (also held per slot)."""
+
+    result_id: str
+    round: int
+    taken_at: float
+    received_at: float
+    ok: bool
+    reason: Reason | None
+    control_ok: bool
+    duration_seconds: float
+    paths: tuple[PathRecord, ...]
+
+    @classmethod
+    def of(cls, message: ResultMessage, paths: tuple[PathRecord, ...], taken_at: float, now: float) -> ResultSummary:
+        return cls(
+            message.result_id,
+            message.round,
+            taken_at,
+            now,
+            message.ok,
+            message.reason,
+            message.control_ok,
+            message.duration_seconds,
+            paths,
+        )
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """One agent's view of one relay."""
+
+    newest: ResultSummary
+    paths: dict[tuple[str, str], PathRecord] = field(default_factory=dict)  # (slot, family) -> newest path
+
+
+@dataclass(frozen=True, slots=True)
+class AgentJudgement:
+    agent: str
+    vote: Vote | None  # None when the agent did not vote
+    exclusion: Exclusion | None
+
+
+@dataclass(slots=True)
+class ServerRecord:
+    relay: Relay
+    slots: PortSlots
+    since: float
+    history: deque[HealthChange]
+    state: HealthState = HealthState.unknown
+    reason: Reason | None = None
+    verdict: Verdict | None = None
+    judgements: tuple[AgentJudgement, ...] = ()
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    last_failure: Failure | None = None
+    due: float = -math.inf  # judge again once the clock passes this (-inf: at the next refresh)
+
+
+@dataclass(slots=True)
+class AgentInfo:
+    name: str
+    since: float
+    state: AgentState | None = None
+    status: AgentStatus | None = None
+    status_at: float | None = None  # the status's updated_at, else when it arrived
+    newest_taken_at: float | None = None
+    newest_control_ok: bool = True  # of its newest result, whatever the relay
+    results: int = 0  # results accepted from it
+    standing: tuple[bool, bool, float] | None = None  # as of the last refresh (see ResultStore._standing)
+
+    @property
+    def status_control_ok(self) -> bool:
+        control = self.status.control if self.status else None
+        return control is None or control.ok
+
+
+@dataclass(slots=True)
+class PacketCounts:
+    """Packets one agent sent to one relay and answers it got, per stage (indexed in STAGE_ORDER), over every
+    result; `judged` says which stages were ever judged (a stage never judged has no series)."""
+
+    sent: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
+    received: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
+    judged: list[bool] = field(default_factory=lambda: [False] * len(STAGE_ORDER))
+
+    def add(self, stages: Iterable[Stage]) -> None:
+        sent, received, judged = self.sent, self.received, self.judged
+        for stage in stages:
+            if stage[JUDGED]:
+                index = STAGE_RANK[stage[NAME]]
+                sent[index] += stage[SENT]
+                received[index] += stage[RECEIVED]
+                judged[index] = True
+
+    def for_stage(self, stage: StageName) -> tuple[int, int] | None:
+        """(sent, received) of one stage, None if it was never judged."""
+        index = STAGE_RANK[stage.value]
+        return (self.sent[index], self.received[index]) if self.judged[index] else None
+
+    def per_stage(self) -> Iterator[tuple[StageName, int, int]]:
+        for index, stage in enumerate(STAGE_ORDER):
+            if self.judged[index]:
+                yield stage, self.sent[index], self.received[index]

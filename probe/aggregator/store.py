@@ -1,0 +1,391 @@
+"""The aggregator's result store: messages and a clock in, health and records out. No MQTT, HTTP or asyncio.
+
+A thin shell feeds it: the MQTT subscriber (or `probe serve`'s in-process bus) calls `ingest_result` and
+`ingest_status` from its message callback and logs the drops whose `first_from_sender` is set. Intake and judgement
+are apart: `refresh()` judges, at the clock's time, every agent and every relay whose verdict may have moved, and
+returns what changed, for the shell to log; the shell calls it about once a second, and the HTTP views and the
+metrics collector call it before reading.
+So a burst (the retained messages after a restart, a spool replayed after an outage) is judged once, whole, rather
+than message by message with transient verdicts in between, and ingest stays cheap. Every method runs on one thread
+(the event loop's); nothing locks.
+
+What is kept, all bounded by the inventory and the agents: per relay and agent the newest result, per relay, agent,
+port slot and family the newest path, per relay its health, since when, a short history and its last failure; per
+agent its status; packet counters per relay, agent and stage; and the last `seen_ids` result ids, to drop re-sends.
+
+A port slot is the inventory's name for a path's port: the main port ("51820"), or the range a rotated port was
+taken from ("4000-33433"). Agents rotate through the ports of a range from round to round; keyed by slot, one
+range is one path here and one series in Prometheus rather than a new one every round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from probe.aggregator.health import AgentState, Exclusion, Vote, agent_vote, judge
+from probe.aggregator.intake import (
+    MAX_PAYLOAD,
+    Ingested,
+    Outcome,
+    classify,
+    printable,
+    result_topic_names,
+    status_topic_agent,
+)
+from probe.aggregator.records import (
+    DETAIL,
+    NAME,
+    STAGE_RANK,
+    AgentChange,
+    AgentInfo,
+    AgentJudgement,
+    AgentRecord,
+    Change,
+    Failure,
+    HealthChange,
+    PacketCounts,
+    PathRecord,
+    PortSlots,
+    ResultSummary,
+    ServerRecord,
+    Stage,
+    epoch,
+    worst_reason,
+)
+from probe.config import check_agent_name
+from probe.inventory import Inventory
+from probe.messages import AgentStatus, ResultMessage
+from probe.results import SCHEMA_VERSION, StageName
+from probe.service_config import MAX_INTERVAL_SECONDS, HealthSection
+
+# Result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents, and every retained result a
+# reconnect re-delivers. A re-send older than that is accepted again but, being older, replaces nothing (it only
+# counts its packets twice).
+DEFAULT_SEEN_IDS = 100_000
+DEFAULT_MAX_AGENTS = 256
+MAX_PATHS_PER_AGENT = 64  # per relay: 2 families x (main port + ranges); more can only come from a broken agent
+_MAX_LOGGED = 4096  # (sender, outcome) pairs remembered for "log once per sender"
+
+
+class _Refused(Exception):
+    """Why a message is dropped; raised and caught within the store only."""
+
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+_M = TypeVar("_M", ResultMessage, AgentStatus)
+
+
+class ResultStore:
+    def __init__(
+        self,
+        inventory: Inventory,
+        *,
+        now: Callable[[], float],
+        health: HealthSection | None = None,
+        seen_ids: int = DEFAULT_SEEN_IDS,
+        max_agents: int = DEFAULT_MAX_AGENTS,
+        max_payload: int = MAX_PAYLOAD,
+    ) -> None:
+        self.now = now
+        self.health = health or HealthSection()
+        self._seen_capacity = seen_ids
+        self._max_agents = max_agents
+        self._max_payload = max_payload
+        self._servers: dict[str, ServerRecord] = {}
+        self._agents: dict[str, AgentInfo] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._logged: set[tuple[str | None, Outcome]] = set()
+        self.messages: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.packets: dict[tuple[str, str], PacketCounts] = {}  # (relay, agent)
+        self.inventory = inventory
+        self.set_inventory(inventory)
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    @property
+    def servers(self) -> Mapping[str, ServerRecord]:
+        return self._servers
+
+    @property
+    def agents(self) -> Mapping[str, AgentInfo]:
+        return self._agents
+
+    def stale_after(self, agent: str) -> float:
+        """Seconds after which this agent's results are stale: by its own interval when its status says it."""
+        info = self._agents.get(agent)
+        interval = info.status.interval_seconds if info and info.status else None
+        if interval is not None and not 0 < interval <= MAX_INTERVAL_SECONDS:
+            interval = None  # a status cannot make its agent's results stale at once, or fresh for ever
+        return self.health.stale_after(interval)
+
+    def is_fresh(self, agent: str, taken_at: float, now: float) -> bool:
+        return now - taken_at <= self.stale_after(agent)
+
+    # -- inventory -------------------------------------------------------------------------------------------------
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        """Adopt a (re)loaded inventory: new relays start unknown, removed ones are forgotten with their counters."""
+        now = self.now()
+        self.inventory = inventory
+        servers: dict[str, ServerRecord] = {}
+        for relay in inventory.relays:
+            held = self._servers.get(relay.name)
+            if held is None:
+                held = ServerRecord(relay, PortSlots.of(relay), now, deque(maxlen=self.health.history))
+            held.relay, held.slots, held.due = relay, PortSlots.of(relay), -math.inf
+            servers[relay.name] = held
+        self._servers = servers
+        self.packets = {key: count for key, count in self.packets.items() if key[0] in servers}
+
+    # -- ingesting -------------------------------------------------------------------------------------------------
+
+    def ingest_result(self, payload: bytes | bytearray, topic: str) -> Ingested:
+        """Validate and keep one result message from `topic`. Never raises: a bad message is counted and dropped."""
+        names = result_topic_names(topic)
+        sender = printable(names[0], 64) if names else None
+        try:
+            message = self._admit_result(payload, topic, names)
+        except _Refused as refused:
+            return self._drop(refused.outcome, sender, refused.detail)
+        self._remember((message.agent, message.result_id))
+        server = self._servers[message.server]
+        now = self.now()
+        self._keep(server, message, now)
+        self.messages[Outcome.accepted] += 1
+        return Ingested(Outcome.accepted, sender=sender)
+
+    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
+        """Validate and keep one agent status (or last will). Never raises."""
+        agent = status_topic_agent(topic)
+        sender = printable(agent, 64) if agent else None
+        try:
+            if agent is None:
+                self._check_size(payload)
+                raise _Refused(Outcome.topic_mismatch, f"not a status topic: {printable(topic, 120)}")
+            status = self._parse(AgentStatus, payload)
+            if status.agent != agent:
+                raise _Refused(Outcome.topic_mismatch, f"payload is from {printable(status.agent, 64)}")
+            self._check_agent(agent)
+        except _Refused as refused:
+            return self._drop(refused.outcome, sender, refused.detail)
+        now = self.now()
+        info = self._agent(agent, now)
+        # The newest arrival wins, whatever its updated_at: a last will carries the time it was registered at.
+        info.status = status
+        info.status_at = epoch(status.updated_at) if status.updated_at else now
+        self.messages[Outcome.accepted] += 1
+        return Ingested(Outcome.accepted, sender=sender)
+
+    def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> ResultMessage:
+        if names is None:
+            self._check_size(payload)
+            raise _Refused(Outcome.topic_mismatch, f"not a results topic: {printable(topic, 120)}")
+        message = self._parse(ResultMessage, payload)
+        if names != (message.agent, message.server):
+            detail = f"payload is from {printable(message.agent, 64)} on {printable(message.server, 64)}"
+            raise _Refused(Outcome.topic_mismatch, detail)
+        if message.server not in self._servers:
+            # Dropped, not kept: metric labels come only from the inventory, so an agent with a newer inventory (or
+            # a broken one) cannot add series; the first round after our own inventory refresh brings it in.
+            raise _Refused(Outcome.unknown_server, f"{printable(message.server, 64)} is not in the inventory")
+        self._check_agent(message.agent)
+        if (message.agent, message.result_id) in self._seen:
+            raise _Refused(Outcome.duplicate, f"result_id {printable(message.result_id, 64)}")
+        return message
+
+    def _check_size(self, payload: bytes | bytearray) -> None:
+        if len(payload) > self._max_payload:
+            raise _Refused(Outcome.oversized, f"{len(payload)} bytes; the limit is {self._max_payload}")
+
+    def _parse(self, model: type[_M], payload: bytes | bytearray) -> _M:
+        self._check_size(payload)
+        try:
+            message = model.model_validate_json(payload)
+        except ValidationError as e:
+            raise _Refused(*classify(payload, e)) from None
+        if message.schema_version != SCHEMA_VERSION:
+            detail = f"schema_version {message.schema_version}; this aggregator speaks {SCHEMA_VERSION}"
+            raise _Refused(Outcome.unknown_schema, detail)
+        return message
+
+    def _check_agent(self, agent: str) -> None:
+        # Agent names become label values and log words: held to the agent config's alphabet, and bounded in number
+        # so a misconfigured fleet cannot grow series without end.
+        if agent in self._agents:
+            return
+        try:
+            check_agent_name(agent)
+        except ValueError as e:
+            raise _Refused(Outcome.malformed, f"agent name {printable(agent, 64)!r}: {e}") from None
+        if len(self._agents) >= self._max_agents:
+            raise _Refused(Outcome.agent_limit, f"already {len(self._agents)} agents")
+
+    def _drop(self, outcome: Outcome, sender: str | None, detail: str) -> Ingested:
+        self.messages[outcome] += 1
+        first = (sender, outcome) not in self._logged and len(self._logged) < _MAX_LOGGED
+        if first:
+            self._logged.add((sender, outcome))
+        return Ingested(outcome, sender=sender, first_from_sender=first, detail=detail)
+
+    def _remember(self, key: tuple[str, str]) -> None:
+        self._seen[key] = None
+        if len(self._seen) > self._seen_capacity:
+            self._seen.popitem(last=False)
+
+    def _agent(self, name: str, now: float) -> AgentInfo:
+        info = self._agents.get(name)
+        if info is None:
+            info = self._agents[name] = AgentInfo(name=name, since=now)
+        return info
+
+    def _keep(self, server: ServerRecord, message: ResultMessage, now: float) -> None:
+        # An agent whose clock runs ahead cannot make a result fresher than its arrival (nor fresh for ever).
+        taken_at = min(epoch(message.started_at), now)
+        info = self._agent(message.agent, now)
+        info.results += 1
+        if info.newest_taken_at is None or taken_at > info.newest_taken_at:
+            info.newest_taken_at, info.newest_control_ok = taken_at, message.control_ok
+        slot_of = server.slots.slot
+        paths = tuple(
+            PathRecord.of(path, slot_of(path.port), taken_at, message.round, message.control_ok)
+            for path in message.paths
+        )
+        server.due = -math.inf  # judge it again at the next refresh
+        record = server.agents.get(message.agent)
+        if record is None:
+            record = server.agents[message.agent] = AgentRecord(ResultSummary.of(message, paths, taken_at, now))
+        elif (taken_at, message.round) > (record.newest.taken_at, record.newest.round):
+            # A replayed older result (spool after an outage) fills gaps below but never replaces a newer one.
+            record.newest = ResultSummary.of(message, paths, taken_at, now)
+        held_paths = record.paths
+        for path in paths:
+            held = held_paths.get((path.slot, path.family))
+            if held is None or taken_at >= held.taken_at:
+                held_paths[(path.slot, path.family)] = path
+        if len(held_paths) > MAX_PATHS_PER_AGENT:
+            oldest = sorted(held_paths.items(), key=lambda item: item[1].taken_at)
+            for key, _ in oldest[: len(held_paths) - MAX_PATHS_PER_AGENT]:
+                del held_paths[key]
+        if message.control_ok:
+            # Every result counts, replayed ones too, so loss over any window pools every packet. Unjudged stages
+            # and results taken while the agent's control check failed say nothing about the relay: left out.
+            counts = self.packets.get((message.server, message.agent))
+            if counts is None:
+                counts = self.packets[(message.server, message.agent)] = PacketCounts()
+            for path in paths:
+                counts.add(path.stages)
+            self._note_failure(server, message.agent, paths, taken_at)
+
+    def _note_failure(self, server: ServerRecord, agent: str, paths: tuple[PathRecord, ...], taken_at: float) -> None:
+        if server.last_failure is not None and taken_at <= server.last_failure.at:
+            return
+        worst: tuple[int, PathRecord, Stage] | None = None
+        for path in paths:
+            failed = None if path.ok else path.failed_stage
+            if failed is not None and (worst is None or STAGE_RANK[failed[NAME]] < worst[0]):
+                worst = (STAGE_RANK[failed[NAME]], path, failed)
+        if worst is None:
+            return
+        _, path, stage = worst
+        server.last_failure = Failure(
+            at=taken_at,
+            agent=agent,
+            reason=path.reason,
+            stage=StageName(stage[NAME]),
+            port=path.port,
+            family=path.family,
+            detail=stage[DETAIL],
+            evidence=path.evidence,
+        )
+
+    # -- judging ---------------------------------------------------------------------------------------------------
+
+    def refresh(self) -> tuple[Change, ...]:
+        """Judge every agent, and every relay whose verdict may have changed, at the clock's time; the changes, for
+        the shell to log.
+
+        A relay is re-judged when a result for it came in, when one of its inputs goes stale (`due`), or when an
+        agent's standing changed (online, control check, schedule), which touches every relay. Judging 1,000 relays
+        takes tens of milliseconds; a once-a-second refresh judges only the few that moved.
+        """
+        now = self.now()
+        changes: list[Change] = []
+        everything = False
+        for info in self._agents.values():
+            state = self._agent_state(info, now)
+            if state is not info.state:
+                changes.append(AgentChange(info.name, now, state, info.state))
+                info.state, info.since = state, now
+            standing = self._standing(info)
+            if standing != info.standing:
+                info.standing, everything = standing, True
+        for server in self._servers.values():
+            if everything or now > server.due:
+                change = self._settle(server, now)
+                if change is not None:
+                    changes.append(change)
+        return tuple(changes)
+
+    def _standing(self, info: AgentInfo) -> tuple[bool, bool, float]:
+        """What of an agent its votes on every relay depend on, besides its results and the clock."""
+        online = info.status is None or info.status.online
+        return (online, info.newest_control_ok and info.status_control_ok, self.stale_after(info.name))
+
+    def _agent_state(self, info: AgentInfo, now: float) -> AgentState:
+        if info.status is not None and not info.status.online:
+            return AgentState.offline
+        heard = max((t for t in (info.newest_taken_at, info.status_at) if t is not None), default=None)
+        if heard is None or now - heard > self.stale_after(info.name):
+            return AgentState.silent
+        if not (info.newest_control_ok and info.status_control_ok):
+            return AgentState.control_failed
+        return AgentState.ok
+
+    def _exclusion(self, agent: str, record: AgentRecord, now: float) -> Exclusion | None:
+        info = self._agents[agent]
+        if info.status is not None and not info.status.online:
+            return Exclusion.offline
+        if now - record.newest.taken_at > self.stale_after(agent):
+            return Exclusion.stale
+        if not (record.newest.control_ok and info.newest_control_ok and info.status_control_ok):
+            return Exclusion.control_failed
+        if not record.newest.paths:
+            return Exclusion.no_paths
+        return None
+
+    def _settle(self, server: ServerRecord, now: float) -> HealthChange | None:
+        votes: list[Vote] = []
+        judgements: list[AgentJudgement] = []
+        failing: list[PathRecord] = []
+        due = math.inf  # the first moment something counted here goes stale
+        for agent, record in server.agents.items():
+            limit = self.stale_after(agent)
+            if now - record.newest.taken_at <= limit:
+                due = min(due, record.newest.taken_at + limit)
+            exclusion = self._exclusion(agent, record, now)
+            vote = None
+            if exclusion is None:
+                fresh = [p for p in record.paths.values() if p.control_ok and now - p.taken_at <= limit]
+                due = min([due, *(p.taken_at + limit for p in fresh)])
+                vote = agent_vote(record.newest.paths, fresh)
+                if vote is not None:
+                    votes.append(vote)
+                    failing += [path for path in (*record.newest.paths, *fresh) if not path.ok]
+            judgements.append(AgentJudgement(agent, vote, exclusion))
+        verdict = judge(votes, self.health.quorum)
+        server.verdict, server.judgements, server.due = verdict, tuple(judgements), due
+        server.reason = worst_reason(failing)
+        if verdict.state is server.state:
+            return None
+        change = HealthChange(server.relay.name, now, verdict.state, server.state, server.reason)
+        server.history.append(change)
+        server.state, server.since = verdict.state, now
+        return change

@@ -1,0 +1,179 @@
+"""The aggregator's /metrics: the contract's names, values that follow a scripted scenario, an explicit registry, and
+an exposition that the real `promtool check metrics` accepts."""
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from probe.aggregator.metrics import ALL_METRICS, exposition, make_registry, render
+from probe.aggregator.store import ResultStore
+from probe.aggregator.testing import FakeClock, make_inventory, make_result, make_stage, make_status, payload
+from probe.messages import ResultMessage, result_topic, status_topic
+from probe.results import PathResult, StageName
+
+RELAYS = ["se-got-wg-001", "se-got-wg-002", "de-ber-wg-001"]
+CONTRACT = {
+    "wgprobe_server_up": ("server",),
+    "wgprobe_server_health": ("server", "state"),
+    "wgprobe_probe_success": ("server", "agent", "port", "family"),
+    "wgprobe_stage_success": ("server", "agent", "stage"),
+    "wgprobe_stage_duration_seconds": ("server", "agent", "stage"),
+    "wgprobe_result_age_seconds": ("server", "agent"),
+    "wgprobe_agent_up": ("agent",),
+    "wgprobe_messages_total": ("result",),
+    "wgprobe_stage_packets_sent_total": ("server", "agent", "stage"),
+    "wgprobe_stage_packets_received_total": ("server", "agent", "stage"),
+}
+
+
+def send(store: ResultStore, message: ResultMessage) -> None:
+    assert store.ingest_result(payload(message), result_topic(message.agent, message.server)).accepted
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(store: ResultStore) -> tuple[str, Samples]:
+    text = exposition(make_registry(store)).decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+@pytest.fixture
+def scenario() -> tuple[ResultStore, FakeClock]:
+    """Three agents. se-got-wg-001: NAT broken (down). se-got-wg-002: the extended range closed for everyone
+    (degraded), agent-b saw 3 of 5 tunnel packets answered. de-ber-wg-001: nobody reported (unknown). agent-c lost
+    its own network (its results say so), a duplicate and a malformed message arrive."""
+    clock = FakeClock()
+    store = ResultStore(make_inventory(RELAYS), now=clock)
+    for agent in ("agent-a", "agent-b", "agent-c"):
+        store.ingest_status(payload(make_status(agent, at=clock())), status_topic(agent))
+        blind = agent == "agent-c"
+        send(store, make_result(RELAYS[0], agent, taken_at=clock(), fail=StageName.forward, control_ok=not blind))
+        closed = {4000: StageName.handshake}
+        message = make_result(
+            RELAYS[1], agent, taken_at=clock(), ports=(51820, 4000), fail=closed, control_ok=not blind
+        )
+        if agent == "agent-b":
+            message = _lossy_tunnel(message)
+        send(store, message)
+    store.ingest_result(payload(message), result_topic(message.agent, message.server))  # agent-c's, again
+    store.ingest_result(b"{not json", result_topic("agent-a", RELAYS[0]))
+    clock.advance(7)
+    return store, clock
+
+
+def _lossy_tunnel(message: ResultMessage) -> ResultMessage:
+    paths = []
+    for path in message.paths:
+        stages = tuple(
+            make_stage(StageName.tunnel, sent=5, received=3, seconds=0.020) if s.name is StageName.tunnel else s
+            for s in path.stages
+        )
+        paths.append(PathResult.model_validate({**path.model_dump(), "stages": [s.model_dump() for s in stages]}))
+    return message.model_copy(update={"paths": tuple(paths)})
+
+
+def test_the_names_are_the_contract() -> None:
+    specs = {spec.name: spec.labels for spec in ALL_METRICS}
+    for name, labels in CONTRACT.items():
+        assert specs[name] == labels
+    assert len(specs) == len(ALL_METRICS)  # each defined once
+
+
+def test_server_health(scenario: tuple[ResultStore, FakeClock]) -> None:
+    _, samples = scrape(scenario[0])
+    assert value(samples, "wgprobe_server_up", server=RELAYS[0]) == 0.0
+    assert value(samples, "wgprobe_server_up", server=RELAYS[1]) == 1.0  # degraded still serves
+    assert value(samples, "wgprobe_server_up", server=RELAYS[2]) is None  # unknown: absent
+    for server, current in ((RELAYS[0], "down"), (RELAYS[1], "degraded"), (RELAYS[2], "unknown")):
+        for state in ("up", "degraded", "down", "unknown"):
+            expected = 1.0 if state == current else 0.0
+            assert value(samples, "wgprobe_server_health", server=server, state=state) == expected
+    assert value(samples, "wgprobe_servers", state="down") == 1.0
+    assert value(samples, "wgprobe_servers", state="up") == 0.0
+
+
+def test_paths_and_stages(scenario: tuple[ResultStore, FakeClock]) -> None:
+    _, samples = scrape(scenario[0])
+    labels = {"server": RELAYS[1], "agent": "agent-a"}
+    assert value(samples, "wgprobe_probe_success", port="51820", family="ipv4", **labels) == 1.0
+    assert value(samples, "wgprobe_probe_success", port="4000-33433", family="ipv6", **labels) == 0.0
+    assert value(samples, "wgprobe_stage_success", stage="handshake", **labels) == 0.0  # failed on 2 of 4 paths
+    assert value(samples, "wgprobe_stage_duration_seconds", stage="handshake", **labels) == 0.012
+    broken = {"server": RELAYS[0], "agent": "agent-a"}
+    assert value(samples, "wgprobe_stage_success", stage="tunnel", **broken) == 1.0
+    assert value(samples, "wgprobe_stage_success", stage="forward", **broken) == 0.0
+    assert value(samples, "wgprobe_stage_success", stage="egress", **broken) is None  # unjudged: absent
+    assert value(samples, "wgprobe_stage_duration_seconds", stage="tunnel", server=RELAYS[1], agent="agent-b") == 0.02
+    # agent-c's results were taken while its control check failed: no path or stage series from them.
+    assert not any(("agent", "agent-c") in key[1] for key in samples if key[0].startswith("wgprobe_probe"))
+    assert value(samples, "wgprobe_result_age_seconds", server=RELAYS[0], agent="agent-c") == 7.0
+
+
+def test_agents_and_messages(scenario: tuple[ResultStore, FakeClock]) -> None:
+    _, samples = scrape(scenario[0])
+    assert value(samples, "wgprobe_agent_up", agent="agent-a") == 1.0
+    assert value(samples, "wgprobe_agent_up", agent="agent-c") == 1.0  # it is online and talking...
+    assert value(samples, "wgprobe_agent_control_ok", agent="agent-c") == 0.0  # ...but cannot see
+    assert value(samples, "wgprobe_agents", state="control_failed") == 1.0
+    assert value(samples, "wgprobe_messages_total", result="accepted") == 9.0  # 3 statuses + 6 results
+    assert value(samples, "wgprobe_messages_total", result="duplicate") == 1.0
+    assert value(samples, "wgprobe_messages_total", result="malformed") == 1.0
+    assert value(samples, "wgprobe_messages_total", result="oversized") == 0.0  # every reason, from zero
+
+
+def test_packet_counters_pool_every_result(scenario: tuple[ResultStore, FakeClock]) -> None:
+    store, clock = scenario
+    send(store, _lossy_tunnel(make_result(RELAYS[1], "agent-b", taken_at=clock() - 30, ports=(51820,))))  # late
+    _, samples = scrape(store)
+    labels = {"server": RELAYS[1], "agent": "agent-b", "stage": "tunnel"}
+    # 2 main-port paths in the late result + 2 main-port paths before (the range paths failed their handshake).
+    assert value(samples, "wgprobe_stage_packets_sent_total", **labels) == 4 * 5
+    assert value(samples, "wgprobe_stage_packets_received_total", **labels) == 4 * 3
+    handshake = {"server": RELAYS[1], "agent": "agent-a", "stage": "handshake"}
+    assert value(samples, "wgprobe_stage_packets_sent_total", **handshake) == 4 * 3
+    assert value(samples, "wgprobe_stage_packets_received_total", **handshake) == 2 * 3
+    assert value(samples, "wgprobe_stage_packets_sent_total", server=RELAYS[0], agent="agent-c", stage="tunnel") is None
+
+
+def test_staleness_removes_path_series_but_keeps_the_age(scenario: tuple[ResultStore, FakeClock]) -> None:
+    store, clock = scenario
+    clock.advance(60)
+    _, samples = scrape(store)
+    assert value(samples, "wgprobe_server_up", server=RELAYS[0]) is None
+    assert value(samples, "wgprobe_server_health", server=RELAYS[0], state="unknown") == 1.0
+    assert not any(key[0] == "wgprobe_probe_success" for key in samples)
+    assert value(samples, "wgprobe_result_age_seconds", server=RELAYS[0], agent="agent-a") == 67.0
+    assert value(samples, "wgprobe_agent_up", agent="agent-a") == 0.0
+
+
+def test_the_registry_is_explicit(scenario: tuple[ResultStore, FakeClock]) -> None:
+    make_registry(scenario[0])
+    assert "wgprobe_server_up" not in REGISTRY._names_to_collectors
+
+
+def test_the_direct_renderer_writes_what_prometheus_client_writes(scenario: tuple[ResultStore, FakeClock]) -> None:
+    store, _ = scenario
+    assert render(store) == exposition(make_registry(store))
+    lines = render(store).decode().splitlines()
+    assert 'wgprobe_probe_success{agent="agent-a",family="ipv6",port="4000-33433",server="se-got-wg-002"} 0.0' in lines
+
+
+def test_promtool_accepts_the_exposition(scenario: tuple[ResultStore, FakeClock]) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is needed (Debian: apt-get install prometheus)"
+    for text in (scrape(scenario[0])[0], render(scenario[0]).decode()):
+        done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip() == "" and done.stderr.strip() == ""  # no lint warnings either
