@@ -17,6 +17,20 @@
     evidence_path_max_bytes = 1048576    # cap of one path's pcap: the first packets are kept, the rest counted
     evidence_max_bytes = 268435456       # the evidence wgprobe keeps in evidence_dir, in all (oldest removed first)
     evidence_max_age_hours = 168         # evidence older than this is removed
+    # The long-running agent (`probe agent`) only:
+    [schedule]
+    interval_seconds = 15                # every relay's main port, both families, once per interval
+    concurrency = 64                     # relays probed at once, at most
+    [mqtt]                               # probe/service_config.py: the same table as in aggregator.toml
+    url = "mqtts://broker.example.net"
+    username = "agent-se-got"
+    password_file = "mqtt.password"      # mode 0600
+    [http]
+    listen = "127.0.0.1:9108"            # the agent's /metrics and /probe?target=NAME
+    [spool]
+    path = "spool.sqlite"                # results the broker has not acknowledged yet
+    max_bytes = 67108864                 # bounds for a long outage: oldest dropped first, and counted
+    max_age_hours = 24
 
 Paths in the file are relative to the file's own directory, so a config travels with its keys. `find_config` looks
 for the file: --config, then $WGPROBE_CONFIG, then ./agent.toml. Every error a user must fix is a ConfigError that
@@ -24,31 +38,25 @@ names the file, the key and the fix. IP addresses are strings: pydantic would re
 """
 
 import os
-import re
 import stat
-import tomllib
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from probe.addresses import Endpoint, IPv4Field, IPv6Field
+from probe.configfile import EndpointField, Section, check_agent_name, resolve_path, validate_file
 from probe.errors import ConfigError
-from probe.inputs import InputError, check_nesting, read_regular_file
-from probe.validation import describe_validation_error
+from probe.inputs import InputError, read_regular_file
+from probe.service_config import MAX_INTERVAL_SECONDS, HttpSection, MqttSection
 from probe.wireguard.constants import KEY_SIZE
 from probe.wireguard.errors import InvalidKeyError
 from probe.wireguard.keys import decode_base64_key
@@ -70,51 +78,18 @@ __all__ = [
 
 CONFIG_ENV = "WGPROBE_CONFIG"
 DEFAULT_CONFIG = "agent.toml"
-_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-# A config of a thousand identities is a few hundred kB; a key file is one line.
-_CONFIG_MAX_BYTES = 1 << 20
+# A key file is one line.
 _KEY_FILE_MAX_BYTES = 4096
 
 
-def _endpoint(value: Any) -> Endpoint:
-    if isinstance(value, Endpoint):
-        return value
-    if not isinstance(value, str):
-        # ValueError, not TypeError: pydantic reports only the former as a validation error.
-        raise ValueError("expected a string HOST:PORT")
-    return Endpoint.parse(value)
-
-
-EndpointField = Annotated[Endpoint, PlainValidator(_endpoint), PlainSerializer(str, return_type=str)]
-
-
-def resolve_path(path: Path, info: ValidationInfo) -> Path:
-    # load_config passes the config file's directory as validation context; without it (a model built in code)
-    # paths stay as given.
-    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
-    path = path.expanduser()
-    return base / path if isinstance(base, Path) and not path.is_absolute() else path
-
-
-def check_agent_name(name: str) -> str:
-    if not _AGENT_NAME.fullmatch(name):
-        # It names MQTT topics and metric labels, where '/', '+', '#' and spaces have meanings of their own.
-        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-
-class AgentSection(_Section):
+class AgentSection(Section):
     name: Annotated[str, AfterValidator(check_agent_name)]
     # Open probe sockets inside this network namespace (as `ip netns` names it): a prober host may keep its probing
     # in a namespace of its own, and the lab's agent configs use it so `probe server` works from the root namespace.
     netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class Identity(_Section):
+class Identity(Section):
     """A WireGuard key this agent probes with, and the tunnel addresses the relays allow for it.
 
     The private key is read from its file by `load_config` and held in a private attribute: it is not a field, so it
@@ -145,27 +120,36 @@ class Identity(_Section):
         return self._private_key
 
 
-class InventorySection(_Section):
+def _resolve_location(location: str | None, info: ValidationInfo) -> str | None:
+    """A file path (relative to the config file) or an http(s) URL, as `source` and `labels` are written."""
+    if location is None or location.startswith(("http://", "https://")):
+        return location
+    if "://" in location:
+        raise ValueError("use a file path or an http:// or https:// URL")
+    return str(resolve_path(Path(location), info))
+
+
+class InventorySection(Section):
+    """`[inventory]`, the same table in agent.toml and aggregator.toml."""
+
     source: str = Field(min_length=1)  # a path (made absolute by load_config) or an http(s) URL
     include_inactive: bool = False
-    # How often a long-running agent reloads the source; a URL is fetched with If-None-Match, so this is cheap.
-    refresh_interval: float = Field(default=300.0, ge=1.0)
+    # How often a long-running agent or aggregator reloads the source (and on SIGHUP); a URL is fetched with
+    # If-None-Match, so this is cheap.
+    refresh_seconds: float = Field(default=300.0, ge=1.0, le=86400.0)
+    # Labels (kernel, os, site...) keyed by hostname from a second source that configuration management writes,
+    # merged over the inventory's own: public relay lists carry no kernel or OS, which is what the 2020-04-27
+    # post-mortem needed an hour to find. A file path or an http(s) URL (probe/inventory/labels.py).
+    labels: str | None = Field(default=None, min_length=1)
 
-    @field_validator("source")
-    @classmethod
-    def _resolve_source(cls, source: str, info: ValidationInfo) -> str:
-        if source.startswith(("http://", "https://")):
-            return source
-        if "://" in source:
-            raise ValueError("use a file path or an http:// or https:// URL")
-        return str(resolve_path(Path(source), info))
+    _resolve = field_validator("source", "labels")(_resolve_location)
 
     @property
     def is_url(self) -> bool:
         return self.source.startswith(("http://", "https://"))
 
 
-class ChecksSection(_Section):
+class ChecksSection(Section):
     forward_target: IPv4Field
     forward_target_v6: IPv6Field | None = None
     reflector: EndpointField | None = None  # no reflector: the egress check is not run
@@ -186,7 +170,7 @@ class ChecksSection(_Section):
         return None
 
 
-class ProbeSection(_Section):
+class ProbeSection(Section):
     main_port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None  # overrides the inventory's
     timeout: float = Field(default=1.0, gt=0, le=60)  # seconds to wait for the replies of one stage
     packets: int = Field(default=3, ge=1, le=100, strict=True)  # packets sent per stage
@@ -216,13 +200,36 @@ class ProbeSection(_Section):
         return self
 
 
-class AgentConfig(_Section):
+class ScheduleSection(Section):
+    """`[schedule]` of the long-running agent (agents/schedule.py)."""
+
+    # Every relay's main port on both families is probed once per interval; the other paths rotate through it.
+    interval_seconds: float = Field(default=15.0, ge=1.0, le=MAX_INTERVAL_SECONDS)
+    concurrency: int = Field(default=64, ge=1, le=4096, strict=True)  # relays probed at once, at most
+
+
+class SpoolSection(Section):
+    """`[spool]`: where the agent keeps results the broker has not acknowledged yet (SQLite, agents/spool.py)."""
+
+    path: Path = Field(default=Path("spool.sqlite"), validate_default=True)
+    # Bounds for a long broker outage: past them the oldest results are dropped first, and counted.
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, strict=True)
+    max_age_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+
+    _resolve_path = field_validator("path")(resolve_path)
+
+
+class AgentConfig(Section):
     agent: AgentSection
     identities: tuple[Identity, ...]
     inventory: InventorySection
     checks: ChecksSection
-    # A dict, validated, rather than ProbeSection(): a default instance would skip the path resolution above.
+    # Dicts, validated, rather than ProbeSection() etc.: a default instance would skip the path resolution above.
     probe: ProbeSection = Field(default_factory=dict, validate_default=True)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    mqtt: MqttSection | None = None  # required by `probe agent`; `probe server` and `probe serve` need none
+    http: HttpSection = Field(default_factory=HttpSection)
+    spool: SpoolSection = Field(default_factory=dict, validate_default=True)
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -276,39 +283,6 @@ def read_private_key(path: Path) -> bytes:
         raise ConfigError(f"key file {path}: {e}") from None
     except InvalidKeyError as e:
         raise ConfigError(f"key file {path}: {e}; expected one line as printed by `wg genkey`") from None
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """A config file's TOML (agent or aggregator): bounded, a regular file, not nested absurdly; ConfigError
-    naming the file for every way it can be unreadable."""
-    try:
-        text = read_regular_file(path, max_bytes=_CONFIG_MAX_BYTES).decode("utf-8")
-        data = tomllib.loads(text)
-        check_nesting(data)
-    except InputError as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
-    except ValueError as e:  # UnicodeDecodeError, TOMLDecodeError, the 4300-digit limit on integers
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return data
-
-
-def validate_file(model: type[M], path: Path) -> M:
-    """`path` read and validated as `model`, relative paths resolved against the file's directory; every problem
-    named by key, all of them in one ConfigError."""
-    data = read_toml(path)
-    try:
-        return model.model_validate(data, context={"base_dir": path.absolute().parent})
-    except ValidationError as e:
-        found = describe_validation_error(e, model=model)
-        problems = [f"{where}: {message}" if where else message for where, message in found]
-        if len(problems) == 1:
-            raise ConfigError(f"{path}: {problems[0]}") from None
-        raise ConfigError(f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems)) from None
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -1,31 +1,19 @@
-"""The tables the long-running services share ([mqtt], [http]) and the aggregator's config file.
+"""The tables the long-running services share, `[mqtt]` and `[http]`: a contract between the agent's `agent.toml`
+and the aggregator's `aggregator.toml`, the same keys with the same meaning (the aggregator's file is shown whole in
+probe/aggregator/config.py, the agent's in probe/config.py).
 
-`[mqtt]` and `[http]` are a contract between the agent's `agent.toml` and the aggregator's `aggregator.toml`: the
-same keys, the same meaning. The aggregator's file, whole:
-
-    [aggregator]
-    name = "agg-1"                      # names its MQTT client: aggregators side by side need distinct names
     [mqtt]
     url = "mqtts://broker.example.net"  # mqtt://HOST[:PORT] (1883) or mqtts://HOST[:PORT] (8883, TLS verified)
-    username = "agg-1"                  # optional
-    password_file = "mqtt.password"     # optional; mode 0600: the password is never written in this file
+    username = "agent-se-got"           # optional
+    password_file = "mqtt.password"     # optional; mode 0600: the password is never written in the config
     ca_file = "ca.pem"                  # optional, mqtts:// only: a private CA (default: the system's CAs)
-    client_id = "wgprobe-agg-1"         # optional; default wgprobe-<name>
+    client_id = "wgprobe-agent-se-got"  # optional; default wgprobe-<name>
     [http]
-    listen = "127.0.0.1:9109"           # /metrics, the API and the status page; loopback by default
-    [inventory]
-    source = "relays.json"              # as in agent.toml: a path or an http(s) URL
-    include_inactive = false
-    labels = "labels.json"              # optional: {hostname: {label: value}} from configuration management
-    [health]
-    quorum = "majority"                 # or a number of agents that must see a relay failing to call it down
-    stale_after_intervals = 3           # results older than this many intervals are stale
-    interval_seconds = 15               # the agents' [schedule] interval_seconds (an agent's status overrides)
-    history = 50                        # health changes kept per relay
+    listen = "127.0.0.1:9108"           # /metrics (and the agent's /probe); loopback by default
 
-Paths are relative to the config file's directory, as in agent.toml. Secrets come only from files, and a secret
-file others can read is refused (the same rule as key files). TLS is verified whenever the URL says mqtts://; there
-is deliberately no switch to turn verification off: a private CA goes in `ca_file`.
+Secrets come only from files, and a secret file others can read is refused (the same rule as key files). TLS is
+verified whenever the URL says mqtts://; there is deliberately no switch to turn verification off: a private CA goes
+in `ca_file`.
 """
 
 from __future__ import annotations
@@ -40,19 +28,16 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     PrivateAttr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from probe.addresses import Endpoint
-from probe.config import EndpointField, InventorySection, check_agent_name, resolve_path, validate_file
+from probe.configfile import EndpointField, Section, resolve_path
 from probe.errors import ConfigError
 
 MQTT_PORT = 1883
@@ -182,11 +167,7 @@ def _check_client_id(client_id: str) -> str:
     return client_id
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-
-class MqttSection(_Section):
+class MqttSection(Section):
     """`[mqtt]`: how a service reaches the broker. The password is read by `load_mqtt_secrets`, never a field."""
 
     url: BrokerUrlField
@@ -239,7 +220,7 @@ def load_mqtt_secrets(mqtt: MqttSection) -> None:
             raise ConfigError(f"mqtt.ca_file: {e}") from None
 
 
-class HttpSection(_Section):
+class HttpSection(Section):
     """`[http]`: where a service serves /metrics and its API. Loopback unless the operator says otherwise."""
 
     listen: EndpointField = Endpoint.parse(AGENT_HTTP_LISTEN)
@@ -249,69 +230,3 @@ class AggregatorHttpSection(HttpSection):
     listen: EndpointField = Endpoint.parse(AGGREGATOR_HTTP_LISTEN)
 
 
-Quorum = int | Literal["majority"]
-
-
-def _quorum(value: Any) -> Quorum:
-    if value == "majority" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value  # type: ignore[no-any-return]
-    raise ValueError('write "majority" or a number of agents (1 or more)')
-
-
-class HealthSection(_Section):
-    """`[health]`: how the aggregator turns many agents' results into one state per relay."""
-
-    # "majority": more than half of the agents eligible to judge a relay (fresh data, control check held).
-    quorum: Annotated[Quorum, PlainValidator(_quorum)] = "majority"
-    stale_after_intervals: float = Field(default=3.0, ge=1, le=1000)
-    # The agents' [schedule] interval_seconds; an agent whose status says its interval is judged by that instead.
-    interval_seconds: float = Field(default=15.0, gt=0, le=MAX_INTERVAL_SECONDS)
-    history: int = Field(default=50, ge=1, le=10_000, strict=True)  # health changes kept per relay
-
-    def stale_after(self, interval_seconds: float | None = None) -> float:
-        """Seconds after which a result taken on that schedule (default: this section's) is stale."""
-        return self.stale_after_intervals * (interval_seconds or self.interval_seconds)
-
-
-class AggregatorSection(_Section):
-    name: Annotated[str, AfterValidator(check_agent_name)]
-
-
-class AggregatorInventorySection(InventorySection):
-    # Labels (kernel, os, site...) keyed by hostname, merged over the inventory's own: public relay lists carry no
-    # kernel or OS, which is what the 2020-04-27 post-mortem needed an hour to find.
-    labels: str | None = Field(default=None, min_length=1)
-
-    @field_validator("labels")
-    @classmethod
-    def _resolve_labels(cls, labels: str | None, info: ValidationInfo) -> str | None:
-        if labels is None or labels.startswith(("http://", "https://")):
-            return labels
-        if "://" in labels:
-            raise ValueError("use a file path or an http:// or https:// URL")
-        return str(resolve_path(Path(labels), info))
-
-
-class AggregatorConfig(_Section):
-    aggregator: AggregatorSection
-    mqtt: MqttSection
-    http: AggregatorHttpSection = Field(default_factory=AggregatorHttpSection)
-    inventory: AggregatorInventorySection
-    health: HealthSection = Field(default_factory=HealthSection)
-
-    _path: Path | None = PrivateAttr(default=None)
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-
-def load_aggregator_config(path: Path) -> AggregatorConfig:
-    """Read, validate and resolve an aggregator config, and read its MQTT password file."""
-    config = validate_file(AggregatorConfig, path)
-    try:
-        load_mqtt_secrets(config.mqtt)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    config._path = path
-    return config

@@ -12,7 +12,6 @@ serves /metrics. `testing.py` builds messages for tests.
 
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Vote
 from probe.aggregator.intake import DROP_REASONS, MAX_PAYLOAD, Ingested, Outcome
-from probe.aggregator.labels import RelayLabels, load_labels, merge_labels, parse_labels
 from probe.aggregator.records import AgentChange, Change, HealthChange
 from probe.aggregator.store import ResultStore
 from probe.aggregator.views import FleetView, ServerDetail, agent_views, fleet_view, server_detail
@@ -29,14 +28,10 @@ __all__ = [
     "HealthState",
     "Ingested",
     "Outcome",
-    "RelayLabels",
     "ResultStore",
     "ServerDetail",
     "Vote",
     "agent_views",
     "fleet_view",
-    "load_labels",
-    "merge_labels",
-    "parse_labels",
     "server_detail",
 ]

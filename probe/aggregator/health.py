@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from probe.service_config import Quorum
+from probe.aggregator.config import Quorum
 
 
 class HealthState(StrEnum):

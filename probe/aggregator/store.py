@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from probe.aggregator.config import HealthSection
 from probe.aggregator.health import AgentState, Exclusion, Vote, agent_vote, judge
 from probe.aggregator.intake import (
     MAX_PAYLOAD,
@@ -57,11 +58,11 @@ from probe.aggregator.records import (
     epoch,
     worst_reason,
 )
-from probe.config import check_agent_name
+from probe.configfile import check_agent_name
 from probe.inventory import Inventory
 from probe.messages import AgentStatus, ResultMessage
 from probe.results import SCHEMA_VERSION, StageName
-from probe.service_config import MAX_INTERVAL_SECONDS, HealthSection
+from probe.service_config import MAX_INTERVAL_SECONDS
 
 # Result ids remembered for de-duplication: ~30 rounds of 1,000 relays x 3 agents, and every retained result a
 # reconnect re-delivers. A re-send older than that is accepted again but, being older, replaces nothing (it only

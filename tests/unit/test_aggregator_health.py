@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from probe.aggregator.config import HealthSection
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Vote, agent_vote, judge, quorum_size
 from probe.aggregator.records import AgentChange, HealthChange
 from probe.aggregator.store import ResultStore
@@ -14,7 +15,6 @@ from probe.aggregator.testing import FakeClock, make_inventory, make_path, make_
 from probe.aggregator.views import agent_views
 from probe.messages import ResultMessage, result_topic, status_topic
 from probe.results import Reason, StageName
-from probe.service_config import HealthSection
 
 RELAYS = ["se-got-wg-001", "se-got-wg-002", "de-ber-wg-001"]
 AGENTS = ["agent-a", "agent-b", "agent-c"]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Vote
-from probe.aggregator.labels import load_labels, merge_labels, parse_labels, unmatched_hosts
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_result, make_status, payload
 from probe.aggregator.views import FleetView, ServerDetail, fleet_view, place, server_detail
 from probe.inventory import InventoryError, load_inventory
+from probe.inventory.labels import load_labels, merge_labels, parse_labels, unmatched_hosts
 from probe.messages import ResultMessage, result_topic, status_topic
 from probe.results import Reason, StageName
 

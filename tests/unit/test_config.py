@@ -38,7 +38,7 @@ def test_good_config_reads_back_exactly(config_dir: Path) -> None:
     assert (second.private_key, second.ipv4, second.ipv6) == (KEY_2, IPv4Address("10.64.0.3"), None)
     assert config.inventory.source == str(config_dir / "relays.json")
     assert not config.inventory.is_url
-    assert (config.inventory.include_inactive, config.inventory.refresh_interval) == (True, 60.0)
+    assert (config.inventory.include_inactive, config.inventory.refresh_seconds) == (True, 60.0)
     assert config.checks.forward_target == IPv4Address("198.18.0.2")
     assert config.checks.forward_target_v6 == IPv6Address("fd77::2")
     assert config.checks.reflector == Endpoint(IPv4Address("198.18.0.2"), 7777)
@@ -65,7 +65,7 @@ def test_contract_example_gets_the_defaults(config_dir: Path) -> None:
     config = load_config(config_dir / "minimal.toml")
     assert config.inventory.source == "https://api.mullvad.net/app/v1/relays"
     assert config.inventory.is_url
-    assert (config.inventory.include_inactive, config.inventory.refresh_interval) == (False, 300.0)
+    assert (config.inventory.include_inactive, config.inventory.refresh_seconds) == (False, 300.0)
     assert config.checks.reflector_v6 is None
     probe = config.probe
     assert (probe.main_port, probe.timeout, probe.packets) == (None, 1.0, 3)

@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from probe.addresses import Endpoint
+from probe.aggregator.config import AggregatorConfig, HealthSection, load_aggregator_config
 from probe.errors import ConfigError
-from probe.service_config import (
-    AggregatorConfig,
-    BrokerUrl,
-    HealthSection,
-    HttpSection,
-    MqttSection,
-    load_aggregator_config,
-)
+from probe.service_config import BrokerUrl, HttpSection, MqttSection
 
 DATA = Path(__file__).parent.parent / "data" / "aggregator"
 SECRET = (DATA / "secrets" / "mqtt.password").read_text().strip()  # a test secret that guards nothing
