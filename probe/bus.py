@@ -9,10 +9,12 @@ acknowledged it (for MQTT: the broker's PUBACK with a success reason code).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from probe.messages import AgentStatus, ResultMessage
+from probe.messages import AgentStatus, ResultMessage, result_topic, status_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +44,34 @@ class Outbox(Protocol):
         the rest persisted for the next start."""
 
     def stats(self) -> OutboxStats: ...
+
+
+class LocalOutbox:
+    """The in-process bus of `probe serve`: the same payload bytes and topics as over MQTT, handed to `deliver`
+    (the aggregator's store) at once. Delivered means `deliver` returned; there is nothing to spool."""
+
+    def __init__(self, agent: str, deliver: Callable[[str, bytes], object]) -> None:
+        self.agent = agent
+        self.deliver = deliver
+        self._delivered = 0
+        self._failures: dict[str, int] = {}
+
+    def put_result(self, message: ResultMessage) -> None:
+        self._send(result_topic(self.agent, message.server), message.model_dump_json().encode())
+        self._delivered += 1
+
+    def put_status(self, status: AgentStatus) -> None:
+        self._send(status_topic(self.agent), status.model_dump_json().encode())
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        try:
+            self.deliver(topic, payload)
+        except Exception:  # the receiving side's bug must not stop the agent; counted like a refused publish
+            self._failures["receiver_error"] = self._failures.get("receiver_error", 0) + 1
+            raise
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # nothing to drive: delivery happens in put_*; runs until cancelled
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(delivered=self._delivered, failures=dict(self._failures), connected=True)

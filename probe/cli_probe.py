@@ -99,6 +99,13 @@ def _load(config_path: Path | None) -> tuple[AgentConfig, Inventory]:
     return config, inventory
 
 
+def _lock_keys(config: AgentConfig) -> None:
+    """Hold this config's keys for the life of the command: a second process with one of them is refused."""
+    from probe.keylock import lock_keys
+
+    lock_keys([identity.private_key_file for identity in config.identities])
+
+
 def could_not_judge(results: list[ServerResult]) -> bool:
     """Every path of every result failed because the agent could not send at all: its own network is down."""
     from probe.results import Reason
@@ -118,6 +125,7 @@ def server(args: argparse.Namespace) -> int:
 
     config, inventory = _load(args.config)
     relay = inventory.require(args.name)
+    _lock_keys(config)
     if args.family == "ipv6" and relay.ipv6_addr_in is None:
         raise ConfigError(f"{relay.name} has no IPv6 entry address in the inventory")
     prober = Prober(config, inventory)
@@ -136,6 +144,7 @@ def sweep(args: argparse.Namespace) -> int:
     from probe.term import Progress
 
     config, inventory = _load(args.config)
+    _lock_keys(config)
     prober = Prober(config, inventory)
     results: list[ServerResult] = []
     base = rotation_now()

@@ -134,8 +134,7 @@ class Prober:
         only_port: int | None = None,
         family: str | None = None,
     ) -> ServerResult:
-        started_at = datetime.now(UTC)
-        started = time.perf_counter()
+        """Probe every path of `relay` (its main port and one port per range, both families), or only some."""
         specs = plan_paths(
             relay,
             rotation=rotation_now() if rotation is None else rotation,
@@ -143,6 +142,12 @@ class Prober:
             only_port=only_port,
             family=family,
         )
+        return await self.probe_paths(relay, specs)
+
+    async def probe_paths(self, relay: Relay, specs: list[PathSpec]) -> ServerResult:
+        """Probe these paths of `relay`, dealt round-robin to the identities (a key's paths one at a time)."""
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
         lanes: list[list[tuple[int, PathSpec]]] = [[] for _ in self.identities]
         for n, spec in enumerate(specs):
             lanes[n % len(lanes)].append((n, spec))

@@ -228,5 +228,3 @@ class HttpSection(Section):
 
 class AggregatorHttpSection(HttpSection):
     listen: EndpointField = Endpoint.parse(AGGREGATOR_HTTP_LISTEN)
-
-

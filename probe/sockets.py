@@ -9,9 +9,11 @@ else in the process moves. Python 3.11 has no os.setns, hence the libc call.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from probe.errors import ConfigError, WgProbeError
@@ -39,7 +41,8 @@ def require_namespace(netns: str) -> None:
             for family in (socket.AF_INET, socket.AF_INET6):
                 pool = _pools.setdefault((netns, family), [])
                 if not pool:
-                    pool.extend(_make_in(netns, family, POOL_BATCH))
+                    make = functools.partial(socket.socket, family, socket.SOCK_DGRAM)
+                    pool.extend(_make_in(netns, make, POOL_BATCH))
     except NamespaceUnavailable as exc:
         raise ConfigError(f"agent.netns: {exc}") from None
 
@@ -67,13 +70,44 @@ def udp_socket(family: socket.AddressFamily, netns: str | None = None) -> socket
             _forget_if_replaced(netns)
             pool = _pools.setdefault((netns, family), [])
             if not pool:
-                pool.extend(_make_in(netns, family, POOL_BATCH))
+                pool.extend(_make_in(netns, lambda: socket.socket(family, socket.SOCK_DGRAM), POOL_BATCH))
             sock = pool.pop()
     sock.setblocking(False)
     return sock
 
 
-def _make_in(netns: str, family: socket.AddressFamily, count: int) -> list[socket.socket]:
+def icmp_socket(family: socket.AddressFamily, netns: str | None = None) -> tuple[socket.socket, bool]:
+    """A non-blocking socket for ICMP echo, in `netns` if given, and whether it is raw.
+
+    An unprivileged "ping socket" (SOCK_DGRAM, allowed by net.ipv4.ping_group_range) when the system allows it,
+    else a raw socket (CAP_NET_RAW). OSError when neither may be made. Not pooled: the control check uses one a round.
+    """
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+
+    def make() -> tuple[socket.socket, bool]:
+        try:
+            return socket.socket(family, socket.SOCK_DGRAM, proto), False
+        except PermissionError:
+            return socket.socket(family, socket.SOCK_RAW, proto), True
+
+    if netns is None:
+        sock, raw = make()
+    else:
+        with _lock:
+            _forget_if_replaced(netns)
+            found: list[tuple[socket.socket, bool]] = []
+            _make_in(netns, lambda: _keep(found, make()), 1)
+            sock, raw = found[0]
+    sock.setblocking(False)
+    return sock, raw
+
+
+def _keep(found: list[tuple[socket.socket, bool]], made: tuple[socket.socket, bool]) -> socket.socket:
+    found.append(made)
+    return made[0]
+
+
+def _make_in(netns: str, make: Callable[[], socket.socket], count: int) -> list[socket.socket]:
     target = _ns_fd(netns, NETNS_DIR / netns)
     # Per thread: /proc/thread-self, since setns moves only the calling thread.
     own = _ns_fd(f"thread:{threading.get_ident()}", Path("/proc/thread-self/ns/net"))
@@ -82,7 +116,7 @@ def _make_in(netns: str, family: socket.AddressFamily, count: int) -> list[socke
     except OSError as exc:
         raise NamespaceUnavailable(f"cannot enter network namespace {netns!r}: {exc.strerror} (root needed)") from None
     try:
-        return [socket.socket(family, socket.SOCK_DGRAM) for _ in range(count)]
+        return [make() for _ in range(count)]
     finally:
         _setns(own)  # always come back, or this thread would keep probing from the wrong place
 

@@ -317,3 +317,13 @@ class EchoTemplate:
         header = self._prefix[:4] + ident.to_bytes(2, "big") + self._prefix[6:]
         checksum = finish(self._ip_sum + ident).to_bytes(2, "big")
         return header + checksum + self.src + self.dst + icmp + tail
+
+
+def echo_request_message(version: int, identifier: int, sequence: int, payload: bytes) -> bytes:
+    """The ICMP part alone of an echo request, for an ICMP socket (the kernel writes the IP header). ICMPv6 sums a
+    pseudo-header with the source address the kernel picks, so its checksum is left for the kernel to fill in, as
+    it does on every ICMPv6 socket (RFC 3542 section 3.1)."""
+    if version == 4:
+        checksum = finish((ECHO_REQUEST_V4 << 8) + identifier + sequence + word_sum(payload))
+        return _HEADER.pack(ECHO_REQUEST_V4, 0, checksum, identifier, sequence) + payload
+    return _HEADER.pack(ECHO_REQUEST_V6, 0, 0, identifier, sequence) + payload

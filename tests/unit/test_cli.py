@@ -125,3 +125,28 @@ def test_usage_errors_exit_2_and_name_the_problem(tmp_path: Path) -> None:
         done = probe(*args)
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_key_held_by_another_process_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from probe.keylock import lock_keys; from pathlib import Path;"
+            "locks = lock_keys([Path(sys.argv[1])]); print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "keys" / "agent.key"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        done = probe("server", "xx-one-wg-001", "--config", str(config))
+        assert done.returncode == 2
+        assert "in use by another wgprobe process" in done.stderr and "identity of their own" in done.stderr
+    finally:
+        holder.kill()
+        holder.communicate()
+    again = probe("server", "xx-one-wg-001", "--config", str(config))
+    assert again.returncode == 1  # the lock went with the process: the closed port is the relay's failure again

@@ -1,0 +1,295 @@
+"""The probe agent: every relay of the inventory probed continuously from this vantage point, every result handed
+to the outbox, which delivers it with nothing lost.
+
+Theory of operation. One tree of tasks per agent (`run`), each with one job:
+- probing: the schedule (agents/schedule.py) says which relay is due; each due relay is probed in a task of its
+  own, under a concurrency cap, and must be done within one interval. Its result goes to the outbox with a
+  `result_id` (made once, so a re-send carries the same one), its round, and whether the control check held.
+- inventory: reloaded every `refresh_seconds` and at once on SIGHUP (`reload()`); a failed or malformed load keeps
+  the last good inventory and says so in the log, the metrics and the status. Relays added start at their next
+  slot, removed ones stop.
+- control: the control check (probe/control.py) every interval: the agent's own reach, through no relay.
+- status: the agent's status to the outbox every interval (the outbox's last will says offline).
+- the outbox itself, and the HTTP endpoints when given.
+
+`stop()` (SIGTERM) ends the tree in order: no new probe starts; probes in flight get `STOP_GRACE` seconds to finish
+(their results are still delivered), then are cancelled; the outbox then flushes within its own deadline; the rest
+is cancelled. A task that fails for a bug takes the tree down with its error logged, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from agents.log import Log
+from agents.schedule import Job, Schedule, paths_for
+from probe import __version__
+from probe.bus import Outbox
+from probe.config import AgentConfig
+from probe.control import control_check
+from probe.errors import WgProbeError
+from probe.inputs import redact_url
+from probe.inventory import Inventory, Relay
+from probe.messages import AgentStatus, ControlCheck, ResultMessage
+from probe.results import ServerResult
+from probe.runner import Prober, settings_from
+
+STOP_GRACE = 3.0  # seconds in-flight probes get to finish after SIGTERM
+Loader = Callable[[], Inventory]  # loads the inventory (blocking I/O: run in a thread)
+
+
+@dataclass
+class Counters:
+    """What the agent has done, for its /metrics and status."""
+
+    probes: dict[str, int] = field(default_factory=dict)  # by outcome: ok, failed, overrun, error
+    probe_seconds: float = 0.0  # summed, with `probes` the mean
+    inventory_failures: int = 0
+    inventory_loaded_at: float | None = None
+    inventory_error: str | None = None
+    last_round: int | None = None
+    last_round_seconds: float | None = None
+
+    def count(self, outcome: str) -> None:
+        self.probes[outcome] = self.probes.get(outcome, 0) + 1
+
+
+@dataclass
+class _Round:
+    started: float
+    ended: float
+    jobs: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        inventory: Inventory,
+        *,
+        outbox: Outbox,
+        load_inventory: Loader,
+        log: Log,
+        now: Callable[[], float] = time.time,
+        http: Callable[[Agent], Coroutine[object, object, None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.inventory = inventory
+        self.outbox = outbox
+        self.load_inventory = load_inventory
+        self.log = log
+        self.now = now
+        self.http = http
+        self.prober = Prober(config, inventory)
+        self.schedule = Schedule(config.schedule.interval_seconds)
+        self.counters = Counters(inventory_loaded_at=now())
+        self.control: ControlCheck | None = None
+        self.started_at = datetime.fromtimestamp(now(), UTC)
+        self._gate = asyncio.Semaphore(config.schedule.concurrency)
+        self._reload = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._rounds: dict[int, _Round] = {}
+
+    @property
+    def interval(self) -> float:
+        return self.config.schedule.interval_seconds
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    # --- the tree of tasks -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`; returns once everything is stopped in order."""
+        self.schedule.set_relays(self.inventory.names, self.now())
+        self.log.info(
+            "agent_started",
+            version=__version__,
+            relays=len(self.inventory.relays),
+            inventory=redact_url(self.inventory.source),
+            interval_seconds=self.interval,
+            identities=len(self.config.identities),
+        )
+        await self._check_control()  # the first results must already know whether the agent's network works
+        outbox = asyncio.create_task(self.outbox.run(), name="outbox")
+        try:
+            async with asyncio.TaskGroup() as tree:
+                tree.create_task(self._probing(), name="probing")
+                tree.create_task(self._inventory_loop(), name="inventory")
+                tree.create_task(self._control_loop(), name="control")
+                tree.create_task(self._status_loop(), name="status")
+                if self.http is not None:
+                    tree.create_task(self.http(self), name="http")
+                tree.create_task(self._until_stopped(tree), name="stop")
+        finally:
+            self.outbox.put_status(self.status(online=False))
+            outbox.cancel()  # the outbox flushes within its own deadline on cancellation
+            await asyncio.gather(outbox, return_exceptions=True)
+            self.log.info("agent_stopped", **self._probe_totals())
+
+    async def _until_stopped(self, tree: asyncio.TaskGroup) -> None:
+        await self._stopping.wait()
+        self.log.info("agent_stopping", in_flight=len(self._jobs))
+        if self._jobs:
+            _done, pending = await asyncio.wait(self._jobs, timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        raise _Stopped  # ends the task group: every other task is cancelled
+
+    def stop(self) -> None:
+        """Begin the orderly stop (SIGTERM, SIGINT)."""
+        self._stopping.set()
+
+    def reload(self) -> None:
+        """Reload the inventory now (SIGHUP)."""
+        self._reload.set()
+
+    # --- probing ----------------------------------------------------------------------------------------------
+
+    async def _probing(self) -> None:
+        while not self._stopping.is_set():
+            for job in self.schedule.due(self.now()):
+                task = asyncio.create_task(self._job(job), name=f"probe {job.relay}")
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+            upcoming = self.schedule.next_due()
+            delay = self.interval if upcoming is None else max(0.0, upcoming - self.now())
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(delay, self.interval))
+            except TimeoutError:
+                continue
+
+    async def _job(self, job: Job) -> None:
+        relay = self.inventory.get(job.relay)
+        if relay is None or self._stopping.is_set():
+            return  # removed from the inventory since it was scheduled
+        async with self._gate:
+            if self._stopping.is_set():
+                return
+            control_before = self.control
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(0.0, job.deadline - self.now())
+            started = self.now()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await self.probe(relay, job)
+            except TimeoutError:
+                self.counters.count("overrun")
+                self.log.warning("probe_overrun", relay=relay.name, round=job.round, seconds=self.interval)
+                return
+            except WgProbeError as exc:  # a config-level problem met while probing (evidence, sockets): logged
+                self.counters.count("error")
+                self.log.error("probe_error", relay=relay.name, error=str(exc))
+                return
+        self._book(job, started, self.now(), result)
+        control_ok = control_before is not None and control_before.ok and self.control is not None and self.control.ok
+        message = ResultMessage.model_validate(
+            {**result.model_dump(), "result_id": uuid.uuid4().hex, "round": job.round, "control_ok": control_ok}
+        )
+        self.outbox.put_result(message)
+
+    async def probe(self, relay: Relay, job: Job | None = None) -> ServerResult:
+        """One probe of `relay`: this round's paths for a scheduled job, every path for an ad-hoc one."""
+        if job is None:
+            return await self.prober.probe_relay(relay)
+        specs = paths_for(
+            relay, job, main_port=self.config.probe.main_port, rotation_rounds=self.schedule.rotation_rounds
+        )
+        return await self.prober.probe_paths(relay, specs)
+
+    def _book(self, job: Job, started: float, ended: float, result: ServerResult) -> None:
+        self.counters.count("ok" if result.ok else "failed")
+        self.counters.probe_seconds += result.duration_seconds
+        current = self._rounds.setdefault(job.round, _Round(started, ended))
+        current.started, current.ended = min(current.started, started), max(current.ended, ended)
+        current.jobs += 1
+        for number in [n for n in self._rounds if n < job.round - 1]:  # a round is over once the next one ran
+            done = self._rounds.pop(number)
+            self.counters.last_round, self.counters.last_round_seconds = number, done.ended - done.started
+
+    def _probe_totals(self) -> dict[str, int]:
+        return {f"probes_{outcome}": count for outcome, count in sorted(self.counters.probes.items())}
+
+    # --- inventory, control, status ---------------------------------------------------------------------------
+
+    async def _inventory_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), timeout=self.config.inventory.refresh_seconds)
+            self._reload.clear()
+            await self.refresh_inventory()
+
+    async def refresh_inventory(self) -> None:
+        """Load the inventory again; on any failure keep the last good one."""
+        try:
+            inventory = await asyncio.to_thread(self.load_inventory)
+        except WgProbeError as exc:
+            self.counters.inventory_failures += 1
+            self.counters.inventory_error = str(exc)
+            self.log.warning("inventory_kept", reason=str(exc), relays=len(self.inventory.relays))
+            return
+        self.inventory = inventory
+        self.prober.inventory = inventory
+        self.prober.settings = settings_from(self.config, inventory)
+        self.counters.inventory_loaded_at, self.counters.inventory_error = self.now(), None
+        added, removed = self.schedule.set_relays(inventory.names, self.now())
+        for problem in inventory.problems:
+            self.log.warning("inventory_entry_skipped", problem=str(problem))
+        if added or removed:
+            self.log.info("inventory_changed", relays=len(inventory.relays), added=len(added), removed=len(removed))
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._check_control()
+
+    async def _check_control(self) -> None:
+        check = await control_check(self.prober.settings)
+        if self.control is None or check.ok != self.control.ok:
+            level = "info" if check.ok else "warning"
+            self.log.event(level, "control_check", ok=check.ok, detail=check.detail or "")
+        self.control = check
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.outbox.put_status(self.status(online=True))
+            await asyncio.sleep(self.interval)
+
+    def status(self, *, online: bool) -> AgentStatus:
+        loaded = self.counters.inventory_loaded_at
+        return AgentStatus(
+            agent=self.config.agent.name,
+            online=online,
+            version=__version__,
+            started_at=self.started_at,
+            updated_at=datetime.fromtimestamp(self.now(), UTC),
+            interval_seconds=self.interval,
+            inventory_size=len(self.inventory.relays),
+            inventory_age_seconds=None if loaded is None else round(self.now() - loaded, 3),
+            round=self.counters.last_round,
+            round_seconds=None
+            if self.counters.last_round_seconds is None
+            else round(self.counters.last_round_seconds, 3),
+            control=self.control,
+        )
+
+
+class _Stopped(Exception):
+    """Raised inside the task group to end it once the orderly stop is done (caught by `run_agent`)."""
+
+
+async def run_agent(agent: Agent) -> None:
+    """Run `agent` until stopped; the orderly stop is a normal end, any other error propagates."""
+    try:
+        await agent.run()
+    except* _Stopped:
+        pass

@@ -1,0 +1,79 @@
+"""The services' log: one line per event, as text for people or JSON lines for log shippers (`--log-format json`).
+
+An event has a name and fields (`log.info("inventory_reloaded", relays=522, added=3)`); values from outside are
+escaped in text lines and JSON-encoded in JSON lines, so neither a hostname nor an HTTP reason can forge a line or
+move a terminal's cursor. Callers never pass secrets: a URL goes through `redact_url` before it is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO
+
+from probe.term import clean
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class Log:
+    def __init__(
+        self,
+        *,
+        json_lines: bool = False,
+        stream: TextIO | None = None,
+        level: str = "info",
+        now: Callable[[], float] = time.time,
+        **context: object,
+    ) -> None:
+        self.json_lines = json_lines
+        self.stream = stream or sys.stderr
+        self.threshold = LEVELS.index(level)
+        self.now = now
+        self.context = context  # fields every line carries (the agent's name)
+
+    def bind(self, **context: object) -> Log:
+        """The same log, with more fields on every line."""
+        return Log(
+            json_lines=self.json_lines,
+            stream=self.stream,
+            level=LEVELS[self.threshold],
+            now=self.now,
+            **{**self.context, **context},
+        )
+
+    def event(self, level: str, name: str, **fields: object) -> None:
+        if LEVELS.index(level) < self.threshold:
+            return
+        stamp = datetime.fromtimestamp(self.now(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        merged = {**self.context, **fields}
+        if self.json_lines:
+            line = json.dumps({"ts": stamp, "level": level, "event": name, **merged}, default=str)
+        else:
+            pairs = " ".join(f"{key}={_text(value)}" for key, value in merged.items())
+            line = f"{stamp} {level:<7} {name}" + (f" {pairs}" if pairs else "")
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full log stream must not stop the service that logs to it
+
+    def debug(self, name: str, **fields: object) -> None:
+        self.event("debug", name, **fields)
+
+    def info(self, name: str, **fields: object) -> None:
+        self.event("info", name, **fields)
+
+    def warning(self, name: str, **fields: object) -> None:
+        self.event("warning", name, **fields)
+
+    def error(self, name: str, **fields: object) -> None:
+        self.event("error", name, **fields)
+
+
+def _text(value: object) -> str:
+    text = clean(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' "=')) else text
