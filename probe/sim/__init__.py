@@ -1,0 +1,12 @@
+"""A simulated fleet of WireGuard relays on loopback, without root: real handshakes and transport crypto (the
+sans-I/O `Responder`), a simulated inside (in-tunnel gateway, NAT, forward target, reflector) and the lab's faults
+plus a hostile relay's lies, changed live.
+
+    probe.sim.fleet.SimFleet     many relays + a real reflector on the running event loop (`async with`)
+    probe.sim.relay.SimRelay     one relay on its own, for tests that script it (`behaviour=`)
+    probe.sim.faults             fault kinds: SimFault.parse("loss:20")
+    probe.sim.world              what the inside of a relay answers (sans-I/O)
+    probe.sim.serve, cli         `probe sim up | break | heal | status`
+
+This package imports nothing on its own: `probe sim` commands and tests import the module they use.
+"""
