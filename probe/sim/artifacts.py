@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from probe.errors import ConfigError
@@ -75,7 +76,10 @@ def write_inventory(directory: Path, fleet: SimFleet) -> str:
     return TOML_FILE
 
 
-def agent_toml(agent: AgentSpec, fleet: SimFleet, inventory_file: str) -> str:
+def agent_toml(
+    agent: AgentSpec, fleet: SimFleet, inventory_file: str, probe: Mapping[str, float | int] | None = None
+) -> str:
+    """One agent's config; `probe` adds keys to its [probe] table (tests shorten the timeouts)."""
     world = fleet.world
     lines = [
         "# Written by `probe sim up`: a ready agent config for the simulated fleet in this directory.",
@@ -102,18 +106,26 @@ def agent_toml(agent: AgentSpec, fleet: SimFleet, inventory_file: str) -> str:
         f'reflector_v6 = "[{world.reflector_v6[0]}]:{world.reflector_v6[1]}"',
         "",
     ]
+    settings = dict(probe or {})
     if fleet.uniform_ports and fleet.main_port != DEFAULT_MAIN_PORT:
         # Mullvad's list always means 51820; the agent is told the simulated fleet's main port instead.
-        lines += ["[probe]", f"main_port = {fleet.main_port}", ""]
+        settings.setdefault("main_port", fleet.main_port)
+    if settings:
+        lines += ["[probe]", *(f"{key} = {value!r}" for key, value in settings.items()), ""]
     return "\n".join(lines)
 
 
-def write_agent_configs(directory: Path, agents: tuple[AgentSpec, ...], fleet: SimFleet) -> list[Path]:
+def write_agent_configs(
+    directory: Path,
+    agents: tuple[AgentSpec, ...],
+    fleet: SimFleet,
+    probe: Mapping[str, float | int] | None = None,
+) -> list[Path]:
     inventory_file = write_inventory(directory, fleet)
     paths = []
     for agent in agents:
         path = directory / agent.config_file
-        _write(path, agent_toml(agent, fleet, inventory_file))
+        _write(path, agent_toml(agent, fleet, inventory_file, probe))
         paths.append(path)
     return paths
 
