@@ -14,10 +14,12 @@ control check, which goes to the reflector through no relay, finds it there.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import random
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address
 from typing import Any
@@ -45,6 +47,7 @@ from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 __all__ = ["SimFleet"]
 
 _BLOCK_ATTEMPTS = 12
+PRUNE_INTERVAL = 60.0  # seconds between sweeps for expired sessions: one pass over the fleet, a few ms
 PLACE = {"country": "Sweden", "city": "Gothenburg", "latitude": 57.70887, "longitude": 11.97456}
 
 
@@ -64,11 +67,13 @@ class Reflector:
             first = bind_loopback(socket.AF_INET, str(self.v4), 0)
             port = first.getsockname()[1]
             try:
-                second = bind_loopback(socket.AF_INET6, str(LOOPBACK_V6), port)
-            except OSError:
-                first.close()
-                continue
-            self.port, self._socks = port, [first, second]
+                socks = [first, bind_loopback(socket.AF_INET6, str(LOOPBACK_V6), port)]
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    first.close()
+                    continue
+                socks = [first]  # a host without IPv6 on lo: the IPv4 reflector still serves the control check
+            self.port, self._socks = port, socks
             for sock in self._socks:
                 self._loop.add_reader(sock.fileno(), self._answer, sock)
             return
@@ -143,6 +148,7 @@ class SimFleet:
         self.reflector: Reflector | None = None
         self.relays: list[SimRelay] = []
         self._by_name: dict[str, SimRelay] = {}
+        self._prune_handle: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> SimFleet:
         await self.start()
@@ -159,6 +165,7 @@ class SimFleet:
         for block in blocks:
             try:
                 self._start_on(block)
+                self._prune_handle = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune)
                 return
             except OSError as exc:
                 self.stop()
@@ -202,7 +209,16 @@ class SimFleet:
             relay.open()
         self._by_name = {relay.name: relay for relay in self.relays}
 
+    def _prune(self) -> None:
+        now = time.time()
+        for relay in self.relays:
+            relay.prune(now)
+        self._prune_handle = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune)
+
     def stop(self) -> None:
+        if self._prune_handle is not None:
+            self._prune_handle.cancel()
+            self._prune_handle = None
         for relay in self.relays:
             relay.close()
         if self.reflector is not None:
@@ -276,7 +292,8 @@ class SimFleet:
             )
             for relay in self.relays
         ]
-        return Inventory(source="simulated fleet", format=InventoryFormat.MULLVAD_APP, relays=tuple(relays))
+        kind = InventoryFormat.MULLVAD_APP if self.uniform_ports else InventoryFormat.TOML
+        return Inventory(source="simulated fleet", format=kind, relays=tuple(relays))
 
     def relay_list(self) -> dict[str, Any]:
         """The fleet as Mullvad's `/app/v1/relays` document; only for uniform ports (not IPv6 `loopback`)."""

@@ -167,6 +167,14 @@ class Conversation:
             self.previous, self.current, self.next = self.current, session, None
         self.sock, self.address = sock, address
 
+    def drop(self, session: TransportSession) -> None:
+        if self.previous is session:
+            self.previous = None
+        if self.current is session:
+            self.current = None
+        if self.next is session:
+            self.next = None
+
     def seal(self, inner: bytes) -> bytes:
         if self.current is None:
             raise SimError("no session the client has used yet: nothing can be sent to it")
@@ -525,6 +533,10 @@ class SimRelay:
             stats.rejected += 1
             return
         conv, session = entry
+        if session.expired(time.time()):  # as wireguard-go: keys past REJECT_AFTER_TIME decrypt nothing
+            self.expire(conv, session)
+            stats.rejected += 1
+            return
         try:
             plain = session.decrypt(data)
         except ProtocolError:
@@ -571,6 +583,18 @@ class SimRelay:
 
     def forget(self, session: TransportSession) -> None:
         self._sessions.pop(session.local_index, None)
+
+    def expire(self, conv: Conversation, session: TransportSession) -> None:
+        conv.drop(session)
+        self.forget(session)
+
+    def prune(self, now: float) -> int:
+        """Forget every session past REJECT_AFTER_TIME (`now`: Unix time), so an idle fleet gives its memory back
+        (each session holds two cipher contexts, about 5 kB). Returns how many went."""
+        expired = [entry for entry in self._sessions.values() if entry[1].expired(now)]
+        for conv, session in expired:
+            self.expire(conv, session)
+        return len(expired)
 
     # -- sending
 

@@ -4,6 +4,7 @@ key rotation, one endpoint per key), books that balance under hostile noise, scr
 from __future__ import annotations
 
 import asyncio
+import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -204,3 +205,20 @@ async def test_closed_and_reopened_ports_keep_their_numbers() -> None:
         finally:
             tunnel.close()
     assert reply is not None and isinstance(parse_icmp(parse_ip(reply)), Echo)
+
+
+@pytest.mark.asyncio
+async def test_sessions_past_reject_after_time_are_forgotten() -> None:
+    me = WgIdentity(PrivateKey.generate())
+    async with SimRelay([me.public_key]) as relay:
+        tunnel = await Tunnel.open(me, relay.public_key, relay.address, relay.port, timeout=0.5)
+        try:
+            assert await echo_through(tunnel, 1) is not None
+            assert relay.prune(time.time()) == 0
+            assert relay.prune(time.time() + 181) == 1  # WireGuard's REJECT_AFTER_TIME is 180 s
+            assert await echo_through(tunnel, 2) is None
+        finally:
+            tunnel.close()
+        conv = relay.conversation(me.public_key)
+        assert conv is not None and (conv.previous, conv.current, conv.next) == (None, None, None)
+    assert (relay.stats.received, relay.stats.rejected, relay.stats.valid_sent) == (1, 1, 1)
