@@ -34,6 +34,7 @@ from probe.sim.plan import (
 from probe.sim.relay import SimRelay
 
 STATE_FILE = "sim.json"
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SPARE_FILES = 256  # the reflector, the control socket and its clients, key and config files, the interpreter's own
 
 
@@ -74,6 +75,18 @@ def run(options: UpOptions) -> None:
 
 
 async def serve(options: UpOptions) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in _SIGNALS:  # from the start: a SIGTERM during start-up, or right after `ready`, ends cleanly too
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await _serve(options, stop)
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def _serve(options: UpOptions, stop: asyncio.Event) -> None:
     directory = options.directory
     raise_open_files(sockets_needed(options))
     artifacts.prepare_dir(directory)
@@ -93,17 +106,17 @@ async def serve(options: UpOptions) -> None:
         seed=artifacts.read_seed(directory),
         strict=False,
     )
-    await fleet.start()
-    for relay in fleet.relays:
-        relay.on_error = _report_error
     server = control.ControlServer(fleet, directory, log=_say)
     state = directory / STATE_FILE
     try:
+        await fleet.start()
+        for relay in fleet.relays:
+            relay.on_error = _report_error
         configs = artifacts.write_agent_configs(directory, agents, fleet)
         await server.start()
         state.write_text(json.dumps(_state(fleet, directory), indent=2) + "\n")
         _announce(fleet, directory, configs)
-        await _until_signalled()
+        await stop.wait()
     finally:
         await server.close()
         fleet.stop()
@@ -111,18 +124,6 @@ async def serve(options: UpOptions) -> None:
             state.unlink()
     totals = fleet.stats()
     _say(f"stopped: {totals.handshakes} handshakes, {totals.valid_sent} answers sent, {totals.errors} relay errors")
-
-
-async def _until_signalled() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
 
 
 def _state(fleet: SimFleet, directory: Path) -> dict[str, object]:
