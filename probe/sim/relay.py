@@ -24,22 +24,30 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Final
 
-from probe.errors import ConfigError, WgProbeError
+from probe.errors import ConfigError
 from probe.packets import IPPacket, PacketError, parse_ip
+from probe.sim.conversation import (
+    BAD,
+    RAW,
+    VALID,
+    Allowed,
+    Behaviour,
+    Clients,
+    Conversation,
+    RelayStats,
+    SimError,
+    SockAddr,
+)
 from probe.sim.faults import FaultKind, FaultSet, SimFault
 from probe.sim.hostile import forged_handshake_answers, handshake_noise
 from probe.sim.plan import RelaySpec
-from probe.sim.world import BEYOND, LOCAL, Egress, World, corrupt, respond
+from probe.sim.world import BEYOND, LOCAL, Egress, World
 from probe.wireguard import (
     CookieChecker,
     CookieRequired,
@@ -56,170 +64,24 @@ from probe.wireguard.constants import (
     INITIATION_SIZE,
     MESSAGE_INITIATION,
     MESSAGE_TRANSPORT,
-    TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
 
-__all__ = ["BEYOND", "LOCAL", "Allowed", "Behaviour", "Conversation", "RelayStats", "SimError", "SimRelay"]
+__all__ = [
+    "BEYOND",
+    "LOCAL",
+    "Allowed",
+    "Behaviour",
+    "Clients",
+    "Conversation",
+    "RelayStats",
+    "SimError",
+    "SimRelay",
+    "bind_loopback",
+]
 
 MAX_DATAGRAM = 65535
 MAX_KEPT_ERRORS = 20
-_RAW, _BAD, _VALID = 0, 1, 2
-
-
-class SimError(WgProbeError):
-    """The simulated fleet itself failed (not the client under test)."""
-
-
-@dataclass(slots=True)
-class RelayStats:
-    initiations: int = 0  # initiation-type datagrams that arrived
-    handshakes: int = 0  # responses sent
-    cookies: int = 0  # cookie replies sent
-    flood_dropped: int = 0  # initiations ignored: within the flood limit of the key's last accepted one
-    rejected: int = 0  # datagrams that did not parse or authenticate
-    received: int = 0  # authenticated transport messages (keepalives included)
-    inner_dropped: int = 0  # not IP, or a source outside the client's allowed tunnel addresses
-    unanswered: int = 0  # inner packets nothing answered (faults, unknown destinations)
-    valid_sent: int = 0  # authenticated inner packets sent
-    bad_sent: int = 0  # datagrams sent after a handshake that an honest client must reject
-    raw_sent: int = 0  # other datagrams: handshake responses, cookie replies, noise, keepalives
-    lost: int = 0  # dropped by the loss fault, either way
-    send_errors: int = 0
-    errors: int = 0  # exceptions in the relay itself
-
-    def add(self, other: RelayStats) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Allowed:
-    """The tunnel addresses a client key may send from (WireGuard's allowed IPs); None: any."""
-
-    ipv4: IPv4Address | None = None
-    ipv6: IPv6Address | None = None
-
-
-# (host, port) for IPv4, (host, port, flowinfo, scope) for IPv6, as recvfrom returns them.
-SockAddr = tuple[Any, ...]
-Clients = Mapping[PublicKey, Allowed | None] | Iterable[PublicKey]
-Behaviour = Callable[["Conversation", IPPacket], None]
-
-
-class Conversation:
-    """One client key on one relay: its sessions, its endpoint, and what a behaviour uses to answer it."""
-
-    __slots__ = (
-        "address",
-        "allowed_v4",
-        "allowed_v6",
-        "current",
-        "key",
-        "last_initiation",
-        "last_valid",
-        "next",
-        "previous",
-        "relay",
-        "sock",
-    )
-
-    def __init__(self, relay: SimRelay, key: PublicKey, allowed: Allowed | None) -> None:
-        self.relay: Final = relay
-        self.key: Final = key
-        self.allowed_v4 = allowed.ipv4.packed if allowed and allowed.ipv4 else None
-        self.allowed_v6 = allowed.ipv6.packed if allowed and allowed.ipv6 else None
-        self.previous: TransportSession | None = None
-        self.current: TransportSession | None = None
-        self.next: TransportSession | None = None
-        self.sock: socket.socket | None = None
-        self.address: SockAddr | None = None
-        self.last_valid: bytes | None = None  # the last authenticated datagram sent (garbage replays it)
-        self.last_initiation = -1e9  # loop time of the last accepted initiation (flood limit)
-
-    @property
-    def session(self) -> TransportSession | None:
-        """The session replies are encrypted with."""
-        return self.current
-
-    def allows(self, ip: IPPacket) -> bool:
-        allowed = self.allowed_v4 if ip.version == 4 else self.allowed_v6
-        if allowed is None:
-            return self.allowed_v4 is None and self.allowed_v6 is None
-        return ip.src == allowed
-
-    def install(self, session: TransportSession, sock: socket.socket, address: SockAddr) -> None:
-        """A new handshake's session: usable once the client sends on it."""
-        if self.next is not None:
-            self.relay.forget(self.next)
-        self.next = session
-        self.relay.remember(self, session)
-        self.sock, self.address = sock, address
-
-    def confirm(self, session: TransportSession, sock: socket.socket, address: SockAddr) -> None:
-        """The client sent on `session` from `address`: rotate keys if it is the new one, and roam there."""
-        if session is self.next:
-            if self.previous is not None:
-                self.relay.forget(self.previous)
-            self.previous, self.current, self.next = self.current, session, None
-        self.sock, self.address = sock, address
-
-    def drop(self, session: TransportSession) -> None:
-        if self.previous is session:
-            self.previous = None
-        if self.current is session:
-            self.current = None
-        if self.next is session:
-            self.next = None
-
-    def seal(self, inner: bytes) -> bytes:
-        if self.current is None:
-            raise SimError("no session the client has used yet: nothing can be sent to it")
-        return self.current.encrypt(inner)
-
-    def send_raw(self, data: bytes, *, hops: int = LOCAL) -> None:
-        self.relay.transmit(self.sock, self.address, data, _RAW, hops)
-
-    def send_bad(self, data: bytes, *, hops: int = LOCAL) -> None:
-        self.relay.transmit(self.sock, self.address, data, _BAD, hops)
-
-    def send_valid(self, sealed: bytes, *, hops: int = LOCAL) -> None:
-        self.last_valid = sealed
-        self.relay.transmit(self.sock, self.address, sealed, _VALID, hops)
-
-    def send_inner(self, inner: bytes, *, hops: int = LOCAL) -> None:
-        """Encrypt and send one inner packet; under `garbage`, everything a client must refuse goes first."""
-        sealed = self.seal(inner)
-        if FaultKind.GARBAGE in self.relay.faults:
-            self._noise(inner, sealed, hops)
-        self.send_valid(sealed, hops=hops)
-
-    def reply(self, ip: IPPacket) -> None:
-        """What a relay with this relay's faults answers (the default behaviour)."""
-        relay = self.relay
-        answers = respond(ip, relay.world, relay.egress, relay.faults)
-        if not answers:
-            relay.stats.unanswered += 1
-        for hops, packet in answers:
-            self.send_inner(packet, hops=hops)
-
-    def _noise(self, inner: bytes, sealed: bytes, hops: int) -> None:
-        assert self.current is not None
-        self.send_bad(os.urandom(random.randint(1, 200)), hops=hops)
-        self.send_bad(self.seal(inner)[:20], hops=hops)  # shorter than any transport message
-        self.send_bad(self.seal(inner)[:-5], hops=hops)  # long enough, but the tag is cut
-        wrong_index = bytearray(self.seal(corrupt(inner)))  # accepted, it would fail the stage
-        wrong_index[4:8] = struct.pack("<I", (self.current.remote_index + 1) & 0xFFFFFFFF)
-        self.send_bad(bytes(wrong_index), hops=hops)
-        if self.last_valid is not None:
-            self.send_bad(self.last_valid, hops=hops)  # a replay of the previous authenticated message
-        flipped = bytearray(sealed)
-        flipped[min(TRANSPORT_HEADER_SIZE + 30, len(sealed) - 1)] ^= 0x01
-        self.send_bad(bytes(flipped), hops=hops)  # same counter as the real one, sent first: only the tag refuses it
-        self.send_raw(self.seal(b""), hops=hops)  # a keepalive: authenticated, neither delivered nor rejected
 
 
 class _Listener:
@@ -495,7 +357,7 @@ class SimRelay:
             return
         if isinstance(result, CookieRequired):
             stats.cookies += 1
-            self.transmit(sock, address, result.cookie_reply, _RAW)
+            self.transmit(sock, address, result.cookie_reply, RAW)
             return
         conv = self._conversation(result.initiator)
         assert self._loop is not None
@@ -506,7 +368,7 @@ class SimRelay:
         conv.last_initiation = mono
         if FaultKind.FORGE_HANDSHAKE in faults:
             for junk in forged_handshake_answers(data, result.initiator):
-                self.transmit(sock, address, junk, _RAW)
+                self.transmit(sock, address, junk, RAW)
             return
         conv.install(result.session, sock, address)
         if FaultKind.GARBAGE in faults:
@@ -524,7 +386,7 @@ class SimRelay:
         # A new secret for every reply: the cookie the client gets never validates its next initiation.
         reply = CookieChecker(self.public_key).create_reply(data, _source(sock, address), now)
         self.stats.cookies += 1
-        self.transmit(sock, address, reply, _RAW)
+        self.transmit(sock, address, reply, RAW)
 
     def _transport(self, sock: socket.socket, data: bytes, address: SockAddr) -> None:
         stats = self.stats
@@ -627,9 +489,9 @@ class SimRelay:
             self.stats.send_errors += 1
             return
         self.sent_to.add(address[0])
-        if kind == _VALID:
+        if kind == VALID:
             self.stats.valid_sent += 1
-        elif kind == _BAD:
+        elif kind == BAD:
             self.stats.bad_sent += 1
         else:
             self.stats.raw_sent += 1
