@@ -250,8 +250,10 @@ class SimRelay:
                 raise SimError(f"{self.name}: no free port for both ::1 and {v4}")
 
     def close(self) -> None:
+        """Close every socket; faults changed afterwards reopen nothing (`open` again does)."""
         for listener in self._listeners:
             self._close_listener(listener)
+        self._loop = None
 
     def sync_sockets(self) -> None:
         """Open and close sockets to match the faults (down, ports, vanish)."""
@@ -360,8 +362,7 @@ class SimRelay:
             self.transmit(sock, address, result.cookie_reply, RAW)
             return
         conv = self._conversation(result.initiator)
-        assert self._loop is not None
-        mono = self._loop.time()
+        mono = time.monotonic()
         if mono - conv.last_initiation <= self.flood_limit:
             stats.flood_dropped += 1  # as wireguard-go: a second initiation within the limit is ignored
             return
@@ -477,7 +478,9 @@ class SimRelay:
             return
         wait = faults.delay * (hops - 1)
         if wait > 0:
-            assert self._loop is not None
+            if self._loop is None:  # closed meanwhile: nothing leaves a closed relay
+                self.stats.send_errors += 1
+                return
             self._loop.call_later(wait, self._send_now, sock, address, data, kind)
         else:
             self._send_now(sock, address, data, kind)
