@@ -368,7 +368,9 @@ class SimFleet:
             "relays": len(self.relays),
             "block": plan.block if plan else None,
             "ipv6": self.v6.value,
-            "ports": [self.main_port, *(f"{low}-{high}" if low != high else low for low, high in self.port_ranges)],
+            "ports": [self.main_port, *(f"{low}-{high}" if low != high else low for low, high in self.port_ranges)]
+            if self.uniform_ports
+            else ["per relay (on ::1 each relay has its own)"],
             "reflector": [_endpoint(host, port) for host, port in self.reflector.bound()] if self.reflector else [],
             "reflector_answered": self.reflector.answered if self.reflector else 0,
             "open_sockets": sum(relay.open_sockets for relay in self.relays),

@@ -14,6 +14,7 @@ from probe.inventory import Inventory, load_inventory
 from probe.results import Reason, ServerResult, StageName
 from probe.runner import Prober
 from probe.sim.faults import SimFault
+from probe.sim.fleet import SimFleet
 from probe.sim.plan import V6Mode
 from probe.sim.relay import bind_loopback
 from probe.sim.testing import SimSetup, agent_fleet
@@ -269,3 +270,17 @@ def test_nothing_is_ever_bound_outside_loopback() -> None:
         bind_loopback(socket.AF_INET, "0.0.0.0", 0)
     with pytest.raises(ConfigError, match="loopback addresses only"):
         bind_loopback(socket.AF_INET6, "::", 0)
+
+
+@pytest.mark.asyncio
+async def test_a_fleet_past_one_subnet_and_a_block_in_use(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path, 260, port_ranges=(), identities=1) as sim:
+        assert str(sim.fleet.relay("se-got-wg-251").address).endswith(".2.1")
+        assert sim.fleet.status()["open_sockets"] == 260
+        for name in ("se-got-wg-250", "se-got-wg-251", "se-got-wg-260"):
+            result = await probe(sim, name)
+            assert result.ok and len(result.paths) == 2, first_failures(result)
+        taken = sim.fleet.plan.block if sim.fleet.plan else 0
+        with pytest.raises(ConfigError, match=f"127.{taken}.0.0/16 is in use"):
+            async with SimFleet(1, clients=[], block=taken, port_ranges=()):
+                pass
