@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from probe.sim.control import handle
+from probe.sim.fleet import SimFleet
+
 FAST = "\n[probe]\ntimeout = 0.5\nhandshake_timeout = 0.3\nhandshake_attempts = 2\n"
 START_GUARD = 60.0  # seconds: a hang guard only; a fleet of a few relays is up in well under a second
 
@@ -185,3 +188,26 @@ def test_bad_up_options_are_usage_errors(tmp_path: Path) -> None:
     ]:
         done = probe_cli("sim", "up", "--dir", str(tmp_path / "sim"), *args)
         assert done.returncode == 2 and error in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.asyncio
+async def test_the_control_channel_refuses_malformed_requests_without_changing_anything(tmp_path: Path) -> None:
+    async with SimFleet(2, clients=[], port_ranges=()) as fleet:
+        for line, error in [
+            (b"not json", "not a JSON request"),
+            (b"[1, 2]", "a request is a JSON object"),
+            (b'{"op": "explode", "relay": "se-got-wg-001"}', "op must be"),
+            (b'{"op": "break"}', "need a relay"),
+            (b'{"op": "break", "relay": "se-got-wg-001"}', "break needs a fault"),
+            (b'{"op": "break", "relay": "se-got-wg-001", "fault": "loss:900"}', "1..100"),
+            (b'{"op": "heal", "relay": "se-got-wg-001", "kind": "nope"}', "unknown fault kind"),
+            (b'{"op": "status", "relay": 7}', "relay must be a string"),
+        ]:
+            response, change = handle(fleet, line)
+            assert (response["ok"], change) == (False, None) and error in response["error"], (line, response)
+        assert fleet.status()["faults"] == {}
+        response, change = handle(fleet, b'{"op": "break", "relay": "se-got-wg-002", "fault": "delay:40"}')
+        assert response == {"ok": True, "relay": "se-got-wg-002", "faults": ["delay:40"]}
+        assert change == "se-got-wg-002: faults now delay:40"
+        response, _ = handle(fleet, b'{"op": "heal", "relay": "se-got-wg-002", "kind": "delay"}')
+        assert response["faults"] == [] and fleet.relay("se-got-wg-002").faults.delay == 0.0
