@@ -18,6 +18,7 @@ import errno
 import ipaddress
 import os
 import random
+import resource
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ from probe.sim.plan import (
     SimPlan,
     V6Mode,
     address_text,
+    expand_ranges,
     plan_fleet,
     relay_key,
 )
@@ -47,6 +49,9 @@ from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 __all__ = ["SimFleet"]
 
 _BLOCK_ATTEMPTS = 12
+# Files a fleet needs besides its relays' sockets: the reflector, the control socket and its clients, key and
+# config files, the interpreter's own.
+_SPARE_FILES = 256
 PRUNE_INTERVAL = 60.0  # seconds between sweeps for expired sessions: one pass over the fleet, a few ms
 PLACE = {"country": "Sweden", "city": "Gothenburg", "latitude": 57.70887, "longitude": 11.97456}
 
@@ -161,6 +166,7 @@ class SimFleet:
             raise SimError(f"the simulated fleet itself failed: {errors[0]!r}") from errors[0]
 
     async def start(self) -> None:
+        raise_open_files(self.sockets_needed())
         blocks = [self.block] if self.block is not None else random.sample(BLOCKS, _BLOCK_ATTEMPTS)
         for block in blocks:
             try:
@@ -169,9 +175,15 @@ class SimFleet:
                 return
             except OSError as exc:
                 self.stop()
+                if exc.errno != errno.EADDRINUSE:
+                    raise SimError(f"cannot open the simulated fleet's sockets: {exc.strerror or exc}") from exc
                 if self.block is not None:
                     raise ConfigError(f"127.{block}.0.0/16 is in use ({exc.strerror}); pick another --block") from exc
         raise SimError(f"no free 127.B.0.0/16 block in {_BLOCK_ATTEMPTS} tries")
+
+    def sockets_needed(self) -> int:
+        per_relay = 1 + len(expand_ranges(self.port_ranges))
+        return self.count * per_relay * (2 if self.v6 is V6Mode.LOOPBACK else 1) + _SPARE_FILES
 
     def _start_on(self, block: int) -> None:
         plan = plan_fleet(self.count, block=block, v6=self.v6, main_port=self.main_port, port_ranges=self.port_ranges)
@@ -377,6 +389,20 @@ class SimFleet:
             "faults": {relay.name: relay.faults.names() for relay in self.relays if relay.faults},
             "totals": self.stats().as_dict(),
         }
+
+
+def raise_open_files(needed: int) -> None:
+    """Every port of every relay is a socket: lift the soft limit on open files to what is needed (up to the hard
+    limit, which needs no privilege)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise ConfigError(
+            f"this fleet needs about {needed} sockets but the open-file limit is {hard} (ulimit -Hn): "
+            "use fewer relays or port ranges"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
 
 
 def _endpoint(host: str, port: int) -> str:

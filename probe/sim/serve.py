@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,14 +27,12 @@ from probe.sim.plan import (
     DEFAULT_PORT_RANGES,
     V6Mode,
     address_text,
-    expand_ranges,
     plan_agents,
 )
 from probe.sim.relay import SimRelay
 
 STATE_FILE = "sim.json"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_SPARE_FILES = 256  # the reflector, the control socket and its clients, key and config files, the interpreter's own
 
 
 @dataclass(frozen=True)
@@ -49,25 +46,6 @@ class UpOptions:
     block: int | None = None
     main_port: int = DEFAULT_MAIN_PORT
     port_ranges: tuple[tuple[int, int], ...] = field(default=DEFAULT_PORT_RANGES)
-
-
-def sockets_needed(options: UpOptions) -> int:
-    per_relay = 1 + len(expand_ranges(options.port_ranges))
-    return options.relays * per_relay * (2 if options.v6 is V6Mode.LOOPBACK else 1) + _SPARE_FILES
-
-
-def raise_open_files(needed: int) -> None:
-    """Every port of every relay is a socket: lift the soft limit on open files to what is needed (up to the hard
-    limit, which needs no privilege)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if needed <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        raise ConfigError(
-            f"this fleet needs about {needed} sockets but the open-file limit is {hard} (ulimit -Hn): "
-            "use fewer relays or port ranges"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
 
 
 def run(options: UpOptions) -> None:
@@ -88,7 +66,6 @@ async def serve(options: UpOptions) -> None:
 
 async def _serve(options: UpOptions, stop: asyncio.Event) -> None:
     directory = options.directory
-    raise_open_files(sockets_needed(options))
     artifacts.prepare_dir(directory)
     if control.running(directory):
         raise ConfigError(f"a simulated fleet is already running in {directory}; stop it first (SIGTERM to its pid)")

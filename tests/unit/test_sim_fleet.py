@@ -4,6 +4,7 @@ gives the stage and reason the README's lab table promises, faults change live, 
 from __future__ import annotations
 
 import ipaddress
+import resource
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from probe.inventory import Inventory, load_inventory
 from probe.results import Reason, ServerResult, StageName
 from probe.runner import Prober
 from probe.sim.faults import SimFault
-from probe.sim.fleet import SimFleet
+from probe.sim.fleet import SimFleet, raise_open_files
 from probe.sim.plan import V6Mode
 from probe.sim.relay import bind_loopback
 from probe.sim.testing import SimSetup, agent_fleet
@@ -284,3 +285,12 @@ async def test_a_fleet_past_one_subnet_and_a_block_in_use(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=f"127.{taken}.0.0/16 is in use"):
             async with SimFleet(1, clients=[], block=taken, port_ranges=()):
                 pass
+
+
+def test_a_fleet_larger_than_the_open_file_limit_is_refused_with_the_limit_named() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raise_open_files(soft)  # within the limit: nothing to do
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+    if hard != resource.RLIM_INFINITY:
+        with pytest.raises(ConfigError, match=f"open-file limit is {hard}"):
+            raise_open_files(hard + 1)
