@@ -99,6 +99,22 @@ def sim_heal(
     _faults_line(request(fleet_dir, payload))
 
 
+@sim_app.command("outside")
+def sim_outside(
+    state: Annotated[str, typer.Argument(help="down or up")],
+    fleet_dir: DirOption = DEFAULT_DIR,
+) -> None:
+    """Take the outside hosts (forward target, reflector) down or up for every relay and for direct reach alike:
+    an agent's own network outage, which only its control check can tell from a fleet-wide fault."""
+    from probe.errors import ConfigError
+    from probe.sim.control import request
+
+    if state not in ("down", "up"):
+        raise ConfigError(f"outside takes down or up, got {state[:20]!r}")
+    answer = request(fleet_dir, {"op": "outside", "up": state == "up"})
+    typer.echo(f"outside hosts: {_printable(answer.get('outside'))}")
+
+
 @sim_app.command("status")
 def sim_status(
     relay: Annotated[str | None, typer.Option("--relay", help="One relay in detail.")] = None,

@@ -4,6 +4,7 @@ of mode 0700), one JSON object per line each way. `probe sim break/heal/status` 
     {"op": "break", "relay": "se-got-wg-002", "fault": "loss:20"}  -> {"ok": true, "relay": ..., "faults": [...]}
     {"op": "heal", "relay": "se-got-wg-002", "kind": "loss"}        (no "kind": every fault)
     {"op": "status"} or {"op": "status", "relay": NAME}             -> the fleet's (or the relay's) status
+    {"op": "outside", "up": false}                                  -> the outside hosts down for everyone
     anything wrong                                                  -> {"ok": false, "error": "..."}
 
 The server runs on the fleet's event loop and waits in the kernel like every other socket: nothing polls. A socket
@@ -25,6 +26,7 @@ from typing import Any
 from probe.errors import ConfigError, WgProbeError
 from probe.sim.faults import SimFault, parse_kind
 from probe.sim.fleet import SimFleet
+from probe.sim.relay import SimRelay
 
 CONTROL_SOCKET = "sim.sock"
 MAX_LINE = 64 * 1024
@@ -45,41 +47,78 @@ def unix_address(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def handle(fleet: SimFleet, line: bytes) -> tuple[dict[str, Any], str | None]:
+Response = tuple[dict[str, Any], str | None]  # (the answer, a line to log when the fleet changed)
+
+
+def handle(fleet: SimFleet, line: bytes) -> Response:
     """The response to one request line, and a line to log when it changed the fleet."""
     try:
         request = json.loads(line)
         if not isinstance(request, dict):
             raise ConfigError("a request is a JSON object")
-        op, name = request.get("op"), request.get("relay")
-        if name is not None and not isinstance(name, str):
-            raise ConfigError("relay must be a string")
-        if op == "status":
-            return {"ok": True, **fleet.status(name)}, None
-        if op not in ("break", "heal") or name is None:
-            raise ConfigError("op must be status, break or heal; break and heal need a relay")
-        if op == "break":
-            fault = request.get("fault")
-            if not isinstance(fault, str):
-                raise ConfigError("break needs a fault, as nat or loss:20")
-            relay = fleet.break_relay(name, SimFault.parse(fault))
-        else:
-            kind = request.get("kind")
-            if kind is not None and not isinstance(kind, str):
-                raise ConfigError("kind must be a string")
-            relay = fleet.heal_relay(name, parse_kind(kind) if kind else None)
+        op = request.get("op")
+        action = _OPS.get(op) if isinstance(op, str) else None
+        if action is None:
+            raise ConfigError(f"op must be one of {', '.join(_OPS)}")
+        return action(fleet, request)
     except ValueError:
         return {"ok": False, "error": "not a JSON request"}, None
     except WgProbeError as exc:  # bad names and kinds (ConfigError), a port that cannot be reopened (SimError)
         return {"ok": False, "error": str(exc)}, None
     except OSError as exc:
         return {"ok": False, "error": f"cannot change the relay's sockets: {exc.strerror or exc}"}, None
+
+
+def _relay_name(request: dict[str, Any], *, required: bool) -> str | None:
+    name = request.get("relay")
+    if name is None and required:
+        raise ConfigError(f"{request.get('op')} needs a relay")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError("relay must be a string")
+    return name
+
+
+def _status(fleet: SimFleet, request: dict[str, Any]) -> Response:
+    return {"ok": True, **fleet.status(_relay_name(request, required=False))}, None
+
+
+def _break(fleet: SimFleet, request: dict[str, Any]) -> Response:
+    name = _relay_name(request, required=True)
+    fault = request.get("fault")
+    if not isinstance(fault, str):
+        raise ConfigError("break needs a fault, as nat or loss:20")
+    return _changed(fleet.break_relay(name or "", SimFault.parse(fault)))
+
+
+def _heal(fleet: SimFleet, request: dict[str, Any]) -> Response:
+    name = _relay_name(request, required=True)
+    kind = request.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise ConfigError("kind must be a string")
+    return _changed(fleet.heal_relay(name or "", parse_kind(kind) if kind else None))
+
+
+def _outside(fleet: SimFleet, request: dict[str, Any]) -> Response:
+    up = request.get("up")
+    if not isinstance(up, bool):
+        raise ConfigError("outside needs up: true or false")
+    fleet.set_outside(up)
+    state = "up" if up else "down"
+    return {"ok": True, "outside": state}, f"outside hosts (forward target, reflector): {state}"
+
+
+def _changed(relay: SimRelay) -> Response:
     faults = relay.faults.names()
-    return {
-        "ok": True,
-        "relay": relay.name,
-        "faults": faults,
-    }, f"{relay.name}: faults now {', '.join(faults) or 'none'}"
+    change = f"{relay.name}: faults now {', '.join(faults) or 'none'}"
+    return {"ok": True, "relay": relay.name, "faults": faults}, change
+
+
+_OPS: dict[str, Callable[[SimFleet, dict[str, Any]], Response]] = {
+    "status": _status,
+    "break": _break,
+    "heal": _heal,
+    "outside": _outside,
+}
 
 
 class ControlServer:

@@ -165,7 +165,10 @@ class Conversation:
     def reply(self, ip: IPPacket) -> None:
         """What a relay with this relay's faults answers (the default behaviour)."""
         relay = self.relay
-        answers = respond(ip, relay.world, relay.egress, relay.faults)
+        if relay.outside_down and ip.dst != relay.world.gateway(ip.version):
+            answers = []  # the outside hosts are gone for everyone: only the relay itself answers
+        else:
+            answers = respond(ip, relay.world, relay.egress, relay.faults)
         if not answers:
             relay.stats.unanswered += 1
         for hops, packet in answers:

@@ -66,19 +66,20 @@ class Reflector:
         self._socks: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def open(self) -> None:
+    def open(self, port: int = 0) -> None:
+        """Bind the reflector's sockets: on a free port, or again on `port` once it had one."""
         self._loop = asyncio.get_running_loop()
-        for _ in range(8):  # the port the kernel gives on 127.B.0.1 may be taken on ::1
-            first = bind_loopback(socket.AF_INET, str(self.v4), 0)
-            port = first.getsockname()[1]
+        for _ in range(1 if port else 8):  # the port the kernel gives on 127.B.0.1 may be taken on ::1
+            first = bind_loopback(socket.AF_INET, str(self.v4), port)
+            got = first.getsockname()[1]
             try:
-                socks = [first, bind_loopback(socket.AF_INET6, str(LOOPBACK_V6), port)]
+                socks = [first, bind_loopback(socket.AF_INET6, str(LOOPBACK_V6), got)]
             except OSError as exc:
                 if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     first.close()
                     continue
                 socks = [first]  # a host without IPv6 on lo: the IPv4 reflector still serves the control check
-            self.port, self._socks = port, socks
+            self.port, self._socks = got, socks
             for sock in self._socks:
                 self._loop.add_reader(sock.fileno(), self._answer, sock)
             return
@@ -154,6 +155,7 @@ class SimFleet:
         self.relays: list[SimRelay] = []
         self._by_name: dict[str, SimRelay] = {}
         self._prune_handle: asyncio.TimerHandle | None = None
+        self.outside_up = True
 
     async def __aenter__(self) -> SimFleet:
         await self.start()
@@ -254,6 +256,19 @@ class SimFleet:
         relay = self.relay(name)
         relay.heal(kind)
         return relay
+
+    def set_outside(self, up: bool) -> None:
+        """Take the outside hosts down (or back up) for everyone: the real reflector's sockets close, and no relay's
+        forward target or reflector answers any more. What an agent's own network outage looks like from the sim:
+        every relay fails alike, and only the agent's control check, which goes through no relay, can tell."""
+        self.outside_up = up
+        for relay in self.relays:
+            relay.outside_down = not up
+        if self.reflector is not None:
+            if up and not self.reflector.bound():
+                self.reflector.open(self.reflector.port)
+            elif not up:
+                self.reflector.close()
 
     def set_behaviour(self, name: str, behaviour: Behaviour | None) -> None:
         self.relay(name).behaviour = behaviour
@@ -386,6 +401,7 @@ class SimFleet:
             "reflector": [_endpoint(host, port) for host, port in self.reflector.bound()] if self.reflector else [],
             "reflector_answered": self.reflector.answered if self.reflector else 0,
             "open_sockets": sum(relay.open_sockets for relay in self.relays),
+            "outside": "up" if self.outside_up else "down",
             "faults": {relay.name: relay.faults.names() for relay in self.relays if relay.faults},
             "totals": self.stats().as_dict(),
         }

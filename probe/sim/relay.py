@@ -154,6 +154,7 @@ class SimRelay:
         self.errors: list[BaseException] = []
         self.sent_to: set[str] = set()  # every host a datagram was sent to
         self.vanished = False
+        self.outside_down = False  # set fleet-wide by SimFleet.set_outside: the forward target and reflector are gone
         # Told of each of the first MAX_KEPT_ERRORS failures of the relay itself (the CLI logs them).
         self.on_error: Callable[[SimRelay, BaseException], None] | None = None
         self._conversations: dict[bytes, Conversation] = {}

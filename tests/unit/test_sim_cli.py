@@ -135,6 +135,14 @@ def test_control_errors_are_usage_errors(sim: Running) -> None:
     assert twice.returncode == 2 and "already running" in twice.stderr
     detail = probe_cli("sim", "status", "--dir", str(sim.directory), "--relay", "se-got-wg-002")
     assert detail.returncode == 0 and "faults: nat" in detail.stdout
+    sideways = probe_cli("sim", "outside", "sideways", "--dir", str(sim.directory))
+    assert sideways.returncode == 2 and "down or up" in sideways.stderr
+    down = probe_cli("sim", "outside", "down", "--dir", str(sim.directory))
+    assert down.returncode == 0 and "outside hosts: down" in down.stdout
+    code, doc = server(sim, "se-got-wg-001", "--port", "51820", "--family", "ipv4")
+    assert (code, doc["reason"]) == (1, "forward_timeout")
+    assert probe_cli("sim", "outside", "up", "--dir", str(sim.directory)).returncode == 0
+    assert server(sim, "se-got-wg-001", "--port", "51820")[0] == 0
 
 
 def test_sigterm_stops_the_sim_cleanly_and_leaves_keys_and_configs(tmp_path: Path) -> None:
@@ -197,7 +205,7 @@ async def test_the_control_channel_refuses_malformed_requests_without_changing_a
             (b"not json", "not a JSON request"),
             (b"[1, 2]", "a request is a JSON object"),
             (b'{"op": "explode", "relay": "se-got-wg-001"}', "op must be"),
-            (b'{"op": "break"}', "need a relay"),
+            (b'{"op": "break"}', "break needs a relay"),
             (b'{"op": "break", "relay": "se-got-wg-001"}', "break needs a fault"),
             (b'{"op": "break", "relay": "se-got-wg-001", "fault": "loss:900"}', "1..100"),
             (b'{"op": "heal", "relay": "se-got-wg-001", "kind": "nope"}', "unknown fault kind"),

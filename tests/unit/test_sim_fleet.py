@@ -3,6 +3,7 @@ gives the stage and reason the README's lab table promises, faults change live, 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import resource
 import socket
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from probe import reflector
 from probe.errors import ConfigError
 from probe.inventory import Inventory, load_inventory
 from probe.results import Reason, ServerResult, StageName
@@ -244,10 +246,6 @@ async def test_relay_list_file_is_the_inventory_the_fleet_describes(tmp_path: Pa
 
 @pytest.mark.asyncio
 async def test_the_real_reflector_answers_directly_on_loopback(tmp_path: Path) -> None:
-    import asyncio
-
-    from probe import reflector
-
     async with agent_fleet(tmp_path, 1) as sim:
         checks = sim.config().checks
         loop = asyncio.get_running_loop()
@@ -294,3 +292,25 @@ def test_a_fleet_larger_than_the_open_file_limit_is_refused_with_the_limit_named
     if hard != resource.RLIM_INFINITY:
         with pytest.raises(ConfigError, match=f"open-file limit is {hard}"):
             raise_open_files(hard + 1)
+
+
+@pytest.mark.asyncio
+async def test_outside_down_fails_every_relay_alike_and_the_direct_reflector_too(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path, 2) as sim:
+        endpoint = sim.config().checks.reflector
+        assert endpoint is not None
+        sim.fleet.set_outside(False)
+        for name in ("se-got-wg-001", "se-got-wg-002"):
+            got = first_failures(await probe(sim, name, only_port=51820))
+            assert set(got.values()) == {(StageName.forward, Reason.forward_timeout)}, got
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.setblocking(False)
+            client.connect((str(endpoint.host), endpoint.port))
+            client.send(reflector.build_request(b"m" * 16))
+            with pytest.raises(ConnectionRefusedError):  # the reflector's port is closed: ICMP port unreachable
+                await asyncio.wait_for(loop.sock_recv(client, 100), 5.0)
+        assert sim.fleet.status()["outside"] == "down"
+        sim.fleet.set_outside(True)
+        assert (await probe(sim, "se-got-wg-002")).ok
+        assert sim.fleet.reflector is not None and sim.fleet.reflector.port == endpoint.port
