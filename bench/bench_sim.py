@@ -73,7 +73,7 @@ def start_sim(directory: Path, relays: int, identities: int) -> Sim:
     proc = subprocess.Popen(
         [
             sys.executable,
-            *("-m", "probe", "sim", "up", "--dir", str(directory)),
+            *("-m", "probe.sim", "up", "--dir", str(directory)),
             "--relays",
             str(relays),
             "--identities",

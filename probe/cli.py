@@ -10,7 +10,6 @@ import typer
 from probe import cli_probe
 from probe.errors import ConfigError, WgProbeError
 from probe.lab.cli import lab_app
-from probe.sim.cli import sim_app
 
 app = typer.Typer(
     name="probe",
@@ -20,7 +19,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(lab_app, name="lab")
-app.add_typer(sim_app, name="sim")
 app.command()(cli_probe.server)
 app.command()(cli_probe.sweep)
 app.command()(cli_probe.servers)
