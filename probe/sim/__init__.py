@@ -10,5 +10,9 @@ plus a hostile relay's lies, changed live.
     probe.sim.testing.agent_fleet     a started fleet with agent keys and configs written, for tests
     probe.sim.serve, control, cli     `probe sim up | break | heal | status`
 
-This package imports nothing on its own: `probe sim` commands and tests import the module they use.
+This package imports nothing on its own (`probe` builds its parser with `probe.sim.cli`, which must stay light):
+`probe sim` commands and tests import the module they use.
 """
+
+# Keys per agent the relays accept, as in the lab: a dual-stack relay's 12 paths then take two handshakes per key.
+DEFAULT_IDENTITIES = 6

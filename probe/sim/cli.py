@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     # argparse's subparsers action, as probe.cli calls it
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+from probe.sim import DEFAULT_IDENTITIES
+
 DEFAULT_DIR = Path("sim")
-DEFAULT_IDENTITIES = 6  # as the lab: a dual-stack relay's 12 paths then take two handshakes per key
 FAULT_KINDS = (
     "nat forward drop ports egress down loss:PCT delay:MS mtu v6nat | garbage forge_handshake corrupt forge_payload "
     "forge_source icmp_unreachable icmp_foreign mtu_icmp reflector_closed silent vanish cookie cookie_only"

@@ -30,7 +30,8 @@ from ipaddress import IPv4Address, IPv6Address
 from probe.errors import ConfigError
 from probe.inventory import DEFAULT_MAIN_PORT, MULLVAD_IPV4_GATEWAY, MULLVAD_IPV6_GATEWAY
 from probe.lab.artifacts import LAB_PROVIDERS
-from probe.lab.topology import DEFAULT_IDENTITIES, relay_name
+from probe.lab.topology import relay_name
+from probe.sim import DEFAULT_IDENTITIES
 from probe.wireguard import PrivateKey
 
 __all__ = [
