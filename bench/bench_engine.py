@@ -2,16 +2,23 @@
 real wireguard-go relays, the X25519 crypto floor, the OS path (wireguard-go interface per probe) side by side, and
 the handshake rate of one process against the lab fleet with the per-key flood limit respected.
 
+It also measures the CPU of one full path the way an agent spends it (handshake, then the tunnel, forward, egress and
+mtu stages with their answers, verdicts and result models): the CPU that `probe sweep --json` adds per path when it
+probes the fleet more rounds, in subprocesses, so start-up is subtracted out.
+
 Every figure is a median measured in this one run, and reported with its ratio against a baseline of the same run,
-because the machine is shared and noisy. Run as root:  .venv/bin/python bench/bench_engine.py [--probes 300]
+because the machine is shared and noisy. Run as root:  .venv/bin/python -m bench.bench_engine [--probes 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import resource
 import socket
+import subprocess
+import sys
 import time
 from ipaddress import IPv4Address
 
@@ -178,11 +185,49 @@ async def handshake_rate(lab: BenchLab, seconds: float) -> tuple[int, float]:
     return done, time.perf_counter() - started
 
 
+def sweep_cpu(lab: BenchLab, rounds: int) -> tuple[float, float, int]:
+    """(user, system) CPU seconds of one `probe sweep --json --rounds N` subprocess, and the paths it probed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "probe",
+            "sweep",
+            "--json",
+            "--rounds",
+            str(rounds),
+            "--config",
+            str(lab.lab_dir / "agent.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and all(r["ok"] for r in results), done.stderr or [r["reason"] for r in results]
+    return after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, sum(len(r["paths"]) for r in results)
+
+
+def full_path_cpu(lab: BenchLab, extra_rounds: int, repeats: int) -> tuple[list[float], list[float]]:
+    """(cpu, user-only) seconds per path that `extra_rounds` more rounds of `probe sweep` add, `repeats` times."""
+    cpu, user = [], []
+    for _ in range(repeats):
+        u1, s1, p1 = sweep_cpu(lab, 1)
+        u2, s2, p2 = sweep_cpu(lab, 1 + extra_rounds)
+        cpu.append(((u2 + s2) - (u1 + s1)) / (p2 - p1))
+        user.append((u2 - u1) / (p2 - p1))
+    return cpu, user
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--os-probes", type=int, default=30)
     parser.add_argument("--servers", type=int, default=4)
+    parser.add_argument("--sweep-rounds", type=int, default=17, help="extra sweep rounds (48 paths each with 4 relays)")
+    parser.add_argument("--sweep-repeats", type=int, default=3)
     args = parser.parse_args()
     with bench_lab(args.servers) as lab:
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -194,6 +239,9 @@ def main() -> None:
         flow = asyncio.run(flow_lifecycle(args.probes))
         os_cpu, os_wall = os_path_probes(lab, args.os_probes)
         handshakes, elapsed = asyncio.run(handshake_rate(lab, 5.0))
+        path_cpu, path_user = full_path_cpu(lab, args.sweep_rounds, args.sweep_repeats)
+        floor_after = crypto_floor(args.probes)  # the floor again: the machine's speed drifts over a run
+    floor = median([floor, floor_after])
     u_cpu, u_wall, o_cpu, o_wall = median(user_cpu), median(user_wall), median(os_cpu), median(os_wall)
     report(
         "engine",
@@ -216,6 +264,10 @@ def main() -> None:
             "os_path_wall_ms_median": o_wall * 1000,
             "os_over_userspace_cpu_ratio": o_cpu / u_cpu,
             "os_over_userspace_wall_ratio": o_wall / u_wall,
+            "full_path_cpu_ms_median": median(path_cpu) * 1000,
+            "full_path_user_cpu_ms_median": median(path_user) * 1000,
+            "full_path_cpu_over_crypto_floor": median(path_cpu) / floor,
+            "full_path_paths_measured": f"{args.sweep_repeats} x {args.sweep_rounds} rounds x {args.servers * 12}",
             "handshake_rate_per_s": handshakes / elapsed,
             "handshake_rate_keys_x_relays": f"{len(lab.plan.agents[0].identities)} x {len(lab.plan.relays)}",
         },

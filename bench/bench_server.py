@@ -2,7 +2,10 @@
 against the tunnel's own round-trip time, measured in the same run.
 
 A healthy path should cost about two round trips plus a millisecond: the handshake, then every stage's packets at
-once. Run as root:  .venv/bin/python -m bench.bench_server [--runs 30]
+once. The cold start is compared, run by run in turn, with the start-up of what `probe server` cannot avoid
+(importing pydantic, asyncio and cryptography's X25519), and with the first pydantic model class definition added
+to that (pydantic's internals load then, not at `import pydantic`). Run as root:
+.venv/bin/python -m bench.bench_server [--runs 30]
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ from probe.packets import build_icmp_echo
 from probe.runner import Prober
 from probe.tunnel import Tunnel
 from probe.wireguard import PublicKey
+
+BASELINE = "import pydantic, asyncio; from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey"
+WITH_MODEL = BASELINE + "\nclass M(pydantic.BaseModel):\n    a: int\nM(a=1)"
+
+
+def paired(first: list[str], second: list[str], runs: int) -> tuple[list[float], list[float]]:
+    """Wall seconds of two commands run in turn, A B A B ..., so both see the same machine."""
+    a, b = [], []
+    for _ in range(runs):
+        a += wall(first, 1)
+        b += wall(second, 1)
+    return a, b
 
 
 def wall(argv: list[str], runs: int) -> list[float]:
@@ -84,7 +99,8 @@ def main() -> None:
         probe_cmd = [sys.executable, "-m", "probe", "server", "se-got-wg-001", "--config", str(config)]
         python_only = wall([sys.executable, "-c", "pass"], args.runs)
         import_only = wall([sys.executable, "-c", "import probe.cli, probe.runner"], args.runs)
-        cold = wall(probe_cmd, args.runs)
+        cold, baseline = paired(probe_cmd, [sys.executable, "-c", BASELINE], args.runs)
+        _cold2, with_model = paired(probe_cmd, [sys.executable, "-c", WITH_MODEL], args.runs)
         rtts = asyncio.run(tunnel_rtts(lab, 200))
         one, full = asyncio.run(path_walls(config, 200))
         # The lab's round trips are ~0.2 ms, so a path there is bound by its own CPU. A relay 10 ms away each way
@@ -102,6 +118,10 @@ def main() -> None:
             "python_startup_wall_s_median": median(python_only),
             "imports_wall_s_median": median(import_only),
             "cold_over_python_startup": median(cold) / median(python_only),
+            "baseline_imports_wall_s_median": median(baseline),
+            "cold_over_baseline_imports": median([c / b for c, b in zip(cold, baseline, strict=True)]),
+            "baseline_with_first_model_wall_s_median": median(with_model),
+            "cold_over_baseline_with_first_model": median([c / b for c, b in zip(_cold2, with_model, strict=True)]),
             "tunnel_rtt_ms_median": rtt * 1000,
             "one_path_wall_ms_median": median(one) * 1000,
             "one_path_in_rtts": median(one) / rtt,
