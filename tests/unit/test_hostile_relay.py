@@ -1,24 +1,22 @@
-"""The real stages and runner against a fake, sometimes hostile, WireGuard relay on loopback (IPv4 and IPv6).
+"""The real stages and runner against a simulated, sometimes hostile, WireGuard relay on loopback (IPv4, IPv6).
 
-The fake relay is the sans-I/O `Responder` behind a non-blocking UDP socket on the test's own event loop. It
-answers the client's initiation, decrypts what the client sends through the tunnel and answers each inner packet
-according to a *behaviour*: healthy, or lying in one particular way. The forward target and the reflector are
-never contacted: the relay answers on their behalf from inside the tunnel, so every byte stays on loopback. No root,
-no namespaces, no threads. Timing is not asserted here: the retry, loss and timeout logic has fake-clock tests of its
-own (test_attempts.py, test_exchange.py).
+The relay is `probe.sim.SimRelay`: the sans-I/O `Responder` behind non-blocking UDP sockets on the test's own event
+loop, with the package's faults (garbage, forged handshakes, cookies only) and, for the lies that need a script,
+a *behaviour* that answers each inner packet. The forward target and the reflector are never contacted: the relay
+answers on their behalf from inside the tunnel, so every byte stays on loopback. No root, no namespaces, no
+threads. Timing is not asserted here: the retry, loss and timeout logic has fake-clock tests of its own
+(test_attempts.py, test_exchange.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
-import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
@@ -35,30 +33,20 @@ from probe.packets import (
     build_udp,
     packed,
     parse_icmp,
-    parse_ip,
     parse_udp,
 )
 from probe.results import Reason, StageName, StageResult
 from probe.runner import StagesRun, run_stages
+from probe.sim.conversation import Conversation
+from probe.sim.faults import SimFault
+from probe.sim.plan import RelaySpec
+from probe.sim.relay import SimRelay
+from probe.sim.world import World
 from probe.stages import REGISTRY, Registry, handshake
 from probe.stages.base import Exchange, PathContext, Settings
 from probe.stages.driver import drive
 from probe.tunnel import Tunnel
-from probe.wireguard import (
-    CookieChecker,
-    CookieRequired,
-    CookieState,
-    HandshakeAccepted,
-    Identity,
-    Initiation,
-    PrivateKey,
-    ProtocolError,
-    PublicKey,
-    Responder,
-    TransportSession,
-    compute_mac1,
-)
-from probe.wireguard.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
+from probe.wireguard import CookieState, Identity, Initiation, PrivateKey, ProtocolError, PublicKey
 
 Address = IPv4Address | IPv6Address
 LOOPBACK: dict[int, Address] = {4: IPv4Address("127.0.0.1"), 6: IPv6Address("::1")}
@@ -83,143 +71,46 @@ SETTINGS = Settings(
 ALL_STAGES = [StageName.handshake, StageName.tunnel, StageName.forward, StageName.egress, StageName.mtu]
 FAMILIES = pytest.mark.parametrize("family", [4, 6])
 
-Behaviour = Callable[["FakeRelay", IPPacket], None]
+WORLD = World(
+    forward_v4=IPv4Address(FORWARD[4]),
+    forward_v6=IPv6Address(FORWARD[6]),
+    reflector_v4=(IPv4Address(FORWARD[4]), REFLECTOR_PORT),
+    reflector_v6=(IPv6Address(FORWARD[6]), REFLECTOR_PORT),
+)
+Behaviour = Callable[[Conversation, IPPacket], None]
 
 
-class FakeRelay:
-    """A WireGuard relay on loopback: real handshake and transport crypto, scripted answers inside the tunnel.
-
-    `bad_sent` counts datagrams sent after the handshake that an honest client must reject; `valid_sent` counts
-    authenticated inner packets. Anything the relay itself trips over lands in `errors` and fails the test.
-    """
-
-    def __init__(
-        self, client: PublicKey, behaviour: Behaviour | None, *, on_initiation: str = "respond", family: int = 4
-    ) -> None:
-        self.identity = Identity(PrivateKey.generate())
-        self.cookies = CookieChecker(self.identity.public_key)
-        self.responder = Responder(self.identity, {client: None}, cookie_checker=self.cookies)
-        self.client = client
-        self.behaviour = behaviour
-        # "respond"; "garbage" (forged and random type-2/3 answers only); "cookie" (always under load, ignoring mac2)
-        self.on_initiation = on_initiation
-        self.family = family
-        self.sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
-        self.sock.bind((str(LOOPBACK[family]), 0))
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
-        self.session: TransportSession | None = None
-        self.peer: tuple[str, int] | None = None
-        self.initiations = 0
-        self.inner: list[IPPacket] = []
-        self.bad_sent = 0
-        self.valid_sent = 0
-        self.last_valid: bytes | None = None
-        self.errors: list[BaseException] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def public_key(self) -> PublicKey:
-        return self.identity.public_key
-
-    async def __aenter__(self) -> FakeRelay:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._readable)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        if self.errors and exc[0] is None:
-            raise AssertionError(f"the fake relay itself failed: {self.errors!r}") from self.errors[0]
-
-    def close(self) -> None:
-        if self.sock.fileno() != -1:
-            assert self._loop is not None
-            self._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-
-    def _readable(self) -> None:
-        while self.sock.fileno() != -1:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except (BlockingIOError, ConnectionRefusedError):
-                return
-            try:
-                self._datagram(data, peer[:2])
-            except Exception as exc:  # reported by __aexit__: a relay bug must not pass as a client failure
-                self.errors.append(exc)
-
-    def _datagram(self, data: bytes, peer: tuple[str, int]) -> None:
-        self.peer = peer
-        kind = struct.unpack_from("<I", data)[0] if len(data) >= 4 else None
-        if kind == MESSAGE_INITIATION:
-            self.initiations += 1
-            if self.on_initiation == "garbage":
-                for junk in forged_handshake_answers(data, self.client):
-                    self.send_raw(junk)
-                return
-            source = packed(peer[0]) + peer[1].to_bytes(2, "big")
-            under_load = self.on_initiation == "cookie"
-            answer = self.responder.consume_initiation(data, time.time(), source=source, under_load=under_load)
-            if isinstance(answer, CookieRequired):
-                # A cookie that never helps: this relay's mac2 check always fails (it rotates its secret).
-                self.cookies = CookieChecker(self.identity.public_key)
-                self.responder = Responder(self.identity, {self.client: None}, cookie_checker=self.cookies)
-                self.send_raw(answer.cookie_reply)
-                return
-            assert isinstance(answer, HandshakeAccepted)
-            self.session = answer.session
-            # Noise before the answer must not derail the handshake; a duplicate after it is a rejected transport.
-            self.send_raw(os.urandom(37))
-            self.send_raw(answer.response[:60])
-            self.send_raw(b"\x02\0\0\0" + os.urandom(88))
-            self.send_raw(answer.response)
-            self.send_bad(answer.response)
-        elif kind == MESSAGE_TRANSPORT and self.session is not None:
-            plain = self.session.decrypt(data)
-            if plain and self.behaviour is not None:
-                ip = parse_ip(plain)
-                self.inner.append(ip)
-                self.behaviour(self, ip)
-
-    def seal(self, inner: bytes) -> bytes:
-        assert self.session is not None
-        return self.session.encrypt(inner)
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.peer is not None
-        self.sock.sendto(data, self.peer)
-
-    def send_bad(self, data: bytes) -> None:
-        self.bad_sent += 1
-        self.send_raw(data)
-
-    def send_valid(self, sealed: bytes) -> None:
-        self.valid_sent += 1
-        self.last_valid = sealed
-        self.send_raw(sealed)
-
-    def send_inner(self, inner: bytes) -> None:
-        self.send_valid(self.seal(inner))
+def fake_relay(
+    client: PublicKey, behaviour: Behaviour | None, *, family: int = 4, faults: tuple[str, ...] = ()
+) -> SimRelay:
+    """A relay of the simulated fleet on loopback that knows `client`, answering through `behaviour`."""
+    spec = RelaySpec(
+        name="xx-tst-wg-001",
+        ipv4=IPv4Address(LOOPBACK[4]),
+        ipv6=IPv6Address(LOOPBACK[6]) if family == 6 else None,
+        egress_v4=IPv4Address(EGRESS[4]),
+        egress_v6=IPv6Address(EGRESS[6]),
+    )
+    return SimRelay(
+        [client],
+        spec=spec,
+        world=WORLD,
+        behaviour=behaviour,
+        faults=[SimFault.parse(fault) for fault in faults],
+        record=True,
+    )
 
 
-def forged_handshake_answers(initiation: bytes, client: PublicKey) -> Iterator[bytes]:
-    """Answers to an initiation that look like responses and cookie replies but must all be refused."""
-    index = struct.pack("<I", Initiation.unpack(initiation).sender_index)
-    yield b"\x02\0\0\0" + os.urandom(88)  # 92 random bytes of type 2
-    yield b"\x02\0\0\0" + os.urandom(4) + index + os.urandom(80)  # ... addressed to the pending handshake
-    for ephemeral in (bytes(32), os.urandom(32)):  # low-order point, then random: right mac1, wrong crypto
-        body = b"\x02\0\0\0" + os.urandom(4) + index + ephemeral + os.urandom(16)
-        yield body + compute_mac1(body + bytes(32), client.raw) + bytes(16)
-    yield b"\x03\0\0\0" + index + os.urandom(56)  # a cookie reply that does not decrypt
+def port_of(relay: SimRelay, family: int) -> int:
+    return next(port for host, port in relay.bound() if ip_address(host).version == family)
 
 
 def is_icmp(ip: IPPacket) -> bool:
     return ip.proto in (PROTO_ICMP, PROTO_ICMPV6)
 
 
-def reply_to(ip: IPPacket, *, egress: Address | None = None) -> bytes | None:
-    """What a healthy relay (and the hosts behind it) send back for one inner packet, or None."""
+def reply_to(ip: IPPacket, *, egress: Address) -> bytes | None:
+    """A healthy answer for one inner packet, the reflector reporting `egress` as the address it saw."""
     if is_icmp(ip):
         echo = parse_icmp(ip)
         if isinstance(echo, Echo) and not echo.is_reply:
@@ -227,9 +118,8 @@ def reply_to(ip: IPPacket, *, egress: Address | None = None) -> bytes | None:
     elif ip.proto == PROTO_UDP:
         udp = parse_udp(ip)
         nonce = reflector.parse_request(udp.payload)
-        family = ip.version
-        if nonce is not None and (ip.dst, udp.dport) == (packed(FORWARD[family]), REFLECTOR_PORT):
-            answer = reflector.build_response(nonce, egress or EGRESS[family], udp.sport)
+        if nonce is not None and (ip.dst, udp.dport) == (packed(FORWARD[ip.version]), REFLECTOR_PORT):
+            answer = reflector.build_response(nonce, egress, udp.sport)
             return build_udp(ip.dst, ip.src, udp.dport, udp.sport, answer)
     return None
 
@@ -260,32 +150,8 @@ def echo_ids(ip: IPPacket) -> tuple[int, int, bytes]:
     return echo.identifier, echo.sequence, echo.payload
 
 
-def healthy(relay: FakeRelay, ip: IPPacket) -> None:
-    reply = reply_to(ip)
-    if reply is not None:
-        relay.send_inner(reply)
-
-
-def noisy(relay: FakeRelay, ip: IPPacket) -> None:
-    """Healthy answers, each preceded by everything an honest client must drop (and count in `rejected`)."""
-    reply = reply_to(ip)
-    if reply is None:
-        return
-    relay.send_bad(os.urandom(random.randint(1, 200)))
-    relay.send_bad(relay.seal(reply)[:20])  # shorter than any transport message
-    relay.send_bad(relay.seal(reply)[:-5])  # long enough, but the tag is cut
-    assert relay.session is not None
-    wrong_index = bytearray(relay.seal(forged_reply(ip) or b""))  # accepted, it would fail the stage
-    wrong_index[4:8] = struct.pack("<I", (relay.session.remote_index + 1) & 0xFFFFFFFF)
-    relay.send_bad(bytes(wrong_index))
-    if relay.last_valid is not None:
-        relay.send_bad(relay.last_valid)  # a replay of the previous authenticated message
-    sealed = relay.seal(reply)
-    flipped = bytearray(sealed)
-    flipped[TRANSPORT_HEADER_SIZE + 30] ^= 0x01  # inside the echo payload / UDP payload once decrypted
-    relay.send_bad(bytes(flipped))  # same counter as `sealed`, sent first: only the tag can refuse it
-    relay.send_raw(relay.seal(b""))  # a keepalive: authenticated, neither delivered nor rejected
-    relay.send_valid(sealed)
+def healthy(conv: Conversation, ip: IPPacket) -> None:
+    conv.reply(ip)
 
 
 def make_ctx(
@@ -323,12 +189,16 @@ def watching(registry: Registry, tunnels: list[Tunnel]) -> Registry:
 
 
 async def probe_fake(
-    behaviour: Behaviour | None, *, family: int = 4, registry: Registry = REGISTRY, **relay_kw: str
-) -> tuple[dict[StageName, StageResult], StagesRun, FakeRelay]:
+    behaviour: Behaviour | None,
+    *,
+    family: int = 4,
+    registry: Registry = REGISTRY,
+    faults: tuple[str, ...] = (),
+) -> tuple[dict[StageName, StageResult], StagesRun, SimRelay]:
     client = Identity(PrivateKey.generate())
     tunnels: list[Tunnel] = []
-    async with FakeRelay(client.public_key, behaviour, family=family, **relay_kw) as relay:
-        ctx = make_ctx(client, relay.public_key, relay.port, family=family)
+    async with fake_relay(client.public_key, behaviour, family=family, faults=faults) as relay:
+        ctx = make_ctx(client, relay.public_key, port_of(relay, family), family=family)
         run = await run_stages(ctx, watching(registry, tunnels))
     if run.stages[0].ok:
         assert [stage.name for stage in run.stages] == ALL_STAGES
@@ -349,11 +219,18 @@ async def test_healthy_relay_passes_every_stage_without_loss(family: int) -> Non
     assert {ip.dst for ip in relay.inner} == {packed(GATEWAY[family]), packed(FORWARD[family])}
     assert {ip.src for ip in relay.inner} == {packed(INNER[family])}
     assert max(ip.total_length for ip in relay.inner) == SETTINGS.mtu_probe_size
-    # The handshake saw the garbage the relay sent around its response, and says so: three datagrams before it and
-    # the duplicate after it, which is the handshake's if it came in the same read and the tunnel's if later.
     hs = stages[StageName.handshake]
-    assert (hs.sent, hs.received) == (1, 1)
-    assert hs.rejected + run.rejected == 4 and hs.rejected >= 3
+    assert (hs.sent, hs.received, hs.rejected, run.rejected) == (1, 1, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_garbage_around_the_handshake_response_is_counted_and_said() -> None:
+    stages, _, _ = await probe_fake(healthy, faults=("garbage",))
+    # Three datagrams come before the response and a duplicate after it: the duplicate is the handshake's to reject
+    # if it came in the same read, the tunnel's if later.
+    hs = stages[StageName.handshake]
+    assert (hs.ok, hs.sent, hs.received) == (True, 1, 1)
+    assert hs.rejected >= 3
     assert hs.detail is not None and "answer(s) did not authenticate" in hs.detail
 
 
@@ -361,8 +238,8 @@ async def test_healthy_relay_passes_every_stage_without_loss(family: int) -> Non
 @FAMILIES
 async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_passes(family: int) -> None:
     client = Identity(PrivateKey.generate())
-    async with FakeRelay(client.public_key, noisy, family=family) as relay:
-        ctx = make_ctx(client, relay.public_key, relay.port, family=family)
+    async with fake_relay(client.public_key, healthy, family=family, faults=("garbage",)) as relay:
+        ctx = make_ctx(client, relay.public_key, port_of(relay, family), family=family)
         result, tunnel = await handshake.run(ctx)
         assert result.ok and tunnel is not None, result
         exchanges = [stage.prepare(ctx) for stage in REGISTRY.stages]
@@ -371,17 +248,17 @@ async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_
             # The duplicated handshake response is the handshake's to reject when it came in the same read.
             duplicate = result.rejected - 3
             for _ in range(100):  # let answers to probes still in flight arrive, so the books can balance
-                if tunnel.rejected + duplicate == relay.bad_sent:
+                if tunnel.rejected + duplicate == relay.stats.bad_sent:
                     break
                 await asyncio.sleep(0.01)
                 while tunnel.flow.buffer:
                     tunnel._open(tunnel.flow.buffer.popleft())
             assert ctx.record is not None
             received = [packet for _, direction, packet in ctx.record.packets if direction == "in"]
-            assert (tunnel.rejected + duplicate, len(received)) == (relay.bad_sent, relay.valid_sent)
+            assert (tunnel.rejected + duplicate, len(received)) == (relay.stats.bad_sent, relay.stats.valid_sent)
         finally:
             tunnel.close()
-    assert relay.bad_sent > 12 * 5
+    assert relay.stats.bad_sent > 12 * 5
     for stage in (exchange.result() for exchange in exchanges):
         assert (stage.name, stage.ok, stage.reason, stage.loss) == (stage.name, True, None, 0.0)
     assert len(set(received)) == len(received)  # no replay was delivered twice
@@ -391,11 +268,11 @@ async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("forged_source", "mismatch"), [(False, "wrong_payload"), (True, "wrong_source")])
 async def test_forged_echo_replies_fail_forward_as_reply_invalid(forged_source: bool, mismatch: str) -> None:
-    def forge(relay: FakeRelay, ip: IPPacket) -> None:
+    def forge(conv: Conversation, ip: IPPacket) -> None:
         source = IPv4Address("198.51.100.8") if forged_source else None
-        reply = forged_reply(ip, source=source) if to_forward_target(ip) else reply_to(ip)
+        reply = forged_reply(ip, source=source) if to_forward_target(ip) else reply_to(ip, egress=EGRESS[ip.version])
         if reply is not None:
-            relay.send_inner(reply)
+            conv.send_inner(reply)
 
     stages, _, _ = await probe_fake(forge)
     forward = stages[StageName.forward]
@@ -410,8 +287,8 @@ async def test_forged_echo_replies_fail_forward_as_reply_invalid(forged_source: 
 @pytest.mark.asyncio
 @FAMILIES
 async def test_a_corrupt_inner_packet_without_valid_replies_is_reply_invalid_not_a_timeout(family: int) -> None:
-    def corrupt(relay: FakeRelay, ip: IPPacket) -> None:
-        reply = reply_to(ip)
+    def corrupt(conv: Conversation, ip: IPPacket) -> None:
+        reply = reply_to(ip, egress=EGRESS[ip.version])
         if reply is None:
             return
         if to_forward_target(ip):
@@ -419,7 +296,7 @@ async def test_a_corrupt_inner_packet_without_valid_replies_is_reply_invalid_not
             # IPv4: the header checksum; IPv6: the payload length, so the packet claims more than it has.
             broken[10 if family == 4 else 5] ^= 0xFF
             reply = bytes(broken)
-        relay.send_inner(reply)
+        conv.send_inner(reply)
 
     stages, _, _ = await probe_fake(corrupt, family=family)
     forward = stages[StageName.forward]
@@ -433,16 +310,16 @@ async def test_a_corrupt_packet_counts_against_its_own_stage_only() -> None:
     """Regression: one corrupt-packet counter for the whole path turned the forward stage's timeout into
     reply_invalid when the corrupt packet was a copy of the tunnel stage's answer."""
 
-    def corrupt_copies_and_no_nat(relay: FakeRelay, ip: IPPacket) -> None:
+    def corrupt_copies_and_no_nat(conv: Conversation, ip: IPPacket) -> None:
         if to_gateway(ip):
-            reply = reply_to(ip)
+            reply = reply_to(ip, egress=EGRESS[ip.version])
             assert reply is not None
             broken = bytearray(reply)
             broken[10] ^= 0xFF
-            relay.send_inner(bytes(broken))
-            relay.send_inner(reply)
+            conv.send_inner(bytes(broken))
+            conv.send_inner(reply)
         elif not to_forward_target(ip):
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(corrupt_copies_and_no_nat)
     tunnel, forward = stages[StageName.tunnel], stages[StageName.forward]
@@ -453,15 +330,15 @@ async def test_a_corrupt_packet_counts_against_its_own_stage_only() -> None:
 @pytest.mark.asyncio
 @FAMILIES
 async def test_icmp_unreachable_for_forward_echoes_is_forward_unreachable(family: int) -> None:
-    def unreachable(relay: FakeRelay, ip: IPPacket) -> None:
+    def unreachable(conv: Conversation, ip: IPPacket) -> None:
         if to_forward_target(ip):
             original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
             error = build_icmp_error(
                 GATEWAY[family], INNER[family], IcmpErrorKind.destination_unreachable, original, code=1
             )
-            relay.send_inner(error)
+            conv.send_inner(error)
         else:
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(unreachable, family=family)
     forward = stages[StageName.forward]
@@ -473,28 +350,28 @@ async def test_icmp_unreachable_for_forward_echoes_is_forward_unreachable(family
 
 @pytest.mark.asyncio
 async def test_icmp_errors_for_tunnel_and_reflector_probes_are_unreachable_verdicts() -> None:
-    def errors(relay: FakeRelay, ip: IPPacket) -> None:
+    def errors(conv: Conversation, ip: IPPacket) -> None:
         if to_gateway(ip):
             original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
-            relay.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, original))
+            conv.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, original))
         elif ip.proto == PROTO_UDP:
             udp = parse_udp(ip)
             original = build_udp(ip.src, ip.dst, udp.sport, udp.dport, udp.payload)
             error = build_icmp_error(FORWARD[4], INNER[4], IcmpErrorKind.destination_unreachable, original, code=3)
-            relay.send_inner(error)
+            conv.send_inner(error)
         else:
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(errors)
     assert stages[StageName.tunnel].reason is Reason.tunnel_unreachable
     # The tunnel failed, so forward's outcome is not judged; it passed here, and a pass stays a pass.
     assert stages[StageName.forward].ok
 
-    def reflector_closed(relay: FakeRelay, ip: IPPacket) -> None:
+    def reflector_closed(conv: Conversation, ip: IPPacket) -> None:
         if ip.proto == PROTO_UDP:
-            errors(relay, ip)
+            errors(conv, ip)
         else:
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(reflector_closed)
     egress = stages[StageName.egress]
@@ -505,12 +382,12 @@ async def test_icmp_errors_for_tunnel_and_reflector_probes_are_unreachable_verdi
 @pytest.mark.asyncio
 @FAMILIES
 async def test_packet_too_big_for_the_mtu_probe_is_mtu_too_big(family: int) -> None:
-    def too_big(relay: FakeRelay, ip: IPPacket) -> None:
+    def too_big(conv: Conversation, ip: IPPacket) -> None:
         if to_forward_target(ip) and ip.total_length > 1000:
             original = build_icmp_echo(ip.src, ip.dst, *echo_ids(ip))
-            relay.send_inner(build_icmp_error(GATEWAY[family], INNER[family], IcmpErrorKind.packet_too_big, original))
+            conv.send_inner(build_icmp_error(GATEWAY[family], INNER[family], IcmpErrorKind.packet_too_big, original))
         else:
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(too_big, family=family)
     mtu = stages[StageName.mtu]
@@ -523,10 +400,10 @@ async def test_packet_too_big_for_the_mtu_probe_is_mtu_too_big(family: int) -> N
 async def test_reflector_reporting_another_address_is_egress_mismatch(family: int) -> None:
     seen: Address = IPv4Address("192.0.2.99") if family == 4 else IPv6Address("2001:db8:99::99")
 
-    def wrong_egress(relay: FakeRelay, ip: IPPacket) -> None:
+    def wrong_egress(conv: Conversation, ip: IPPacket) -> None:
         reply = reply_to(ip, egress=seen)
         if reply is not None:
-            relay.send_inner(reply)
+            conv.send_inner(reply)
 
     stages, _, _ = await probe_fake(wrong_egress, family=family)
     egress = stages[StageName.egress]
@@ -538,9 +415,9 @@ async def test_reflector_reporting_another_address_is_egress_mismatch(family: in
 @pytest.mark.asyncio
 @FAMILIES
 async def test_a_broken_nat_is_forward_timeout_alone_and_later_stages_are_not_judged(family: int) -> None:
-    def no_nat(relay: FakeRelay, ip: IPPacket) -> None:
+    def no_nat(conv: Conversation, ip: IPPacket) -> None:
         if to_gateway(ip):
-            healthy(relay, ip)
+            conv.reply(ip)
 
     stages, _, _ = await probe_fake(no_nat, family=family)
     assert stages[StageName.tunnel].ok
@@ -554,7 +431,7 @@ async def test_a_broken_nat_is_forward_timeout_alone_and_later_stages_are_not_ju
 
 @pytest.mark.asyncio
 async def test_relay_silent_after_handshake_fails_the_tunnel_and_judges_nothing_after_it() -> None:
-    stages, _, relay = await probe_fake(lambda relay, ip: None)
+    stages, _, relay = await probe_fake(lambda conv, ip: None)
     assert stages[StageName.handshake].ok
     tunnel = stages[StageName.tunnel]
     assert (tunnel.ok, tunnel.reason, tunnel.loss, tunnel.received) == (False, Reason.tunnel_timeout, 1.0, 0)
@@ -566,10 +443,9 @@ async def test_relay_silent_after_handshake_fails_the_tunnel_and_judges_nothing_
 
 @pytest.mark.asyncio
 async def test_relay_that_vanishes_after_the_handshake_gives_timeouts_not_a_hang() -> None:
-    def vanish(relay: FakeRelay, ip: IPPacket) -> None:
-        relay.close()  # the client's next datagrams draw ICMP port unreachable on loopback
-
-    stages, _, _ = await asyncio.wait_for(probe_fake(vanish), 10)  # a hang guard, not a timing assertion
+    # Every socket closes at the first packet after the handshake: the client's next datagrams draw ICMP port
+    # unreachable on loopback.
+    stages, _, _ = await asyncio.wait_for(probe_fake(healthy, faults=("vanish",)), 10)  # a hang guard
     assert stages[StageName.handshake].ok
     assert [stage.ok for stage in stages.values()] == [True, False, False, False, False]
     assert stages[StageName.tunnel].reason is Reason.tunnel_timeout
@@ -611,21 +487,21 @@ async def test_handshake_to_a_silent_socket_is_handshake_timeout_after_every_att
 
 @pytest.mark.asyncio
 async def test_forged_handshake_answers_are_handshake_timeout_and_say_they_did_not_authenticate() -> None:
-    stages, _, relay = await probe_fake(healthy, on_initiation="garbage")
+    stages, _, relay = await probe_fake(healthy, faults=("forge_handshake",))
     hs = stages[StageName.handshake]
     assert (hs.reason, hs.sent, hs.received) == (Reason.handshake_timeout, 2, 0)
-    assert relay.initiations == SETTINGS.handshake_attempts  # a forged cookie reply earned no extra attempt
-    assert hs.rejected == 5 * relay.initiations
+    assert relay.stats.initiations == SETTINGS.handshake_attempts  # a forged cookie reply earned no extra attempt
+    assert hs.rejected == 5 * relay.stats.initiations
     assert hs.detail is not None and "did not authenticate" in hs.detail
 
 
 @pytest.mark.asyncio
 async def test_a_relay_that_only_ever_sends_cookie_replies_is_cookie_failed() -> None:
-    stages, _, relay = await probe_fake(healthy, on_initiation="cookie")
+    stages, _, relay = await probe_fake(healthy, faults=("cookie_only",))
     hs = stages[StageName.handshake]
     assert (hs.ok, hs.reason) == (False, Reason.cookie_failed)
     # Each cookie earns one more initiation, up to the budget once more.
-    assert relay.initiations == 2 * SETTINGS.handshake_attempts == hs.sent
+    assert relay.stats.initiations == 2 * SETTINGS.handshake_attempts == hs.sent
     assert hs.detail is not None and "cookie" in hs.detail
 
 
@@ -701,8 +577,8 @@ async def test_a_raising_handshake_becomes_internal_error() -> None:
 async def test_recv_after_the_relay_port_closes_returns_at_the_deadline() -> None:
     """Regression: an ICMP port unreachable after the handshake used to make `Tunnel.recv` spin forever."""
     client = Identity(PrivateKey.generate())
-    async with FakeRelay(client.public_key, None) as relay:
-        tunnel = await Tunnel.open(client, relay.public_key, LOOPBACK[4], relay.port, timeout=0.3)
+    async with fake_relay(client.public_key, lambda conv, ip: None) as relay:
+        tunnel = await Tunnel.open(client, relay.public_key, LOOPBACK[4], port_of(relay, 4), timeout=0.3)
     try:
         tunnel.send(build_icmp_echo("10.64.0.2", "10.64.0.1", 1, 1, b"x"))  # draws ICMP port unreachable
         await asyncio.sleep(0.05)
@@ -711,12 +587,12 @@ async def test_recv_after_the_relay_port_closes_returns_at_the_deadline() -> Non
         tunnel.close()
 
 
-def foreign_error(relay: FakeRelay, ip: IPPacket) -> None:
+def foreign_error(conv: Conversation, ip: IPPacket) -> None:
     """Answer forward echoes with an ICMP error about *another* client's packet that carries our echo id."""
     if to_forward_target(ip):
         other = build_icmp_echo("10.64.0.99", "203.0.113.9", *echo_ids(ip))
-        relay.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, other, code=1))
-    healthy(relay, ip)
+        conv.send_inner(build_icmp_error(GATEWAY[4], INNER[4], IcmpErrorKind.destination_unreachable, other, code=1))
+    conv.reply(ip)
 
 
 @pytest.mark.asyncio
