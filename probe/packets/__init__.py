@@ -1,4 +1,4 @@
-"""The fast packet codec: IPv4/IPv6, ICMP/ICMPv6, UDP and TCP with `struct`, plus pure verifiers.
+"""The fast packet codec: IPv4/IPv6, ICMP/ICMPv6 and UDP with `struct`, plus pure verifiers.
 
 This is the hot path of every probe (a few microseconds per packet), so it imports nothing heavy: scapy is
 used only by `probe.packets.evidence.dissect`, lazily. Addresses are packed 4/16-byte `bytes` throughout;
@@ -32,7 +32,6 @@ from probe.packets.ip import (
     packed,
     parse_ip,
 )
-from probe.packets.tcp import TcpFlags, TcpSegment, build_tcp_syn, parse_tcp
 from probe.packets.udp import Udp, build_udp, parse_udp
 from probe.packets.verify import (
     Mismatch,
@@ -40,7 +39,6 @@ from probe.packets.verify import (
     judge_echo_reply,
     judge_udp_reply,
     verify_echo_reply,
-    verify_tcp_reply,
     verify_udp_reply,
 )
 
@@ -63,14 +61,11 @@ __all__ = [
     "Mismatch",
     "PacketError",
     "Quoted",
-    "TcpFlags",
-    "TcpSegment",
     "Udp",
     "Verdict",
     "build_icmp_echo",
     "build_icmp_error",
     "build_ip",
-    "build_tcp_syn",
     "build_udp",
     "dissect",
     "icmp_identifiers",
@@ -81,13 +76,11 @@ __all__ = [
     "parse_icmp",
     "parse_ip",
     "parse_quoted",
-    "parse_tcp",
     "parse_udp",
     "pcap_bytes",
     "read_pcap",
     "source_ports",
     "verify_echo_reply",
-    "verify_tcp_reply",
     "verify_udp_reply",
     "write_pcap",
 ]

@@ -25,14 +25,12 @@ from probe.packets.icmp import Echo, IcmpError, IcmpOther, Quoted, parse_icmp
 from probe.packets.ip import (
     PROTO_ICMP,
     PROTO_ICMPV6,
-    PROTO_TCP,
     PROTO_UDP,
     Address,
     IPPacket,
     packed,
     parse_ip,
 )
-from probe.packets.tcp import TcpFlags, TcpSegment, parse_tcp
 from probe.packets.udp import Udp, parse_udp
 
 
@@ -40,21 +38,20 @@ class Mismatch(StrEnum):
     """Why a packet is not the answer to a probe. Closed: safe as a metric label."""
 
     malformed = "malformed"  # not a parseable IP packet or message, or only a fragment of one
-    bad_checksum = "bad_checksum"  # IPv4 header, ICMP, ICMPv6, UDP or TCP checksum does not verify (RFC 1071)
+    bad_checksum = "bad_checksum"  # IPv4 header, ICMP, ICMPv6 or UDP checksum does not verify (RFC 1071)
     wrong_destination = "wrong_destination"  # not addressed to the probe's own (tunnel) address
     wrong_protocol = "wrong_protocol"  # not the protocol the probe used (nor an ICMP error about it)
-    wrong_type = "wrong_type"  # right protocol but not an answer: not an echo reply, not a SYN-ACK or RST
+    wrong_type = "wrong_type"  # right protocol but not an answer: not an echo reply
     wrong_source = "wrong_source"  # the answer comes from another host than the probed target
     wrong_identifier = "wrong_identifier"  # ICMP echo identifier differs
     wrong_sequence = "wrong_sequence"  # ICMP echo sequence number differs
-    wrong_port = "wrong_port"  # UDP/TCP ports are not the probe's, reversed
-    wrong_ack = "wrong_ack"  # TCP acknowledgment number is not the SYN's sequence number + 1
+    wrong_port = "wrong_port"  # UDP ports are not the probe's, reversed
     wrong_payload = "wrong_payload"  # payload differs from what was sent
     icmp_error = "icmp_error"  # an ICMP error about this very probe: see Verdict.icmp_error
     foreign_icmp_error = "foreign_icmp_error"  # an ICMP error about some other packet
 
 
-Reply = Echo | Udp | TcpSegment | IcmpError | IcmpOther
+Reply = Echo | Udp | IcmpError | IcmpOther
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,39 +178,6 @@ def judge_udp_reply(ip: IPPacket, *, src: bytes, dst: bytes, their_port: int, ou
     elif udp.sport != their_port or udp.dport != our_port:
         mismatch = Mismatch.wrong_port
     return Verdict(mismatch, ip.ttl, ip.src, udp)
-
-
-def verify_tcp_reply(
-    packet: bytes, *, expect_src: Address, expect_dst: Address, expect_sport: int, expect_dport: int, seq: int
-) -> Verdict:
-    """Judge `packet` as the answer to a SYN with sequence number `seq`: a SYN-ACK (port open) or a RST (port
-    closed) — either proves the flow crossed the NAT and came back. Ports as in `verify_udp_reply`."""
-    src, dst = packed(expect_src), packed(expect_dst)
-    ip = _parsed(packet)
-    if isinstance(ip, Verdict):
-        return ip
-    outer = _check_outer(ip, dst)
-    if outer is not None:
-        return outer
-    if ip.proto != PROTO_TCP:
-        return _icmp_or_wrong_protocol(ip, src, dst, proto=PROTO_TCP, our_port=expect_dport, their_port=expect_sport)
-    try:
-        segment = parse_tcp(ip)
-    except ChecksumError:
-        return Verdict(Mismatch.bad_checksum, ip.ttl, ip.src, None)
-    except PacketError:
-        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
-    mismatch = None
-    # RFC 793 page 65 (RFC 9293 section 3.10.7.1): the RST answering a SYN carries ACK = SEG.SEQ + 1 as well.
-    if not (segment.is_syn_ack or (segment.is_rst and segment.flags & TcpFlags.ACK)):
-        mismatch = Mismatch.wrong_type
-    elif ip.src != src:
-        mismatch = Mismatch.wrong_source
-    elif segment.sport != expect_sport or segment.dport != expect_dport:
-        mismatch = Mismatch.wrong_port
-    elif segment.ack != (seq + 1) & 0xFFFFFFFF:
-        mismatch = Mismatch.wrong_ack
-    return Verdict(mismatch, ip.ttl, ip.src, segment)
 
 
 def _parsed(packet: bytes) -> IPPacket | Verdict:
