@@ -1,0 +1,147 @@
+"""The agent against a simulated fleet on loopback, with the in-process bus: every relay probed every round with the
+right verdict, a live fault seen in the next round, the inventory followed (and kept when broken), the control check
+carried by every result, and an orderly stop that loses nothing. No root, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agents.agent import Agent, run_agent
+from agents.log import Log
+from probe.bus import LocalOutbox
+from probe.config import AgentConfig, ScheduleSection
+from probe.inventory import load_inventory
+from probe.messages import AgentStatus, ResultMessage
+from probe.sim.faults import SimFault
+from probe.sim.testing import SimSetup, agent_fleet
+
+INTERVAL = 1.0  # the schedule's minimum: rounds come quickly in a test
+
+
+class Received:
+    """What the in-process bus delivered: results and statuses, in order, parsed back from their payloads."""
+
+    def __init__(self) -> None:
+        self.results: list[ResultMessage] = []
+        self.statuses: list[AgentStatus] = []
+        self.topics: list[str] = []
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        self.topics.append(topic)
+        if "/results/" in topic:
+            self.results.append(ResultMessage.model_validate_json(payload))
+        else:
+            self.statuses.append(AgentStatus.model_validate_json(payload))
+
+    def of(self, relay: str) -> list[ResultMessage]:
+        return [r for r in self.results if r.server == relay]
+
+
+def make_agent(sim: SimSetup, received: Received, tmp_path: Path) -> Agent:
+    base = sim.config()
+    config: AgentConfig = base.model_copy(update={"schedule": ScheduleSection(interval_seconds=INTERVAL)})
+    log = Log(stream=io.StringIO(), agent=config.agent.name)
+    return Agent(
+        config,
+        load_inventory(config.inventory.source),
+        outbox=LocalOutbox(config.agent.name, received.deliver),
+        load_inventory=lambda: load_inventory(config.inventory.source),
+        log=log,
+    )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for `condition`; the timeout is a hang guard, far above what any condition here needs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_every_relay_every_round_with_its_verdict_and_a_live_fault_in_the_next_round(tmp_path: Path) -> None:
+    faults = [("se-got-wg-002", SimFault.parse("nat"))]
+    async with agent_fleet(tmp_path / "sim", relays=3, faults=faults) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        running = asyncio.create_task(run_agent(agent))
+        await until(lambda: all(len(received.of(f"se-got-wg-00{n}")) >= 2 for n in (1, 2, 3)))
+        for relay in ("se-got-wg-001", "se-got-wg-003"):
+            assert all(r.ok and r.control_ok for r in received.of(relay))
+        assert {r.reason for r in received.of("se-got-wg-002")} == {"forward_timeout"}
+        # One result per relay per round; every result_id unique; topics name the agent and the relay.
+        rounds = [(r.server, r.round) for r in received.results]
+        assert len(rounds) == len(set(rounds))
+        assert len({r.result_id for r in received.results}) == len(received.results)
+        assert f"wgprobe/v1/results/{agent.config.agent.name}/se-got-wg-002" in received.topics
+        # Each round's paths are the main port on both families plus a share of the others.
+        assert all(
+            {(p.port, p.family) for p in r.paths} >= {(51820, "ipv4"), (51820, "ipv6")} for r in received.results
+        )
+
+        seen = len(received.of("se-got-wg-003"))
+        sim.fleet.break_relay("se-got-wg-003", SimFault.parse("nat"))
+        await until(lambda: len(received.of("se-got-wg-003")) >= seen + 2)
+        assert received.of("se-got-wg-003")[-1].reason == "forward_timeout"
+
+        agent.stop()
+        await asyncio.wait_for(running, 10)
+    assert received.statuses[0].online and not received.statuses[-1].online
+    assert agent.counters.probes.get("ok", 0) > 0 and agent.counters.probes.get("failed", 0) > 0
+
+
+@pytest.mark.asyncio
+async def test_the_inventory_is_followed_and_a_broken_one_is_kept_out(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path / "sim", relays=3) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        running = asyncio.create_task(run_agent(agent))
+        source = Path(agent.config.inventory.source)
+        whole = json.loads(source.read_text())
+
+        source.write_text("{ this is not an inventory")
+        agent.reload()
+        await until(lambda: agent.counters.inventory_failures == 1)
+        assert len(agent.inventory.relays) == 3 and agent.counters.inventory_error
+
+        fewer = dict(whole)
+        fewer["wireguard"] = {**whole["wireguard"], "relays": whole["wireguard"]["relays"][:2]}
+        source.write_text(json.dumps(fewer))
+        agent.reload()
+        await until(lambda: len(agent.inventory.relays) == 2)
+        assert agent.counters.inventory_error is None
+        before = len(received.of("se-got-wg-003"))
+        await until(lambda: min(len(received.of(f"se-got-wg-00{n}")) for n in (1, 2)) >= 3)
+        assert len(received.of("se-got-wg-003")) <= before + 1  # at most the probe already running when removed
+        agent.stop()
+        await asyncio.wait_for(running, 10)
+
+
+@pytest.mark.asyncio
+async def test_results_carry_the_control_check_and_the_status_says_why(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path / "sim", relays=2) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        running = asyncio.create_task(run_agent(agent))
+        await until(lambda: len(received.results) >= 2)
+        assert all(r.control_ok for r in received.results)
+
+        sim.fleet.set_outside(up=False)  # the agent's own outside is gone: reflector and forward target silent
+        await until(lambda: agent.control is not None and not agent.control.ok)
+        count = len(received.results)
+        await until(lambda: len(received.results) >= count + 2)
+        assert not received.results[-1].control_ok
+        assert agent.control is not None and agent.control.detail and "reflector" in agent.control.detail
+        await until(lambda: received.statuses[-1].control is not None and not received.statuses[-1].control.ok)
+
+        sim.fleet.set_outside(up=True)
+        await until(lambda: agent.control is not None and agent.control.ok)
+        agent.stop()
+        await asyncio.wait_for(running, 10)
