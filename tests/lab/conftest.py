@@ -17,7 +17,9 @@ import pytest
 from probe.lab import fleet
 from probe.lab.topology import LabPlan, RelayPlan
 
-TEST_PREFIX = "wgt"
+# Another prefix lets a second checkout run the lab tests at the same time on one machine (namespaces and
+# wireguard-go sockets are named by the prefix).
+TEST_PREFIX = os.environ.get("WGPROBE_TEST_LAB_PREFIX", "wgt")
 TEST_SERVERS = 4
 
 

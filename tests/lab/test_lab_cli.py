@@ -3,6 +3,8 @@ small lab of its own (prefix wgu) so it can be built and removed independently o
 
 from __future__ import annotations
 
+import os
+
 import json
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from probe.lab.fleet import WG_SOCKET_DIR
 from probe.lab.processes import is_running
 
 pytestmark = pytest.mark.lab
-PREFIX = "wgu"
+PREFIX = os.environ.get("WGPROBE_TEST_LAB_CLI_PREFIX", "wgu")
 
 
 def probe(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
