@@ -3,9 +3,8 @@ small lab of its own (prefix wgu) so it can be built and removed independently o
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
