@@ -72,6 +72,8 @@ _ERROR_TYPES: Final = {
         4: IcmpErrorKind.parameter_problem,
     },
 }
+# The ICMP types that are errors quoting the offending packet, per IP version.
+ERROR_TYPES: Final = {version: frozenset(types) for version, types in _ERROR_TYPES.items()}
 _ERROR_TYPE_OF: Final = {
     version: {kind: icmp_type for icmp_type, kind in types.items()} for version, types in _ERROR_TYPES.items()
 }

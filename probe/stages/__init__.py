@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from probe.results import StageName, StageResult
+from probe.results import STAGE_ORDER, StageName, StageResult
 from probe.stages import egress, forward, handshake, mtu, tunnel
 from probe.stages.base import Exchange, PathContext, Settings
 from probe.tunnel import Tunnel
@@ -40,9 +40,13 @@ class Registry:
         return Registry(self.handshake, stages)
 
 
+_MODULES = {module.NAME: module for module in (tunnel, forward, egress, mtu)}
+# In STAGE_ORDER, the one definition of the order verdicts read in (probe/results.py).
 REGISTRY = Registry(
     handshake=handshake.run,
     stages=tuple(
-        Stage(module.NAME, module.applies, module.prepare, module.AFTER) for module in (tunnel, forward, egress, mtu)
+        Stage(name, _MODULES[name].applies, _MODULES[name].prepare, _MODULES[name].AFTER)
+        for name in STAGE_ORDER
+        if name is not handshake.NAME
     ),
 )

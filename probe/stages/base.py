@@ -39,7 +39,7 @@ from probe.packets import (
     parse_ip,
     parse_quoted,
 )
-from probe.packets.icmp import ECHO_REPLIES
+from probe.packets.icmp import ECHO_REPLIES, ERROR_TYPES
 from probe.results import Reason, StageName, StageResult
 from probe.tunnel import Record
 from probe.wireguard import CookieState, Identity, PublicKey
@@ -110,7 +110,6 @@ class ClaimKind(IntEnum):
 
 
 Claim = tuple[ClaimKind, int]
-_ICMP_ERROR_TYPES = {4: frozenset((3, 11, 12)), 6: frozenset((1, 2, 3, 4))}
 _ICMP_HEADER = 8
 
 
@@ -128,7 +127,7 @@ def _icmp_claim(version: int, payload: bytes) -> Claim | None:
     kind = payload[0]
     if kind in ECHO_REPLIES:
         return ClaimKind.echo, int.from_bytes(payload[4:6], "big")
-    if kind not in _ICMP_ERROR_TYPES[version]:
+    if kind not in ERROR_TYPES[version]:
         return None
     try:
         quoted = parse_quoted(payload[_ICMP_HEADER:])

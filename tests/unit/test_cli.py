@@ -150,3 +150,20 @@ def test_a_key_held_by_another_process_is_refused_with_what_to_do(tmp_path: Path
         holder.communicate()
     again = probe("server", "xx-one-wg-001", "--config", str(config))
     assert again.returncode == 1  # the lock went with the process: the closed port is the relay's failure again
+
+
+def test_an_inventory_that_cannot_be_fetched_could_not_judge(tmp_path: Path) -> None:
+    config = write_setup(tmp_path, "")
+    source = f"http://127.0.0.1:{closed_tcp_port()}/relays.json"  # connection refused: the inventory's outage
+    config.write_text(config.read_text().replace('source = "fleet.toml"', f'source = "{source}"'))
+    for args in (["server", "xx-one-wg-001"], ["sweep"], ["servers"]):
+        done = probe(*args, "--config", str(config))
+        assert done.returncode == 3, (args, done.stderr)
+        assert done.stderr.startswith("could not judge:") and "127.0.0.1" in done.stderr
+
+
+def closed_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
