@@ -14,7 +14,6 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 
 from probe.config import AgentConfig
 from probe.evidence import EvidenceStore
@@ -118,7 +117,6 @@ class Prober:
         self.inventory = inventory
         self.settings = settings_from(config, inventory)
         self.identities = [Identity(PrivateKey(ident.private_key)) for ident in config.identities]
-        self.evidence_dir: Path | None = config.probe.evidence_dir if evidence else None
         self.evidence = EvidenceStore.from_config(config.probe) if evidence else None
         self.registry = REGISTRY
         self._cookies: dict[tuple[int, str], CookieState] = {}
