@@ -1,0 +1,113 @@
+"""The aggregator's MQTT shell: every result and agent status from the broker into the result store.
+
+A persistent session (MQTT v5 clean_start=false, a session expiry, a client id stable across restarts) with QoS 1
+subscriptions to every agent's results and status, so what agents publish while the aggregator is briefly away is
+queued by the broker rather than lost. On every (re)subscribe the broker also sends the retained messages, the
+latest result per agent and relay and every agent's status: a restarted aggregator has the whole fleet again within
+seconds. `settled` is set once that first retained burst has gone quiet, so the shell starts judging (`refresh`)
+on the whole fleet's state rather than on the first agent's alone.
+
+The store validates and counts; a bad message costs one log line per sender and reason (`first_from_sender`) and
+never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from probe.aggregator.intake import Ingested
+from probe.messages import RESULTS_FILTER, STATUS_FILTER, TOPIC_ROOT
+from probe.mqtt import Backoff, BrokerError, BrokerUnavailable, Connection, EventLog, Inbound, connect, event_log
+from probe.service_config import MqttSection
+
+SESSION_EXPIRY_SECONDS = 86400  # the broker keeps our session (and queues for it) a day after we vanish
+SETTLE_SECONDS = 2.0  # quiet after the last retained message before the initial state counts as received
+_RESULTS_PREFIX = f"{TOPIC_ROOT}/results/"
+
+
+class MessageSink(Protocol):
+    """What the subscriber feeds: probe.aggregator.store.ResultStore (or a recorder around one, in tests)."""
+
+    def ingest_result(self, payload: bytes | bytearray, topic: str) -> Ingested: ...
+
+    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested: ...
+
+
+class Subscriber:
+    def __init__(
+        self,
+        mqtt: MqttSection,
+        name: str,
+        store: MessageSink,
+        *,
+        log: EventLog | logging.Logger | None = None,
+        settle_seconds: float = SETTLE_SECONDS,
+        session_expiry: int = SESSION_EXPIRY_SECONDS,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.mqtt = mqtt
+        self.store = store
+        self.client_id = mqtt.client_id_for(name)
+        self.settle_seconds = settle_seconds
+        self.session_expiry = session_expiry
+        self.settled = asyncio.Event()  # the first retained burst after start-up has been ingested
+        self.connected = False
+        self.received = 0  # messages handed to the store since start
+        self._log = event_log(log, "wgprobe.subscriber")
+        self._backoff = backoff or Backoff()
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with backoff and jitter."""
+        streak = 0
+        while True:
+            try:
+                async with connect(
+                    self.mqtt, self.client_id, clean_start=False, session_expiry=self.session_expiry
+                ) as connection:
+                    await connection.subscribe((RESULTS_FILTER, STATUS_FILTER), qos=1)
+                    self.connected = True
+                    self._log(logging.INFO, "subscribed", broker=connection.broker, attempts=streak + 1)
+                    streak = 0
+                    self._backoff.reset()
+                    await self._consume(connection)
+            except BrokerError as e:
+                if streak == 0:
+                    level = logging.WARNING if isinstance(e, BrokerUnavailable) else logging.ERROR
+                    self._log(level, "broker unavailable; reconnecting", error=str(e))
+                streak += 1
+            finally:
+                self.connected = False
+            await asyncio.sleep(self._backoff.next())
+
+    async def _consume(self, connection: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + self.settle_seconds
+        burst = 0
+        while True:
+            timeout = None if self.settled.is_set() else max(0.0, quiet_until - loop.time())
+            message = await connection.receive(timeout)
+            if message is None:
+                self.settled.set()
+                self._log(logging.INFO, "retained state received", retained=burst)
+                continue
+            if message.retain and not self.settled.is_set():
+                burst += 1
+                quiet_until = loop.time() + self.settle_seconds
+            self._ingest(message)
+
+    def _ingest(self, message: Inbound) -> None:
+        self.received += 1
+        if message.topic.startswith(_RESULTS_PREFIX):
+            ingested = self.store.ingest_result(message.payload, message.topic)
+        else:
+            ingested = self.store.ingest_status(message.payload, message.topic)
+        if not ingested.accepted and ingested.first_from_sender:
+            self._log(
+                logging.WARNING,
+                "message dropped",
+                reason=str(ingested.outcome),
+                sender=ingested.sender or "-",
+                detail=ingested.detail,
+            )

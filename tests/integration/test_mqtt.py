@@ -1,0 +1,109 @@
+"""probe/mqtt.py against a real mosquitto: reason codes seen, foreign errors mapped, a connection's end noticed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from probe.errors import UnavailableError
+from probe.messages import result_topic, status_topic
+from probe.mqtt import BrokerRefused, BrokerUnavailable, LastWill, connect
+from probe.service_config import MqttSection, load_mqtt_secrets
+from tests.integration.broker import AGGREGATOR_USER, Mosquitto
+from tests.integration.mqtt_support import HANG_GUARD
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.asyncio
+async def test_a_publish_the_acl_refuses_is_seen_with_its_reason_code(broker: Mosquitto) -> None:
+    async with connect(broker.section("agent-a"), "test-agent-a") as connection:
+        await connection.publish(result_topic("agent-a", "se-got-wg-001"), b"{}", timeout=HANG_GUARD)
+        with pytest.raises(BrokerRefused) as refused:
+            await connection.publish(result_topic("agent-b", "se-got-wg-001"), b"{}", timeout=HANG_GUARD)
+        assert refused.value.code == 0x87
+        assert refused.value.reason == "not_authorized"
+        # The connection goes on: a refusal is about one message.
+        await connection.publish(status_topic("agent-a"), b"{}", retain=True, timeout=HANG_GUARD)
+
+
+@pytest.mark.asyncio
+async def test_retained_messages_reach_a_later_subscriber(broker: Mosquitto) -> None:
+    async with connect(broker.section("agent-a"), "test-agent-a") as connection:
+        await connection.publish(result_topic("agent-a", "s1"), b"first", retain=True, timeout=HANG_GUARD)
+        await connection.publish(result_topic("agent-a", "s1"), b"latest", retain=True, timeout=HANG_GUARD)
+    async with connect(broker.section(AGGREGATOR_USER), "test-reader") as reader:
+        await reader.subscribe(["wgprobe/v1/results/+/+"])
+        message = await reader.receive(HANG_GUARD)
+    assert message is not None
+    assert (message.topic, message.payload, message.retain) == (result_topic("agent-a", "s1"), b"latest", True)
+
+
+@pytest.mark.asyncio
+async def test_wrong_password_is_refused_with_its_reason(broker: Mosquitto, tmp_path: Path) -> None:
+    broker.add_user("agent-a")
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    section = MqttSection.model_validate({"url": broker.url, "username": "agent-a", "password_file": wrong})
+    load_mqtt_secrets(section)
+    with pytest.raises(BrokerRefused) as refused:
+        async with connect(section, "test-agent-a"):
+            pass
+    assert refused.value.reason == "not_authorized"  # mosquitto 2.0 answers a wrong password with 0x87, not 0x86
+    assert "not-the-password" not in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_no_broker_is_unavailable_not_a_traceback(broker: Mosquitto) -> None:
+    section = broker.section("agent-a")
+    broker.stop()
+    with pytest.raises(BrokerUnavailable) as unavailable:
+        async with connect(section, "test-agent-a"):
+            pass
+    assert isinstance(unavailable.value, UnavailableError)  # exit code 3: could not judge
+    assert f"127.0.0.1:{broker.port}" in str(unavailable.value)
+
+
+@pytest.mark.asyncio
+async def test_the_end_of_the_connection_fails_what_waits_on_it(broker: Mosquitto) -> None:
+    async with connect(broker.section(AGGREGATOR_USER), "test-reader") as connection:
+        await connection.subscribe(["wgprobe/v1/#"])
+        receiving = asyncio.ensure_future(connection.receive())
+        await asyncio.sleep(0.1)
+        broker.stop()
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(receiving, HANG_GUARD)
+        assert not connection.connected
+        with pytest.raises(BrokerUnavailable):
+            connection.publish_nowait("wgprobe/v1/x", b"")
+
+
+@pytest.mark.asyncio
+async def test_last_will_is_published_when_the_connection_dies(broker: Mosquitto) -> None:
+    will = LastWill(status_topic("agent-a"), b'{"online": false}')
+    async with connect(broker.section(AGGREGATOR_USER), "test-reader") as reader:
+        await reader.subscribe([status_topic("agent-a")])
+        async with connect(broker.section("agent-a"), "test-agent-a", will=will) as agent:
+            await agent.publish(status_topic("agent-a"), b'{"online": true}', retain=True, timeout=HANG_GUARD)
+            first = await reader.receive(HANG_GUARD)
+            assert first is not None and first.payload == b'{"online": true}'
+            # Not a clean DISCONNECT: the socket just closes, as when the process is killed.
+            agent._paho.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            second = await reader.receive(HANG_GUARD)
+        assert second is not None and second.payload == b'{"online": false}'
+
+
+@pytest.mark.asyncio
+async def test_a_clean_disconnect_sends_no_will(broker: Mosquitto) -> None:
+    will = LastWill(status_topic("agent-a"), b'{"online": false}')
+    async with connect(broker.section(AGGREGATOR_USER), "test-reader") as reader:
+        await reader.subscribe([status_topic("agent-a")])
+        async with connect(broker.section("agent-a"), "test-agent-a", will=will) as agent:
+            await agent.publish(status_topic("agent-a"), b'{"online": true}', retain=True, timeout=HANG_GUARD)
+        first = await reader.receive(HANG_GUARD)
+        assert first is not None and first.payload == b'{"online": true}'
+        assert await reader.receive(1.0) is None

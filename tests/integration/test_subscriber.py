@@ -1,0 +1,180 @@
+"""The aggregator's subscriber (probe/aggregator/subscriber.py) against a real mosquitto: results and statuses into
+a real ResultStore, bad messages counted without stopping, state recovered from retained messages after a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from probe.aggregator.health import HealthState
+from probe.aggregator.intake import MAX_PAYLOAD, Ingested, Outcome
+from probe.aggregator.store import ResultStore
+from probe.aggregator.subscriber import Subscriber
+from probe.aggregator.testing import make_inventory, make_result, make_status, payload
+from probe.messages import ResultMessage, result_topic, status_topic
+from probe.mqtt import Backoff, connect
+from probe.results import StageName
+from tests.integration.broker import AGGREGATOR_USER, Mosquitto
+from tests.integration.mqtt_support import HANG_GUARD, LogLines, Recorder, running, wait_until
+
+pytestmark = pytest.mark.integration
+
+SERVERS = ("se-got-wg-001", "se-got-wg-002", "de-fra-wg-001")
+
+
+def new_store() -> ResultStore:
+    return ResultStore(make_inventory(SERVERS), now=time.time)
+
+
+def subscriber(broker: Mosquitto, store: Recorder | ResultStore, log: LogLines | None = None) -> Subscriber:
+    return Subscriber(
+        broker.section(AGGREGATOR_USER),
+        "test-aggregator",
+        store,
+        log=log,
+        settle_seconds=0.5,
+        backoff=Backoff(initial=0.05, cap=0.5),
+    )
+
+
+async def publish(broker: Mosquitto, agent: str, *messages: tuple[str, bytes]) -> None:
+    """Publish as `agent` (its own broker user), retained, QoS 1, each acknowledged."""
+    async with connect(broker.section(agent), f"test-{agent}") as connection:
+        for topic, body in messages:
+            await connection.publish(topic, body, retain=True, timeout=HANG_GUARD)
+
+
+def fleet_round(agent: str, n: int, *, fail: StageName | dict[int, StageName] | None = None) -> list[tuple[str, bytes]]:
+    """An agent's status and its result on every relay, as one round publishes them."""
+    now = time.time()
+    messages: list[tuple[str, bytes]] = [(status_topic(agent), payload(make_status(agent, at=now)))]
+    for server in SERVERS:
+        message = make_result(server, agent, taken_at=now, round=n, result_id=f"{agent}-{server}-{n}", fail=fail)
+        messages.append((result_topic(agent, server), payload(message)))
+    return messages
+
+
+class SettleWatch(Recorder):
+    """A recorder that notes, for each message, whether the subscriber already said the retained state was in."""
+
+    consumer: Subscriber | None = None
+    after_settled: int = 0
+
+    def ingest_result(self, payload: bytes | bytearray, topic: str) -> Ingested:
+        self._note()
+        return super().ingest_result(payload, topic)
+
+    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
+        self._note()
+        return super().ingest_status(payload, topic)
+
+    def _note(self) -> None:
+        if self.consumer is not None and self.consumer.settled.is_set():
+            self.after_settled += 1
+
+
+@pytest.mark.asyncio
+async def test_results_and_statuses_feed_the_store(broker: Mosquitto) -> None:
+    store = new_store()
+    consumer = subscriber(broker, store)
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "subscribed and settled")
+        await publish(broker, "agent-a", *fleet_round("agent-a", 1, fail={51820: StageName.forward}))
+        await wait_until(lambda: store.messages[Outcome.accepted] == 4, "three results and a status")
+        assert consumer.connected
+    store.refresh()
+    for server in SERVERS:
+        record = store.servers[server]
+        assert record.agents["agent-a"].newest.result_id == f"agent-a-{server}-1"
+        assert record.state is HealthState.down  # the only agent, with a good control check, sees it failing
+        assert record.last_failure is not None and record.last_failure.stage is StageName.forward
+    status = store.agents["agent-a"].status
+    assert status is not None and status.online
+
+
+@pytest.mark.asyncio
+async def test_bad_messages_are_counted_logged_once_per_sender_and_reason_and_stop_nothing(
+    broker: Mosquitto,
+) -> None:
+    log = LogLines()
+    store = new_store()
+    consumer = subscriber(broker, store, log)
+    now = time.time()
+    good = make_result(SERVERS[0], "agent-b", taken_at=now, result_id="agent-b-good")
+    other_schema = json.loads(payload(make_result(SERVERS[1], "agent-b", taken_at=now)))
+    other_schema["schema_version"] = 99
+    stranger = make_result("xx-nowhere-wg-999", "agent-b", taken_at=now)
+    impostor = make_result(SERVERS[2], "agent-a", taken_at=now)  # agent-a's payload on agent-b's topic
+    topic = result_topic("agent-b", SERVERS[0])
+    bad = [
+        (topic, b"not json at all"),
+        (topic, b"\xff\xfe\x00garbage"),
+        (result_topic("agent-b", SERVERS[1]), b'{"server": "se-got-wg-002"}'),
+        (status_topic("agent-b"), b"[1, 2, 3]"),
+        (topic, b"x" * (MAX_PAYLOAD + 1)),
+        (result_topic("agent-b", SERVERS[1]), json.dumps(other_schema).encode()),
+        (result_topic("agent-b", stranger.server), payload(stranger)),
+        (result_topic("agent-b", SERVERS[2]), payload(impostor)),
+    ]
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "subscribed and settled")
+        await publish(broker, "agent-b", *bad, (topic, payload(good)))
+        await wait_until(lambda: "agent-b" in store.servers[SERVERS[0]].agents, "the good message after the bad")
+        assert consumer.connected
+        assert consumer.received == len(bad) + 1
+    counts = {outcome: n for outcome, n in store.messages.items() if n}
+    assert counts == {
+        Outcome.malformed: 4,
+        Outcome.oversized: 1,
+        Outcome.unknown_schema: 1,
+        Outcome.unknown_server: 1,
+        Outcome.topic_mismatch: 1,
+        Outcome.accepted: 1,
+    }
+    dropped = log.events("message dropped")
+    assert sorted(str(fields["reason"]) for fields in dropped) == [
+        "malformed", "oversized", "topic_mismatch", "unknown_schema", "unknown_server",
+    ]  # fmt: skip
+    assert {fields["sender"] for fields in dropped} == {"agent-b"}
+    for fields in dropped:
+        assert str(fields["detail"]).isprintable()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_aggregator_has_the_fleet_back_when_settled(broker: Mosquitto) -> None:
+    await publish(broker, "agent-a", *fleet_round("agent-a", 1))
+    await publish(broker, "agent-b", *fleet_round("agent-b", 1, fail=StageName.handshake))
+    watch = SettleWatch(new_store())
+    consumer = watch.consumer = subscriber(broker, watch)
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "the retained burst settled")
+        assert watch.store.messages[Outcome.accepted] == 8  # every retained result and status
+    assert watch.after_settled == 0  # and none of them came after `settled`: refresh() may judge from here on
+    store = watch.store
+    store.refresh()
+    for server in SERVERS:
+        assert set(store.servers[server].agents) == {"agent-a", "agent-b"}
+        # One agent sees it up, one failing: no quorum of two for down. Judged on both, not on the first alone.
+        assert store.servers[server].state is HealthState.degraded
+    assert set(store.agents) == {"agent-a", "agent-b"}
+
+
+@pytest.mark.asyncio
+async def test_the_persistent_session_keeps_what_came_while_the_aggregator_was_away(broker: Mosquitto) -> None:
+    first = Recorder(new_store())
+    consumer = subscriber(broker, first)
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "subscribed")
+    # Away: five rounds on one relay. Retained keeps only the last; the session queues all five.
+    rounds: list[ResultMessage] = [
+        make_result(SERVERS[0], "agent-a", taken_at=time.time(), round=n, result_id=f"agent-a-{n}") for n in range(5)
+    ]
+    await publish(broker, "agent-a", *((result_topic("agent-a", SERVERS[0]), payload(m)) for m in rounds))
+    again = Recorder(new_store())
+    consumer = subscriber(broker, again)  # same name: same client id, same session
+    async with running(consumer.run()):
+        await wait_until(lambda: len(set(again.result_ids())) == 5, "every round, not only the retained one")
+    assert again.first_arrivals() == [m.result_id for m in rounds]
+    assert again.store.servers[SERVERS[0]].agents["agent-a"].newest.round == 4
