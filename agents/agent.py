@@ -119,23 +119,22 @@ class Agent:
             identities=len(self.config.identities),
         )
         await self._check_control()  # the first results must already know whether the agent's network works
-        outbox = asyncio.create_task(self.outbox.run(), name="outbox")
         try:
             async with asyncio.TaskGroup() as tree:
+                # The outbox is in the tree too: if it fails, the agent fails with it, loudly. On the orderly stop
+                # it is cancelled after probing has ended and the offline status is in, and flushes on its way out.
+                tree.create_task(self.outbox.run(), name="outbox")
                 tree.create_task(self._probing(), name="probing")
                 tree.create_task(self._inventory_loop(), name="inventory")
                 tree.create_task(self._control_loop(), name="control")
                 tree.create_task(self._status_loop(), name="status")
                 if self.http is not None:
                     tree.create_task(self.http(self), name="http")
-                tree.create_task(self._until_stopped(tree), name="stop")
+                tree.create_task(self._until_stopped(), name="stop")
         finally:
-            self.outbox.put_status(self.status(online=False))
-            outbox.cancel()  # the outbox flushes within its own deadline on cancellation
-            await asyncio.gather(outbox, return_exceptions=True)
             self.log.info("agent_stopped", **self._probe_totals())
 
-    async def _until_stopped(self, tree: asyncio.TaskGroup) -> None:
+    async def _until_stopped(self) -> None:
         await self._stopping.wait()
         self.log.info("agent_stopping", in_flight=len(self._jobs))
         if self._jobs:
@@ -143,7 +142,8 @@ class Agent:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        raise _Stopped  # ends the task group: every other task is cancelled
+        self.outbox.put_status(self.status(online=False))
+        raise _Stopped  # ends the task group: every other task is cancelled, the outbox flushing as it goes
 
     def stop(self) -> None:
         """Begin the orderly stop (SIGTERM, SIGINT)."""
@@ -163,10 +163,7 @@ class Agent:
                 task.add_done_callback(self._jobs.discard)
             upcoming = self.schedule.next_due()
             delay = self.interval if upcoming is None else max(0.0, upcoming - self.now())
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(delay, self.interval))
-            except TimeoutError:
-                continue
+            await wait_event(self._stopping, min(delay, self.interval))
 
     async def _job(self, job: Job) -> None:
         relay = self.inventory.get(job.relay)
@@ -181,7 +178,7 @@ class Agent:
             started = self.now()
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = await self.probe(relay, job)
+                    result = await self.probe(relay, job, finish_by=deadline)
             except TimeoutError:
                 self.counters.count("overrun")
                 self.log.warning("probe_overrun", relay=relay.name, round=job.round, seconds=self.interval)
@@ -197,14 +194,15 @@ class Agent:
         )
         self.outbox.put_result(message)
 
-    async def probe(self, relay: Relay, job: Job | None = None) -> ServerResult:
-        """One probe of `relay`: this round's paths for a scheduled job, every path for an ad-hoc one."""
+    async def probe(self, relay: Relay, job: Job | None = None, *, finish_by: float | None = None) -> ServerResult:
+        """One probe of `relay`: this round's paths for a scheduled job, every path for an ad-hoc one. A path that
+        could not end before `finish_by` (event-loop time) is not started: the others' result still goes out."""
         if job is None:
             return await self.prober.probe_relay(relay)
         specs = paths_for(
             relay, job, main_port=self.config.probe.main_port, rotation_rounds=self.schedule.rotation_rounds
         )
-        return await self.prober.probe_paths(relay, specs)
+        return await self.prober.probe_paths(relay, specs, finish_by=finish_by)
 
     def _book(self, job: Job, started: float, ended: float, result: ServerResult) -> None:
         self.counters.count("ok" if result.ok else "failed")
@@ -223,8 +221,7 @@ class Agent:
 
     async def _inventory_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), timeout=self.config.inventory.refresh_seconds)
+            await wait_event(self._reload, self.config.inventory.refresh_seconds)
             self._reload.clear()
             await self.refresh_inventory()
 
@@ -281,6 +278,15 @@ class Agent:
             else round(self.counters.last_round_seconds, 3),
             control=self.control,
         )
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` was set within `timeout` seconds. asyncio.timeout, not wait_for: on Python 3.11 wait_for can
+    swallow a cancellation that lands as the awaited future completes, and a task of the tree must stop when told."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
 
 
 class _Stopped(Exception):

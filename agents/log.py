@@ -17,6 +17,7 @@ from typing import TextIO
 from probe.term import clean
 
 LEVELS = ("debug", "info", "warning", "error")
+_LOGGING_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "error"}
 
 
 class Log:
@@ -45,7 +46,10 @@ class Log:
             **{**self.context, **context},
         )
 
-    def event(self, level: str, name: str, **fields: object) -> None:
+    def event(self, level: str | int, name: str, **fields: object) -> None:
+        """One line; `level` is a name ("info") or a `logging` number (the MQTT module's callbacks pass those)."""
+        if isinstance(level, int):
+            level = _LOGGING_LEVELS.get(level - level % 10, "error" if level > 40 else "debug")
         if LEVELS.index(level) < self.threshold:
             return
         stamp = datetime.fromtimestamp(self.now(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -40,6 +40,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agents import cli as agent_cli
     from probe import cli_probe
     from probe.lab import cli as lab_cli
     from probe.sim import cli as sim_cli
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli_probe.register(commands)
     lab_cli.register(commands)
+    agent_cli.register(commands)
     sim_cli.register(commands)
     _register_reflector(commands)
     return parser

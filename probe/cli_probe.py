@@ -85,13 +85,16 @@ def register(commands: Commands) -> None:
 
 def _load(config_path: Path | None) -> tuple[AgentConfig, Inventory]:
     from probe.config import find_config, load_config
-    from probe.inventory import load_inventory
+    from probe.inventory.configured import ConfiguredInventory
     from probe.term import clean
 
     config = load_config(find_config(config_path))
-    inventory = load_inventory(config.inventory.source, include_inactive=config.inventory.include_inactive)
+    source = ConfiguredInventory(config.inventory)
+    inventory = source.load()
     for problem in inventory.problems:
         print(f"warning: inventory: {clean(problem)} (skipped)", file=sys.stderr)
+    for line in source.label_problems:
+        print(f"warning: labels: {clean(line)} (skipped)", file=sys.stderr)
     if config.agent.netns is not None:
         from probe.sockets import require_namespace
 

@@ -100,7 +100,8 @@ async def _reflector(target: Target, netns: str | None, attempts: int, timeout: 
             deadline = loop.time() + timeout
             while (left := deadline - loop.time()) > 0:
                 try:
-                    data = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
+                    async with asyncio.timeout(left):
+                        data = await loop.sock_recv(sock, 2048)
                 except TimeoutError:
                     break
                 try:
@@ -131,7 +132,8 @@ async def _echo(target: Target, netns: str | None, attempts: int, timeout: float
             deadline = loop.time() + timeout
             while (left := deadline - loop.time()) > 0:
                 try:
-                    data = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
+                    async with asyncio.timeout(left):
+                        data = await loop.sock_recv(sock, 2048)
                 except TimeoutError:
                     break
                 if _is_reply(data, family, raw, payload):

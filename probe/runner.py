@@ -32,8 +32,9 @@ from probe.results import (
 from probe.stages import REGISTRY, Registry
 from probe.stages.base import Exchange, PathContext, Settings
 from probe.stages.driver import drive
-from probe.tunnel import INITIATION_SPACING, Record
+from probe.tunnel import FIRST_GAP_UNKNOWN, INITIATION_SPACING, Record
 from probe.wireguard import CookieState, Identity, PrivateKey, PublicKey
+from probe.wireguard.attempts import Schedule
 
 _SPREAD = 7919  # a prime stride: successive rotations visit a range's ports in a scattered, non-repeating order
 # With the relay's round trip known from its last handshake, a lost initiation is sent again after this many round
@@ -142,22 +143,37 @@ class Prober:
         )
         return await self.probe_paths(relay, specs)
 
-    async def probe_paths(self, relay: Relay, specs: list[PathSpec]) -> ServerResult:
-        """Probe these paths of `relay`, dealt round-robin to the identities (a key's paths one at a time)."""
+    def longest_path(self) -> float:
+        """Seconds one path can take at most: every initiation waited out, then the stages' timeout."""
+        probe = self.config.probe
+        schedule = Schedule(first_gap=min(FIRST_GAP_UNKNOWN, probe.handshake_timeout), max_gap=probe.handshake_timeout)
+        handshake = sum(schedule.gap(k) for k in range(probe.handshake_attempts))
+        return handshake + probe.timeout
+
+    async def probe_paths(self, relay: Relay, specs: list[PathSpec], *, finish_by: float | None = None) -> ServerResult:
+        """Probe these paths of `relay`, dealt round-robin to the identities (a key's paths one at a time).
+
+        With `finish_by` (the event loop's clock), a key starts another path only if even its slowest run would end
+        by then: the paths left out are left out of the result, rather than the whole result lost to a deadline.
+        """
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         lanes: list[list[tuple[int, PathSpec]]] = [[] for _ in self.identities]
         for n, spec in enumerate(specs):
             lanes[n % len(lanes)].append((n, spec))
         done: dict[int, PathResult] = {}
+        loop = asyncio.get_running_loop()
+        longest = self.longest_path()
 
         async def lane(index: int, work: list[tuple[int, PathSpec]]) -> None:
             async with self._lock(index, relay.name):
                 for n, spec in work:
+                    if finish_by is not None and done and loop.time() + longest > finish_by:
+                        return
                     done[n] = await self.probe_path(relay, spec, index)
 
         await asyncio.gather(*(lane(i, work) for i, work in enumerate(lanes) if work))
-        paths = tuple(done[n] for n in range(len(specs)))
+        paths = tuple(done[n] for n in range(len(specs)) if n in done)
         reason = worst_reason(paths)
         result = ServerResult(
             schema_version=SCHEMA_VERSION,

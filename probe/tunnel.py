@@ -25,6 +25,9 @@ from probe.wireguard import CookieState, Identity, ProtocolError, PublicKey, Tra
 from probe.wireguard.attempts import HandshakeAttempts, Schedule
 from probe.wireguard.constants import HANDSHAKE_INITIATION_RATE
 
+# The first retransmission when the relay's round trip is not known yet (a first contact): later ones use a few
+# of its round trips (probe.runner). 200 ms is more than most relays' round trip from a vantage point near them.
+FIRST_GAP_UNKNOWN = 0.2
 # A little above the 20 ms limit: timer granularity on a loaded machine must not make us land just inside it.
 INITIATION_SPACING = HANDSHAKE_INITIATION_RATE + 0.005
 MAX_DATAGRAM = 65535
@@ -252,7 +255,9 @@ class Tunnel:
             raise SocketError(f"cannot open UDP socket to {address}:{port}: {_reason(exc)}") from None
         flow = Flow(loop, sock)
         schedule = Schedule(
-            first_gap=min(timeout, 0.2 if first_gap is None else first_gap), max_gap=timeout, max_initiations=attempts
+            first_gap=min(timeout, FIRST_GAP_UNKNOWN if first_gap is None else first_gap),
+            max_gap=timeout,
+            max_initiations=attempts,
         )
         handshake = HandshakeAttempts(identity, relay_key, schedule, cookie_state, preshared_key)
         try:

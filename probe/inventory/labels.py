@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probe.inventory import Inventory, InventoryError, is_url
-from probe.inventory.model import check_label_names
+from probe.inputs import InputError, read_regular_file
+from probe.inventory.model import Inventory, InventoryError, check_label_names
+from probe.inventory.source import is_url
 
 MAX_LABELS_PER_RELAY = 32
 MAX_LABEL_VALUE = 256
@@ -127,10 +128,7 @@ def load_labels(location: str, *, timeout: float = 10.0) -> RelayLabels:
         return parse_labels(result.body, source=location, suffix=suffix)
     path = Path(location)
     try:
-        with path.open("rb") as file:
-            content = file.read(_MAX_FILE + 1)
-    except OSError as e:
-        raise InventoryError(f"{path}: cannot read labels: {e.strerror or e}") from None
-    if len(content) > _MAX_FILE:
-        raise InventoryError(f"{path}: labels file is larger than {_MAX_FILE // (1024 * 1024)} MiB")
+        content = read_regular_file(path, max_bytes=_MAX_FILE)  # a FIFO or /dev/zero is refused, not read
+    except InputError as e:
+        raise InventoryError(f"{path}: cannot read labels: {e}") from None
     return parse_labels(content, source=str(path), suffix=path.suffix)

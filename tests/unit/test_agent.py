@@ -145,3 +145,20 @@ async def test_results_carry_the_control_check_and_the_status_says_why(tmp_path:
         await until(lambda: agent.control is not None and agent.control.ok)
         agent.stop()
         await asyncio.wait_for(running, 10)
+
+
+class BrokenOutbox(LocalOutbox):
+    async def run(self) -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("outbox bug")
+
+
+@pytest.mark.asyncio
+async def test_a_task_of_the_tree_that_fails_takes_the_agent_down_loudly(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path / "sim", relays=1) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        agent.outbox = BrokenOutbox(agent.config.agent.name, received.deliver)
+        with pytest.raises(ExceptionGroup) as raised:
+            await asyncio.wait_for(run_agent(agent), 20)  # a hang guard: it must end by itself
+        assert raised.group_contains(RuntimeError, match="outbox bug")

@@ -1,0 +1,117 @@
+"""`probe agent --config agent.toml [--log-format json]`: the long-running probe agent.
+
+Start-up refuses what the operator must fix (exit 2: a bad config, an unreadable password file, a key another
+process holds, a spool file that is not ours) before anything runs; an inventory that cannot be fetched is waited
+for, with backoff, since a service should outlast its inventory's outage. After that the agent runs until SIGTERM
+or SIGINT and exits 0; SIGHUP reloads the inventory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probe.errors import EXIT_OK, ConfigError
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
+    from agents.log import Log
+    from probe.cli import Commands
+    from probe.config import AgentConfig
+    from probe.inventory import Inventory
+    from probe.inventory.configured import ConfiguredInventory
+
+FIRST_LOAD_BACKOFF = (2.0, 60.0)  # seconds: first and longest wait between start-up attempts to load the inventory
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "agent",
+        help="probe every relay continuously and publish the results over MQTT",
+        description="Probe every relay of the inventory continuously from this vantage point and publish every "
+        "result to the MQTT broker of [mqtt], with nothing lost while the broker is away (a spool on disk). "
+        "SIGHUP reloads the inventory; SIGTERM stops in order and exits 0.",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="agent config (default: $WGPROBE_CONFIG, then ./agent.toml)"
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines (default text)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.log import Log
+    from probe.config import find_config, load_config
+    from probe.keylock import lock_keys
+    from probe.service_config import load_mqtt_secrets
+
+    config = load_config(find_config(args.config))
+    if config.mqtt is None:
+        raise ConfigError(f"{config.path}: [mqtt] is required by `probe agent` (url, username, password_file)")
+    try:
+        load_mqtt_secrets(config.mqtt)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+    if config.agent.netns is not None:
+        from probe.sockets import require_namespace
+
+        require_namespace(config.agent.netns)
+    log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
+    with lock_keys([identity.private_key_file for identity in config.identities]):
+        asyncio.run(_serve(config, log))
+    return EXIT_OK
+
+
+async def _serve(config: AgentConfig, log: Log) -> None:
+    from agents.agent import Agent, run_agent
+    from agents.outbox import MqttOutbox
+    from agents.spool import Spool
+    from probe.inventory.configured import ConfiguredInventory
+
+    assert config.mqtt is not None
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    source = ConfiguredInventory(config.inventory)
+    inventory = await _first_inventory(source, log, stopping)
+    if inventory is None:
+        return  # stopped before the inventory could ever be loaded
+    with Spool.open(config.spool, now=time.time) as spool:
+        outbox = MqttOutbox(config.mqtt, config.agent.name, spool, log=log.event)
+        agent = Agent(config, inventory, outbox=outbox, load_inventory=source.load, log=log, http=_http(config))
+        loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, agent.stop)
+        if stopping.is_set():
+            agent.stop()
+        await run_agent(agent)
+
+
+async def _first_inventory(source: ConfiguredInventory, log: Log, stopping: asyncio.Event) -> Inventory | None:
+    """The inventory to start with; a source that cannot be fetched is tried again with backoff until it can (or
+    the agent is told to stop). A malformed one is a config error: nothing good would come of waiting."""
+    from probe.errors import UnavailableError
+
+    delay, longest = FIRST_LOAD_BACKOFF
+    while not stopping.is_set():
+        try:
+            return await asyncio.to_thread(source.load)
+        except UnavailableError as exc:
+            log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
+        try:
+            async with asyncio.timeout(delay):
+                await stopping.wait()
+        except TimeoutError:
+            delay = min(longest, delay * 2)
+    return None
+
+
+def _http(config: AgentConfig) -> Callable[[Agent], Coroutine[object, object, None]] | None:
+    """The agent's /metrics and /probe endpoints on [http] listen (agents/http.py)."""
+    return None

@@ -1,0 +1,205 @@
+"""`probe agent` as a real process: a simulated fleet (`probe sim up`, a process too), a real mosquitto with password
+file and ACL, and a subscriber reading what the broker got. Every relay's results arrive on their topics with the
+right verdicts, a fault injected live shows in the next round, SIGHUP follows the inventory, SIGTERM exits 0 with
+the status offline, and SIGKILL leaves the last will saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from probe.messages import RESULTS_FILTER, STATUS_FILTER, AgentStatus, ResultMessage
+from probe.mqtt import connect
+from tests.integration.broker import AGGREGATOR_USER, Mosquitto
+from tests.integration.mqtt_support import wait_until
+
+pytestmark = pytest.mark.integration
+AGENT = "sim-agent"  # the name `probe sim up` gives its first agent; the broker user must be the same (ACL %u)
+
+
+def probe_process(*args: str, **kw: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "probe", *args], **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Path]:
+    """`probe sim up` with three relays, se-got-wg-002 with its NAT broken; stopped by PID."""
+    directory = tmp_path / "sim"
+    proc = probe_process(
+        "sim",
+        "up",
+        "--relays",
+        "3",
+        "--dir",
+        str(directory),
+        "--fault",
+        "se-got-wg-002:nat",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    seen = b""
+    while not seen.startswith(b"ready") and b"\nready" not in seen:
+        line = proc.stdout.readline()
+        assert line, f"probe sim up ended before it was ready: {seen!r}"
+        seen += line
+    try:
+        yield directory
+    finally:
+        stop(proc)
+        proc.stdout.close()
+
+
+def agent_config(fleet: Path, broker: Mosquitto) -> Path:
+    credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
+    config = fleet / "agent-mqtt.toml"
+    config.write_text(
+        (fleet / "agent.toml").read_text()
+        + "\n[schedule]\ninterval_seconds = 2\n"
+        + "[probe]\ntimeout = 0.5\nhandshake_timeout = 0.3\nhandshake_attempts = 2\n"
+        + f'[mqtt]\nurl = "{broker.url}"\nusername = "{AGENT}"\npassword_file = "{credentials.password_file}"\n'
+        + f'[spool]\npath = "{fleet / "spool.sqlite"}"\n'
+    )
+    return config
+
+
+@dataclass
+class Seen:
+    results: list[ResultMessage] = field(default_factory=list)
+    statuses: list[AgentStatus] = field(default_factory=list)
+    topics: set[str] = field(default_factory=set)
+
+    def of(self, relay: str) -> list[ResultMessage]:
+        return [r for r in self.results if r.server == relay]
+
+
+@contextlib.asynccontextmanager
+async def watching(broker: Mosquitto) -> AsyncIterator[Seen]:
+    """Everything the broker delivers on the results and status topics, as the aggregator would see it."""
+    seen = Seen()
+    async with connect(broker.section(AGGREGATOR_USER), "test-watcher") as connection:
+        await connection.subscribe([RESULTS_FILTER, STATUS_FILTER])
+
+        async def pump() -> None:
+            while True:
+                message = await connection.receive()
+                if message is None:
+                    continue
+                seen.topics.add(message.topic)
+                if "/results/" in message.topic:
+                    seen.results.append(ResultMessage.model_validate_json(message.payload))
+                else:
+                    seen.statuses.append(AgentStatus.model_validate_json(message.payload))
+
+        task = asyncio.create_task(pump())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.mark.asyncio
+async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm_ends_in_order(
+    fleet: Path, broker: Mosquitto
+) -> None:
+    config = agent_config(fleet, broker)
+    async with watching(broker) as seen:
+        agent = probe_process("agent", "--config", str(config), "--log-format", "json", stderr=subprocess.PIPE)
+        try:
+            await wait_until(lambda: all(len(seen.of(f"se-got-wg-00{n}")) >= 2 for n in (1, 2, 3)), "two rounds")
+            assert all(r.ok and r.control_ok for r in seen.of("se-got-wg-001"))
+            assert {r.reason for r in seen.of("se-got-wg-002")} == {"forward_timeout"}
+            assert f"wgprobe/v1/results/{AGENT}/se-got-wg-003" in seen.topics
+            assert seen.statuses and seen.statuses[-1].online and seen.statuses[-1].inventory_size == 3
+
+            subprocess.run(
+                [sys.executable, "-m", "probe", "sim", "break", "se-got-wg-003", "nat", "--dir", str(fleet)],
+                check=True,
+                capture_output=True,
+            )
+            count = len(seen.of("se-got-wg-003"))
+            await wait_until(lambda: len(seen.of("se-got-wg-003")) >= count + 2, "rounds after the break")
+            assert seen.of("se-got-wg-003")[-1].reason == "forward_timeout"
+
+            relays = fleet / "relays.json"
+            doc = json.loads(relays.read_text())
+            doc["wireguard"]["relays"] = doc["wireguard"]["relays"][:2]
+            relays.write_text(json.dumps(doc))
+            agent.send_signal(signal.SIGHUP)
+            await wait_until(lambda: seen.statuses[-1].inventory_size == 2, "the inventory reloaded on SIGHUP")
+        except AssertionError as exc:
+            stop(agent)
+            assert agent.stderr is not None
+            raise AssertionError(f"{exc}\n{agent.stderr.read().decode()[-3000:]}") from None
+        finally:
+            code = stop(agent)
+            assert agent.stderr is not None
+            log = agent.stderr.read().decode() if not agent.stderr.closed else ""
+            agent.stderr.close()
+        assert code == 0, log
+        await wait_until(lambda: not seen.statuses[-1].online, "the offline status of an orderly stop")
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "agent_started" in events and "agent_stopped" in events and "inventory_changed" in events
+    assert broker.users[AGENT].password_file.read_text().strip() not in log  # no secret in the log
+
+
+@pytest.mark.asyncio
+async def test_sigkill_leaves_the_last_will_saying_offline(fleet: Path, broker: Mosquitto) -> None:
+    config = agent_config(fleet, broker)
+    async with watching(broker) as seen:
+        agent = probe_process("agent", "--config", str(config), stderr=subprocess.DEVNULL)
+        try:
+            await wait_until(lambda: any(s.online for s in seen.statuses), "the agent online")
+        finally:
+            stop(agent, signal.SIGKILL)
+        await wait_until(lambda: not seen.statuses[-1].online, "the last will: offline")
+
+
+def test_a_missing_mqtt_table_or_a_readable_password_file_is_refused_before_anything_runs(fleet: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "probe", "agent", "--config", str(fleet / "agent.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "[mqtt] is required" in done.stderr
+    secret = fleet / "loose.password"
+    secret.write_text("hunter2\n")
+    os.chmod(secret, 0o644)
+    config = fleet / "agent-loose.toml"
+    config.write_text(
+        (fleet / "agent.toml").read_text()
+        + f'\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\nusername = "{AGENT}"\npassword_file = "{secret}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "probe", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "chmod 600" in done.stderr and "hunter2" not in done.stderr
