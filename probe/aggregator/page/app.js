@@ -47,6 +47,10 @@
   function place(server) {
     return [server.country, server.city].filter(Boolean).join("-") || server.location || "";
   }
+  function placeName(group) {
+    const same = !group.code || group.name.toLowerCase() === group.code.toLowerCase();
+    return same ? group.name : group.name + " (" + group.code + ")";
+  }
   function ms(seconds) {
     return (seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1) + " ms";
   }
@@ -132,13 +136,13 @@
     const parts = [];
     for (const country of countries) {
       const countryCounts = el("span", "counts");
-      const countryNode = el("section", "country", el("h3", null, country.name + (country.code ? " (" + country.code + ")" : "") + " ", countryCounts));
+      const countryNode = el("section", "country", el("h3", null, placeName(country) + " ", countryCounts));
       const entry = { node: countryNode, counts: countryCounts };
       countryNodes.push(entry);
       for (const city of country.cities) {
         const cityCounts = el("span", "counts");
         const list = el("div", "tiles");
-        const cityNode = el("div", "city", el("h4", null, city.name + " ", cityCounts), list);
+        const cityNode = el("div", "city", el("h4", null, placeName(city) + " ", cityCounts), list);
         const cityEntry = { node: cityNode, counts: cityCounts, country: entry };
         cityNodes.push(cityEntry);
         for (const server of city.servers) {
@@ -274,6 +278,13 @@
     try { return { view: "detail", name: decodeURIComponent(match[1]) }; } catch { return { view: "fleet" }; }
   }
 
+  // User Timing marks (performance.getEntriesByType("measure")): what a render costs, for tests and curious people.
+  function timed(name, work) {
+    const start = performance.now();
+    work();
+    performance.measure("wgprobe-render-" + name, { start, end: performance.now() });
+  }
+
   let timer = null;
   let sequence = 0;
   async function poll() {
@@ -289,8 +300,8 @@
       if (mine !== sequence) return; // a newer poll (the route changed) owns the page
       if (where.view === "detail" && response.status === 404) renderMissing(where.name, body);
       else if (!response.ok) throw new Error("HTTP " + response.status + (body && body.detail ? ": " + body.detail : ""));
-      else if (where.view === "fleet") renderFleet(body);
-      else renderDetail(body);
+      else if (where.view === "fleet") timed("fleet", () => renderFleet(body));
+      else timed("detail", () => renderDetail(body));
       const stamp = body.generated_at ? new Date(body.generated_at) : new Date();
       setConnection(true, "updated " + stamp.toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s");
       document.body.dataset.ready = "1";
