@@ -445,6 +445,16 @@ def _hello_app() -> web.Application:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
+async def test_it_listens_where_told_and_says_where(listen: str) -> None:
+    endpoint = Endpoint.parse(listen, allow_port_zero=True)
+    async with serving(_hello_app(), endpoint) as bound, aiohttp.ClientSession() as client:
+        assert bound.host == endpoint.host and bound.port > 0
+        async with client.get(f"http://{bound}/") as response:
+            assert await response.text() == "hello"
+
+
+@pytest.mark.asyncio
 async def test_a_port_in_use_is_a_config_error_naming_the_address() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
