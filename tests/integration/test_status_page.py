@@ -218,3 +218,21 @@ async def test_an_unknown_relay_says_so_and_suggests_names(served: Served) -> No
     await page.wait_for_selector("#detail p a", timeout=WAIT_MS)
     assert f"no relay {BROKEN}x in the inventory" in await page.inner_text("#detail")
     assert await page.locator("#detail p a").first.inner_text() == BROKEN
+
+
+@pytest.mark.asyncio
+async def test_ages_are_reckoned_by_the_aggregators_clock(served: Served) -> None:
+    """An aggregator whose clock is an hour behind the browser's: a relay that broke seconds ago reads so."""
+    behind = time.time() - 3600
+
+    def clock() -> float:
+        return behind + (time.monotonic() - started)
+
+    started = time.monotonic()
+    store = ResultStore(make_inventory([BROKEN]), now=clock, health=HealthSection(interval_seconds=600))
+    for agent in AGENTS:
+        send(store, make_result(BROKEN, agent, taken_at=clock(), fail=StageName.forward))
+    async with serving(make_app(store), Endpoint.parse("127.0.0.1:0", allow_port_zero=True)) as bound:
+        page = await Served(store, f"http://{bound}", served.browser, served.problems).open()
+        since = await page.locator("#failing tbody tr td").nth(3).inner_text()
+    assert since.endswith(" s ago") and int(since.split()[0]) < 60, since

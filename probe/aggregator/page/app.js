@@ -28,9 +28,15 @@
     link.href = "#/servers/" + encodeURIComponent(name);
     return link;
   }
+  // Ages are reckoned by the aggregator's clock, not this browser's: a laptop's clock that is off must not make a
+  // relay look down for longer (or shorter) than it is.
+  let clockOffset = 0;
+  function serverNow() {
+    return Date.now() + clockOffset;
+  }
   function ago(iso) {
     if (!iso) return "never";
-    const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    const seconds = Math.max(0, (serverNow() - Date.parse(iso)) / 1000);
     if (seconds < 90) return Math.round(seconds) + " s ago";
     if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
     if (seconds < 172800) return Math.round(seconds / 3600) + " h ago";
@@ -298,6 +304,8 @@
       const response = await fetch(url, { cache: "no-store", signal: AbortSignal.timeout(Math.max(POLL_MS, 10000)) });
       const body = await response.json();
       if (mine !== sequence) return; // a newer poll (the route changed) owns the page
+      const said = Date.parse(body.generated_at || response.headers.get("Date") || "");
+      if (!Number.isNaN(said)) clockOffset = said - Date.now();
       if (where.view === "detail" && response.status === 404) renderMissing(where.name, body);
       else if (!response.ok) throw new Error("HTTP " + response.status + (body && body.detail ? ": " + body.detail : ""));
       else if (where.view === "fleet") timed("fleet", () => renderFleet(body));
