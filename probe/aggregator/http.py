@@ -73,63 +73,71 @@ def make_app(
     """The aggregator's app over `store`. `ready` adds the shell's own check to /healthz (the MQTT subscriber's
     connection, say). `metrics_update_seconds` (None: off) writes the metrics of new results between scrapes."""
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
-    renderer = app[RENDERER] = MetricsRenderer(store)
-    started = store.now()
-    openapi = json.dumps(openapi_document(), separators=(",", ":")).encode()
-    page = {name: resources.files("probe.aggregator").joinpath("page", name).read_bytes() for name in PAGE_FILES}
+    api = _Api(store, ready)
+    app[RENDERER] = api.renderer
+    app.router.add_get("/metrics", api.metrics)
+    app.router.add_get("/api/v1/servers", api.servers)
+    app.router.add_get("/api/v1/servers/{name}", api.server)
+    app.router.add_get("/api/v1/agents", api.agents)
+    app.router.add_get("/api/v1/openapi.json", api.openapi_json)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/", api.page_file)
+    app.router.add_get("/page/{file}", api.page_file)
+    app.on_response_prepare.append(_common_headers)
+    if metrics_update_seconds is not None:
+        app.cleanup_ctx.append(_updating(api.renderer, metrics_update_seconds))
+    return app
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=renderer.render(), headers={"Content-Type": METRICS_CONTENT_TYPE, **_private()})
 
-    async def servers(request: web.Request) -> web.Response:
+class _Api:
+    """The handlers, over one store."""
+
+    def __init__(self, store: ResultStore, ready: Ready | None) -> None:
+        self.store, self.ready = store, ready
+        self.renderer = MetricsRenderer(store)
+        self.started = store.now()
+        self.openapi = json.dumps(openapi_document(), separators=(",", ":")).encode()
+        folder = resources.files("probe.aggregator").joinpath("page")
+        self.page = {name: folder.joinpath(name).read_bytes() for name in PAGE_FILES}
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self.renderer.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE, **_private()})
+
+    async def servers(self, request: web.Request) -> web.Response:
         _no_query(request)
-        return _model(fleet_view(store), compress=True)
+        return _model(fleet_view(self.store), compress=True)
 
-    async def server(request: web.Request) -> web.Response:
+    async def server(self, request: web.Request) -> web.Response:
         _no_query(request)
         name = request.match_info["name"]
-        detail = server_detail(store, name)
+        detail = server_detail(self.store, name)
         if detail is not None:
             return _model(detail)
         if not _RELAY_NAME.fullmatch(name):
-            raise _Problem(
-                400, ApiError(error="bad_request", detail="not a relay name: letters, digits, '.', '_', '-'")
-            )
-        close = tuple(difflib.get_close_matches(name, store.servers.keys(), n=_SUGGESTIONS))
+            problem = ApiError(error="bad_request", detail="not a relay name: letters, digits, '.', '_', '-'")
+            raise _Problem(400, problem)
+        close = tuple(difflib.get_close_matches(name, self.store.servers.keys(), n=_SUGGESTIONS))
         raise _Problem(404, ApiError(error="not_found", detail=f"no relay {name} in the inventory", suggestions=close))
 
-    async def agents(request: web.Request) -> web.Response:
+    async def agents(self, request: web.Request) -> web.Response:
         _no_query(request)
-        return _model(AgentList(generated_at=_utc(store.now()), agents=agent_views(store)))
+        return _model(AgentList(generated_at=_utc(self.store.now()), agents=agent_views(self.store)))
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request) -> web.Response:
         _no_query(request)
-        state = health_check(store, started, ready)
+        state = health_check(self.store, self.started, self.ready)
         return _model(state, status=200 if state.status in ("ok", "starting") else 503)
 
-    async def openapi_json(request: web.Request) -> web.Response:
-        return web.Response(body=openapi, content_type="application/json", headers=_private())
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type="application/json", headers=_private())
 
-    def static(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            headers = {"Cache-Control": "no-cache", "Content-Security-Policy": _PAGE_POLICY}
-            return web.Response(body=page[name], content_type=PAGE_FILES[name], charset="utf-8", headers=headers)
-
-        return handler
-
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/servers", servers)
-    app.router.add_get("/api/v1/servers/{name}", server)
-    app.router.add_get("/api/v1/agents", agents)
-    app.router.add_get("/api/v1/openapi.json", openapi_json)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/", static("index.html"))
-    for name in PAGE_FILES:
-        app.router.add_get(f"/page/{name}", static(name))
-    app.on_response_prepare.append(_common_headers)
-    if metrics_update_seconds is not None:
-        app.cleanup_ctx.append(_updating(renderer, metrics_update_seconds))
-    return app
+    async def page_file(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("file", "index.html")
+        if name not in self.page:
+            raise web.HTTPNotFound()
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": _PAGE_POLICY}
+        return web.Response(body=self.page[name], content_type=PAGE_FILES[name], charset="utf-8", headers=headers)
 
 
 def health_check(store: ResultStore, started: float, ready: Ready | None = None) -> Healthz:

@@ -318,8 +318,9 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(served: 
     for name, kind in PAGE_FILES.items():
         async with served.client.get(f"/page/{name}") as response:
             assert response.status == 200 and response.content_type == kind
-    async with served.client.get("/page/../http.py") as response:
-        assert response.status == 404
+    for path in ("/page/../http.py", "/page/%2e%2e%2fhttp.py", "/page/openapi.py", "/page/"):
+        async with served.client.get(path) as response:
+            assert response.status == 404, path
 
 
 def test_the_page_loads_nothing_from_outside_and_never_parses_api_text_as_html() -> None:
