@@ -12,8 +12,9 @@ fi
 
 # wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iptables: the NFQUEUE
 # target of the delay fault (this kernel has no nft queue); iproute2: netns;
-# tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers.
-pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping)
+# tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers;
+# chromium: the status page tests drive Debian's browser with Playwright (Playwright's own browser download is not used).
+pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus chromium python3-venv procps iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

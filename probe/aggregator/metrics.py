@@ -11,7 +11,7 @@ staleness itself can be alerted on. Importing this module imports prometheus_cli
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from probe.aggregator.health import HEALTH_STATES, AgentState, HealthState
 from probe.aggregator.intake import Outcome
-from probe.aggregator.records import JUDGED, NAME, OK, SECONDS, ServerRecord, Stage
+from probe.aggregator.records import JUDGED, NAME, OK, SECONDS, AgentRecord, PacketCounts, PathRecord, Stage
 from probe.aggregator.store import ResultStore
 from probe.results import STAGE_ORDER
 
@@ -122,23 +122,66 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
 
 Labels = tuple[str, ...]
 Samples = dict[str, list[tuple[Labels, float]]]  # metric name -> (label values in spec order, value)
+PathSample = tuple[str, str, float]  # (port slot, family, 1.0 or 0.0)
+StageSample = tuple[str, float, float]  # (stage, success, duration in seconds)
+
+
+def _median(values: list[float]) -> float:
+    # statistics.median's result (the mean of the middle two for an even count), without its conversions and checks.
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def agent_series(record: AgentRecord, limit: float, now: float) -> tuple[list[PathSample], list[StageSample]]:
+    """One agent's path and stage samples for one relay: its fresh paths (control check held), and each stage where
+    it was judged on any of them. The one place these values are decided, for the collector and the renderer."""
+    paths: list[PathSample] = []
+    by_stage: dict[str, list[Stage]] = {}
+    for path in record.paths.values():
+        if not path.control_ok or now - path.taken_at > limit:
+            continue
+        paths.append((path.slot, path.family, 1.0 if path.ok else 0.0))
+        for stage in path.stages:
+            if stage[JUDGED]:
+                judged = by_stage.get(stage[NAME])
+                if judged is None:
+                    by_stage[stage[NAME]] = [stage]
+                else:
+                    judged.append(stage)
+    stages: list[StageSample] = []
+    for stage_name in STAGE_NAMES:
+        judged = by_stage.get(stage_name)
+        if judged:
+            passed = [stage[SECONDS] for stage in judged if stage[OK]]
+            # Where it passed nowhere: the time it waited.
+            seconds = _median(passed or [stage[SECONDS] for stage in judged])
+            stages.append((stage_name, 1.0 if len(passed) == len(judged) else 0.0, seconds))
+    return paths, stages
 
 
 def collect_samples(store: ResultStore) -> Samples:
-    """Every sample of every aggregator metric, computed now: the one place values are decided, for both the
-    registry's collector and the direct renderer."""
+    """Every sample of every aggregator metric, computed now, for the registry's collector (the renderer below
+    writes the same from the same functions)."""
     store.refresh()
     now = store.now()
     out: Samples = {spec.name: [] for spec in ALL_METRICS}
     states = dict.fromkeys(HEALTH_STATES, 0)
     server_up, server_health = out[SERVER_UP.name], out[SERVER_HEALTH.name]
+    success, stage_success, duration = out[PROBE_SUCCESS.name], out[STAGE_SUCCESS.name], out[STAGE_DURATION.name]
     for name, server in store.servers.items():
         states[server.state] += 1
         if server.state is not HealthState.unknown:
             server_up.append(((name,), 0.0 if server.state is HealthState.down else 1.0))
         for state in HEALTH_STATES:
             server_health.append(((name, state.value), 1.0 if state is server.state else 0.0))
-        _paths(store, out, name, server, now)
+        for agent, record in server.agents.items():
+            out[RESULT_AGE.name].append(((name, agent), max(0.0, now - record.newest.taken_at)))
+            paths, stages = agent_series(record, store.stale_after(agent), now)
+            success += [((name, agent, slot, family), value) for slot, family, value in paths]
+            for stage, ok, seconds in stages:
+                stage_success.append(((name, agent, stage), ok))
+                duration.append(((name, agent, stage), seconds))
     out[SERVERS.name] = [((state.value,), float(count)) for state, count in states.items()]
     _agents(store, out)
     out[MESSAGES.name] = [((outcome.value,), float(store.messages[outcome])) for outcome in Outcome]
@@ -148,29 +191,6 @@ def collect_samples(store: ResultStore) -> Samples:
             sent.append(((server_name, agent, stage.value), float(stage_sent)))
             received.append(((server_name, agent, stage.value), float(stage_received)))
     return out
-
-
-def _paths(store: ResultStore, out: Samples, name: str, server: ServerRecord, now: float) -> None:
-    success, stage_success, duration = out[PROBE_SUCCESS.name], out[STAGE_SUCCESS.name], out[STAGE_DURATION.name]
-    for agent, record in server.agents.items():
-        out[RESULT_AGE.name].append(((name, agent), max(0.0, now - record.newest.taken_at)))
-        limit = store.stale_after(agent)
-        by_stage: dict[str, list[Stage]] = {}
-        for path in record.paths.values():
-            if not path.control_ok or now - path.taken_at > limit:
-                continue
-            success.append(((name, agent, path.slot, path.family), 1.0 if path.ok else 0.0))
-            for stage in path.stages:
-                if stage[JUDGED]:
-                    by_stage.setdefault(stage[NAME], []).append(stage)
-        for stage_name in STAGE_NAMES:
-            stages = by_stage.get(stage_name)
-            if not stages:
-                continue
-            passed = [s[SECONDS] for s in stages if s[OK]]
-            labels = (name, agent, stage_name)
-            stage_success.append((labels, 1.0 if len(passed) == len(stages) else 0.0))
-            duration.append((labels, statistics.median(passed or [s[SECONDS] for s in stages])))
 
 
 def _agents(store: ResultStore, out: Samples) -> None:
@@ -218,29 +238,256 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 # prometheus_client's own number format (Go's), so both paths print the same; typed here, untyped there.
 _float_text: Callable[[float], str] = floatToGoString
-_COMMON_VALUES = {value: _float_text(value) for value in (0.0, 1.0)}
+_ZERO_ONE = ("0.0", "1.0")
+
+
+def _number(value: float) -> str:
+    # floatToGoString is repr() below a million (its exponent form starts past six digits before the point).
+    return repr(value) if 0.0 <= value < 1e6 else _float_text(value)
+
+
+def _count(value: int) -> str:
+    return f"{value}.0" if 0 <= value < 1_000_000 else _float_text(float(value))
+
+
+def _header(spec: MetricSpec) -> bytes:
+    help_text = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {spec.name} {help_text}\n# TYPE {spec.name} {spec.kind}\n".encode()
+
+
+_HEADERS = {spec.name: _header(spec) for spec in ALL_METRICS}
+
+
+@dataclass(slots=True)
+class _ServerBlock:
+    state: HealthState
+    up: bytes
+    health: bytes
+
+
+class _AgentLabels:
+    """The label part of one (relay, agent)'s lines, kept across rebuilds: only the values change."""
+
+    __slots__ = ("age", "agent", "duration", "name", "stage", "success")
+
+    def __init__(self, name: str, agent: str) -> None:
+        self.name, self.agent = name, agent
+        self.success: dict[tuple[str, str], str] = {}
+        self.stage = {s: f'wgprobe_stage_success{{agent="{agent}",server="{name}",stage="{s}"}} ' for s in STAGE_NAMES}
+        self.duration = {
+            s: f'wgprobe_stage_duration_seconds{{agent="{agent}",server="{name}",stage="{s}"}} ' for s in STAGE_NAMES
+        }
+        self.age = f'wgprobe_result_age_seconds{{agent="{agent}",server="{name}"}} '
+
+    def path(self, slot: str, family: str) -> str:
+        prefix = self.success.get((slot, family))
+        if prefix is None:
+            labels = f'agent="{self.agent}",family="{family}",port="{slot}",server="{self.name}"'
+            prefix = self.success[(slot, family)] = f"wgprobe_probe_success{{{labels}}} "
+        return prefix
+
+
+@dataclass(slots=True)
+class _AgentBlock:
+    """One (relay, agent)'s path and stage lines, valid while its paths are the same records, its staleness limit is
+    the same and no path it shows has gone stale."""
+
+    record: AgentRecord
+    labels: _AgentLabels
+    paths: tuple[PathRecord, ...]
+    limit: float
+    built_at: float
+    oldest: float  # taken_at of the oldest path shown: the first to go stale
+    success: bytes
+    stage_success: bytes
+    duration: bytes
+
+    def valid(self, paths: tuple[PathRecord, ...], limit: float, now: float) -> bool:
+        # Time only takes paths out: one left out as stale stays out while the clock does not go back, and the oldest
+        # path shown is the first to leave (by the comparison agent_series makes).
+        return limit == self.limit and now >= self.built_at and not now - self.oldest > limit and paths == self.paths
+
+
+@dataclass(slots=True)
+class _CounterBlock:
+    sent: list[int]
+    received: list[int]
+    judged: list[bool]
+    sent_lines: bytes
+    received_lines: bytes
+
+
+class MetricsRenderer:
+    """The text exposition of a store, as `exposition(make_registry(store))` writes it, from blocks of lines kept
+    per relay and per (relay, agent), each rewritten only when what it shows changed.
+
+    prometheus_client spends ~10 us per sample validating and escaping, which at 1,000 relays x 3 agents
+    (~100,000 samples) is over a second, and even writing every line directly is ~0.1 s of CPU per scrape. Here a
+    (relay, agent) block is rewritten when its paths changed (a new result), one of them went stale, its staleness
+    limit changed or its packet counts moved; the rest is joined as it is. What moves with the clock alone (result
+    ages, agents, message counts) is written every time: a few thousand lines.
+
+    `update()` does the rewriting without judging anything; `render()` judges (store.refresh), updates and joins.
+    Calling `update()` on a timer between scrapes (the aggregator's HTTP app does, every second) rewrites each
+    block soon after its result arrives, a few hundred a second, so a scrape finds them ready.
+
+    Whether a block is current needs no version counter in the store: the store replaces its path records
+    (immutable tuples) when results arrive, so a block keeps the records it was built from and compares them, an
+    identity check per path while they are unchanged.
+
+    Label values are not escaped because none can need it: relay names are held to a hostname alphabet by the
+    inventory model, agent names to the agent-name alphabet at intake, port slots are digits and '-', and the rest
+    are closed sets (the test comparing the renderer with prometheus_client would catch a difference).
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+        self._servers: dict[str, _ServerBlock] = {}
+        self._agents: dict[tuple[str, str], _AgentBlock] = {}
+        self._counters: dict[tuple[str, str], _CounterBlock] = {}
+        self.rebuilt = 0  # (relay, agent) blocks rewritten by the last update: for tests and benchmarks
+
+    def update(self) -> int:
+        """Rewrite the blocks whose inputs changed, in the store's order; how many (relay, agent) blocks were."""
+        store = self.store
+        now = store.now()
+        limits = {agent: store.stale_after(agent) for agent in store.agents}
+        held = self._agents
+        blocks: dict[tuple[str, str], _AgentBlock] = {}
+        rebuilt = 0
+        for name, server in store.servers.items():
+            for agent, record in server.agents.items():
+                paths = tuple(record.paths.values())
+                limit = limits.get(agent) or store.stale_after(agent)
+                block = held.get((name, agent))
+                if block is None or block.record is not record or not block.valid(paths, limit, now):
+                    labels = block.labels if block is not None else _AgentLabels(name, agent)
+                    block = _agent_block(labels, record, paths, limit, now)
+                    rebuilt += 1
+                blocks[(name, agent)] = block
+        self._agents = blocks
+        self._update_counters()
+        self.rebuilt = rebuilt
+        return rebuilt
+
+    def render(self) -> bytes:
+        store = self.store
+        store.refresh()
+        self.update()
+        now = store.now()
+        up, health, success, stage_success, duration = ([_HEADERS[spec.name]] for spec in ALL_METRICS[:5])
+        held = self._servers
+        servers: dict[str, _ServerBlock] = {}
+        for name, server in store.servers.items():
+            block = held.get(name)
+            if block is None or block.state is not server.state:
+                block = _server_block(name, server.state)
+            servers[name] = block
+            up.append(block.up)
+            health.append(block.health)
+        self._servers = servers
+        ages = []
+        for agent_block in self._agents.values():
+            success.append(agent_block.success)
+            stage_success.append(agent_block.stage_success)
+            duration.append(agent_block.duration)
+            age = now - agent_block.record.newest.taken_at
+            ages.append(f"{agent_block.labels.age}{_number(age) if age > 0 else '0.0'}\n")
+        sent, received = [_HEADERS[PACKETS_SENT.name]], [_HEADERS[PACKETS_RECEIVED.name]]
+        for counter in self._counters.values():
+            sent.append(counter.sent_lines)
+            received.append(counter.received_lines)
+        head, tail = self._small()
+        age_lines = _HEADERS[RESULT_AGE.name] + "".join(ages).encode()
+        return b"".join((*up, *health, *success, *stage_success, *duration, age_lines, head, *sent, *received, tail))
+
+    def _update_counters(self) -> None:
+        held = self._counters
+        counters: dict[tuple[str, str], _CounterBlock] = {}
+        for key, counts in self.store.packets.items():
+            block = held.get(key)
+            if block is None or not (
+                counts.sent == block.sent and counts.received == block.received and counts.judged == block.judged
+            ):
+                block = _counter_block(key, counts)
+            counters[key] = block
+        self._counters = counters
+
+    def _small(self) -> tuple[bytes, bytes]:
+        """The families of a handful of lines, written every time: (agents and messages, relay and agent counts)."""
+        store = self.store
+        samples: Samples = {spec.name: [] for spec in (AGENT_UP, AGENT_CONTROL_OK, AGENTS)}
+        _agents(store, samples)
+        samples[MESSAGES.name] = [((o.value,), float(store.messages[o])) for o in Outcome]
+        states = dict.fromkeys(HEALTH_STATES, 0)
+        for server in store.servers.values():
+            states[server.state] += 1
+        samples[SERVERS.name] = [((s.value,), float(n)) for s, n in states.items()]
+        head = b"".join(_lines(spec, samples[spec.name]) for spec in (AGENT_UP, AGENT_CONTROL_OK, MESSAGES))
+        return head, _lines(SERVERS, samples[SERVERS.name]) + _lines(AGENTS, samples[AGENTS.name])
+
+
+def _lines(spec: MetricSpec, samples: list[tuple[Labels, float]]) -> bytes:
+    """A whole family, header included, in generate_latest's form (label names sorted)."""
+    order = sorted(range(len(spec.labels)), key=lambda i: spec.labels[i])
+    out = [_HEADERS[spec.name].decode()]
+    for values, value in samples:
+        labels = ",".join(f'{spec.labels[i]}="{values[i]}"' for i in order)
+        out.append(f"{spec.name}{{{labels}}} {_float_text(value)}\n")
+    return "".join(out).encode()
+
+
+def _server_block(name: str, state: HealthState) -> _ServerBlock:
+    up = b""
+    if state is not HealthState.unknown:
+        up = f'wgprobe_server_up{{server="{name}"}} {_ZERO_ONE[state is not HealthState.down]}\n'.encode()
+    health = "".join(
+        f'wgprobe_server_health{{server="{name}",state="{each.value}"}} {_ZERO_ONE[each is state]}\n'
+        for each in HEALTH_STATES
+    )
+    return _ServerBlock(state, up, health.encode())
+
+
+def _agent_block(
+    labels: _AgentLabels, record: AgentRecord, paths: tuple[PathRecord, ...], limit: float, now: float
+) -> _AgentBlock:
+    path_samples, stage_samples = agent_series(record, limit, now)
+    shown = [p.taken_at for p in paths if p.control_ok and not now - p.taken_at > limit]
+    success = [f"{labels.path(slot, family)}{_ZERO_ONE[value == 1.0]}\n" for slot, family, value in path_samples]
+    stage = labels.stage
+    stage_success = [f"{stage[name]}{_ZERO_ONE[ok == 1.0]}\n" for name, ok, _ in stage_samples]
+    duration = labels.duration
+    durations = [f"{duration[name]}{_number(seconds)}\n" for name, _, seconds in stage_samples]
+    return _AgentBlock(
+        record=record,
+        labels=labels,
+        paths=paths,
+        limit=limit,
+        built_at=now,
+        oldest=min(shown, default=math.inf),
+        success="".join(success).encode(),
+        stage_success="".join(stage_success).encode(),
+        duration="".join(durations).encode(),
+    )
+
+
+def _counter_block(key: tuple[str, str], counts: PacketCounts) -> _CounterBlock:
+    name, agent = key
+    sent, received = [], []
+    for index, stage in enumerate(STAGE_NAMES):
+        if counts.judged[index]:
+            labels = f'{{agent="{agent}",server="{name}",stage="{stage}"}} '
+            sent.append(f"wgprobe_stage_packets_sent_total{labels}{_count(counts.sent[index])}\n")
+            received.append(f"wgprobe_stage_packets_received_total{labels}{_count(counts.received[index])}\n")
+    return _CounterBlock(
+        list(counts.sent),
+        list(counts.received),
+        list(counts.judged),
+        "".join(sent).encode(),
+        "".join(received).encode(),
+    )
 
 
 def render(store: ResultStore) -> bytes:
-    """The same text exposition as `exposition(make_registry(store))`, written directly: prometheus_client spends
-    ~10 us per sample validating and escaping, which at 1,000 relays x 3 agents (~100,000 samples) is a second.
-
-    Label values are not escaped here because none can need it: relay names are held to a hostname alphabet by the
-    inventory model, agent names to the agent-name alphabet at intake, port slots are digits and '-', and the rest
-    are closed sets (the test comparing both paths would catch a difference).
-    """
-    samples = collect_samples(store)
-    out: list[str] = []
-    for spec in ALL_METRICS:
-        # generate_latest sorts label names; str.format's indices put the values in that order without a per-sample
-        # shuffle. Braces in the sample line are doubled for format().
-        order = sorted(range(len(spec.labels)), key=lambda i: spec.labels[i])
-        labels = ",".join(f'{spec.labels[i]}="{{{i}}}"' for i in order)
-        template = f"{spec.name}{{{{{labels}}}}} {{{len(spec.labels)}}}\n"
-        help_text = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {spec.name} {help_text}\n# TYPE {spec.name} {spec.kind}\n")
-        line = template.format
-        common = _COMMON_VALUES.get
-        for values, value in samples[spec.name]:
-            out.append(line(*values, common(value) or _float_text(value)))
-    return "".join(out).encode()
+    """The text exposition of a store once, by a renderer without history; a server keeps one `MetricsRenderer`."""
+    return MetricsRenderer(store).render()
