@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from probe import cli_probe
     from probe.lab import cli as lab_cli
     from probe.sim import cli as sim_cli
+    from probe.verify import cli as verify_cli
 
     parser = argparse.ArgumentParser(
         prog="probe",
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_probe.register(commands)
     lab_cli.register(commands)
     sim_cli.register(commands)
+    verify_cli.register(commands)
     _register_reflector(commands)
     return parser
 
