@@ -5,10 +5,11 @@ families. Each round takes the next step of the port rotation, so successive rou
 each range, and a verification never covers only a rotation's share of the ranges (the agent's schedule does that,
 spread over a minute; a verification cannot wait for it).
 
-A round that failed carries a control check (probe/control.py: the reflector and the forward target asked
-directly, through no relay) taken after the round began, shared by every failing round of that moment: when this
-host's own network is down, its failures say nothing of the relays and the verification is inconclusive, never
-failed. A passed round needs no check.
+A round in which a path failed for what would be the relay's reason carries a control check (probe/control.py:
+the reflector and the forward target asked directly, through no relay) taken after the round began, shared by every
+such round of that moment: when this host's own network is down, its failures say nothing of the relays and the
+verification is inconclusive, never failed. A passed round needs no check, nor one whose paths could not even be
+sent.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from probe.config import AgentConfig
 from probe.control import control_check
 from probe.inventory import Inventory, Relay
 from probe.messages import ControlCheck
+from probe.results import ServerResult
 from probe.runner import Prober, rotation_now
 from probe.stages.base import Settings
-from probe.verify.judge import Observation
+from probe.verify.judge import NOT_THE_RELAYS, Observation
 from probe.verify.source import Accept
 
 DEFAULT_CONCURRENCY = 16  # relays probed at once, as `probe sweep`
 ControlCheckFn = Callable[[Settings], Awaitable[ControlCheck]]
+
+
+def blames_relay(result: ServerResult) -> bool:
+    """Whether a path failed for what would be the relay's reason: only then is this host's own reach asked."""
+    return any(not path.ok and path.reason is not None and path.reason not in NOT_THE_RELAYS for path in result.paths)
 
 
 class DirectSource:
@@ -69,7 +76,7 @@ class DirectSource:
                 async with gate:  # per round, so every relay gets its next round in turn
                     started = time.monotonic()
                     result = await self.prober.probe_relay(relay, rotation=self._next_rotation(relay.name))
-                check = None if result.ok else await self._control_since(started)
+                check = await self._control_since(started) if blames_relay(result) else None
                 more = accept(
                     Observation(
                         vantage=self.agent,

@@ -19,7 +19,10 @@ Accept = Callable[[Observation], bool]
 
 
 class Source(Protocol):
-    mode: str  # "direct" or "aggregator", as the JSON report names it
+    @property
+    def mode(self) -> str:
+        """The mode, as the JSON report names it: "direct" or "aggregator"."""
+        ...
 
     def vantage_points(self) -> list[str]:
         """The vantage points expected to answer (direct: this host's agent)."""
