@@ -11,6 +11,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,11 @@ class Sim:
         request(self.directory, {"op": "break", "relay": relay, "fault": fault})
 
 
-@pytest.fixture(scope="module")
-def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    directory = tmp_path_factory.mktemp("sim")
+@contextmanager
+def sim_fleet(directory: Path, relays: int = 5) -> Iterator[Sim]:
+    """`probe sim up` as a process, with a config of short timeouts beside its own; stopped by its pid."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "probe", "sim", "up", "--dir", str(directory), "--relays", "5"],
+        [sys.executable, "-m", "probe", "sim", "up", "--dir", str(directory), "--relays", str(relays)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -58,13 +59,24 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         proc.communicate(timeout=30)
 
 
+def healed(sim: Sim) -> Sim:
+    """The fleet with every fault healed and the outside hosts up."""
+    request(sim.directory, {"op": "outside", "up": True})
+    for n in range(1, 6):
+        request(sim.directory, {"op": "heal", "relay": f"se-got-wg-00{n}"})
+    return sim
+
+
+@pytest.fixture(scope="module")
+def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    with sim_fleet(tmp_path_factory.mktemp("sim")) as sim:
+        yield sim
+
+
 @pytest.fixture
 def sim(sim_process: Sim) -> Iterator[Sim]:
-    """The fleet, healed after each test (relays and outside hosts)."""
     yield sim_process
-    request(sim_process.directory, {"op": "outside", "up": True})
-    for n in range(1, 6):
-        request(sim_process.directory, {"op": "heal", "relay": f"se-got-wg-00{n}"})
+    healed(sim_process)
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
