@@ -264,9 +264,13 @@ class ServerJudgement:
     decided_at: datetime | None = None  # when the verdict became certain (the time of the deciding result)
 
     def add(self, observation: Observation) -> Round:
+        """Book a round. A certain verdict can still turn to failed when rounds go on past it (the baseline takes
+        every round): a definite answer is a failure whenever it comes. `decided_at` follows the verdict."""
+        before = self.verdict
         classified = classify(observation)
         self.rounds.append(classified)
-        if self.decided_at is None and self.verdict.certain:
+        after = self.verdict
+        if after.certain and after is not before:
             self.decided_at = observation.result.started_at
         return classified
 

@@ -88,9 +88,9 @@ class Verifier:
             judgement = judgements.get(observation.result.server)
             if judgement is None or done.is_set():
                 return False  # not asked for, or the pass is over
-            was_certain = judgement.verdict.certain
+            before = judgement.verdict
             judgement.add(observation)
-            if not was_certain and judgement.verdict.certain and self.on_decided is not None:
+            if judgement.verdict.certain and judgement.verdict is not before and self.on_decided is not None:
                 self.on_decided(judgement)
             if self._certain(judgements, has_control=bool(control)):
                 done.set()

@@ -3,6 +3,7 @@ earlier, vantage points combined by the aggregator's quorum, the baseline compar
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from probe.aggregator.health import quorum_size as aggregator_quorum_size
 from probe.aggregator.testing import make_inventory, make_path, make_result
 from probe.errors import ConfigError
 from probe.results import Reason, StageName
+from probe.verify import baseline
 from probe.verify.baseline import GroupStats, Thresholds, choose_control, compare
 from probe.verify.judge import (
     Observation,
@@ -233,3 +235,27 @@ def test_durations_shares_locations_and_servers_files(tmp_path: Path) -> None:
         read_servers_file(tmp_path / "empty.txt")
     with pytest.raises(ConfigError, match="is a directory"):
         read_servers_file(tmp_path)
+
+
+def test_a_definite_failure_after_a_certain_pass_still_fails_the_server() -> None:
+    # Under the baseline every round is taken, also past a certain pass: a definite answer then still counts.
+    judgement = ServerJudgement("se-got-wg-001", Rules())
+    judgement.add(observe(number=1))
+    judgement.add(observe(number=2))
+    passed_at = judgement.decided_at
+    assert str(judgement.verdict) == "passed" and judgement.wants_more("a", all_rounds=True)
+    judgement.add(with_paths(make_path(4000, fail=StageName.handshake, reason=Reason.port_unreachable)))
+    assert judgement.verdict is Verdict.failed and judgement.reason is Reason.port_unreachable
+    assert judgement.decided_at is not None and judgement.decided_at != passed_at
+
+
+def test_a_long_soak_keeps_a_bounded_uniform_sample_of_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(baseline, "MAX_SAMPLES", 200)
+    group = GroupStats()
+    template = classify(observe())
+    # 2,000 rounds of 6 round trips each, 1 ms to 12 ms: the median of the whole is 6.5 ms.
+    for n in range(2000):
+        group.add([replace(template, forward_rtts=tuple((1 + (n * 6 + k) % 12) / 1000 for k in range(6)))])
+    assert group.seen == 12_000 and len(group.rtts) == 200
+    assert group.median_rtt is not None and 0.005 <= group.median_rtt <= 0.008
+    assert group.success_ratio == 1.0 and group.paths == 12_000
