@@ -149,7 +149,7 @@ class Round:
     started_at: datetime
     outcome: Outcome
     definite: bool
-    reason: Reason | None  # the failed path's that failed earliest in stage order
+    reason: Reason | None  # that of the failed path that failed at the earliest stage
     stage: StageName | None
     paths: int
     failed: tuple[FailedPath, ...]  # paths failed for the relay's reasons
@@ -262,6 +262,8 @@ class ServerJudgement:
     quorum: Quorum = "majority"
     rounds: list[Round] = field(default_factory=list)
     decided_at: datetime | None = None  # when the verdict became certain (the time of the deciding result)
+    # Computed once per round booked: a pass asks every judgement for its verdict at every result that comes in.
+    verdict: Verdict = field(default=Verdict.unfinished, init=False)
 
     def add(self, observation: Observation) -> Round:
         """Book a round. A certain verdict can still turn to failed when rounds go on past it (the baseline takes
@@ -269,8 +271,8 @@ class ServerJudgement:
         before = self.verdict
         classified = classify(observation)
         self.rounds.append(classified)
-        after = self.verdict
-        if after.certain and after is not before:
+        self.verdict = combine((vantage_verdict(self.of(v), self.rules) for v in self.vantages), self.quorum)
+        if self.verdict.certain and self.verdict is not before:
             self.decided_at = observation.result.started_at
         return classified
 
@@ -280,12 +282,6 @@ class ServerJudgement:
     @property
     def vantages(self) -> list[str]:
         return list(dict.fromkeys(r.vantage for r in self.rounds))
-
-    @property
-    def verdict(self) -> Verdict:
-        if not self.rounds:
-            return Verdict.unfinished
-        return combine((vantage_verdict(self.of(v), self.rules) for v in self.vantages), self.quorum)
 
     def wants_more(self, vantage: str, *, all_rounds: bool = False) -> bool:
         """Whether `vantage` should probe this server another round. `all_rounds`: until the rounds are used up,

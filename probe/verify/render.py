@@ -70,7 +70,9 @@ def summary_line(result: SessionResult) -> str:
     if verdict is Verdict.failed and failed:
         names = ", ".join(f"{j.server} ({j.stage}: {j.reason})" for j in failed[:10])
         more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
-        return f"FAILED: {len(failed)} of {len(verified)} server(s) failed: {names}{more}"
+        unfinished = sum(1 for j in verified if not j.verdict.certain)
+        stopped = f"; stopped there, {unfinished} not finished (--keep-going judges all)" if unfinished else ""
+        return f"FAILED: {len(failed)} of {len(verified)} server(s) failed: {names}{more}{stopped}"
     if verdict is Verdict.failed and result.comparison is not None:
         return f"FAILED: the deployed servers are {result.comparison.detail}"
     if verdict is Verdict.inconclusive:
