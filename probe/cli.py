@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from probe import cli_probe
     from probe.lab import cli as lab_cli
     from probe.sim import cli as sim_cli
+    from probe.verify import cli as verify_cli
 
     parser = argparse.ArgumentParser(
         prog="probe",
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_cli.register(commands)
     agent_cli.register(commands)
     sim_cli.register(commands)
+    verify_cli.register(commands)
     _register_reflector(commands)
     return parser
 

@@ -1,0 +1,130 @@
+"""One verification pass: a source's observations judged as they come, each verdict reported the moment it is
+certain, and the pass ended the moment the whole pass's verdict is.
+
+The pass's verdict is certain when one deployed server failed (the rollout stops there whatever the others say;
+`keep_going` waits for every server instead, to list all that fail), or when every deployed server's verdict is
+certain and no control group is measured (a control group is probed for all its rounds: the comparison wants every
+sample). Servers still unfinished when a pass ends at a failure are reported as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from probe.inventory import Relay
+from probe.verify.judge import Observation, Quorum, Rules, ServerJudgement, Verdict
+from probe.verify.source import Source
+
+Decided = Callable[[ServerJudgement], None]
+
+
+@dataclass
+class PassResult:
+    number: int  # 1-based
+    started_at: datetime
+    finished_at: datetime
+    judgements: dict[str, ServerJudgement]
+    stopped_early: bool  # ended at a failure while servers were still unfinished
+
+    def group(self, name: str) -> list[ServerJudgement]:
+        return [j for j in self.judgements.values() if j.group == name]
+
+    @property
+    def verdict(self) -> Verdict:
+        """The deployed servers' verdict: failed if one failed, passed if all passed, else inconclusive."""
+        return overall(self.group("verified"))
+
+
+def interleave(first: Sequence[Relay], second: Sequence[Relay]) -> list[Relay]:
+    """Both groups spread evenly over one list, so that under a concurrency cap neither is probed while this host is
+    busier than when the other was (the baseline compares their round trips)."""
+    spread = [(n / len(first), 0, relay) for n, relay in enumerate(first)]
+    spread += [(n / len(second), 1, relay) for n, relay in enumerate(second)]
+    return [relay for _, _, relay in sorted(spread, key=lambda item: item[:2])]
+
+
+def overall(judgements: Sequence[ServerJudgement]) -> Verdict:
+    verdicts = [j.verdict for j in judgements]
+    if Verdict.failed in verdicts:
+        return Verdict.failed
+    if verdicts and all(v is Verdict.passed for v in verdicts):
+        return Verdict.passed
+    return Verdict.inconclusive
+
+
+class Verifier:
+    def __init__(
+        self,
+        source: Source,
+        rules: Rules,
+        *,
+        quorum: Quorum = "majority",
+        keep_going: bool = False,
+        on_decided: Decided | None = None,
+    ) -> None:
+        self.source = source
+        self.rules = rules
+        self.quorum = quorum
+        self.keep_going = keep_going
+        self.on_decided = on_decided
+        self.passes = 0
+
+    async def run_pass(
+        self, verified: Sequence[Relay], control: Sequence[Relay] = (), *, all_rounds: bool = False
+    ) -> PassResult:
+        """Judge `verified` (and measure `control`) once. `all_rounds`: every server gets every round, as the
+        baseline comparison needs; a failing deployed server still ends the pass."""
+        self.passes += 1
+        started_at = datetime.now(UTC)
+        judgements = {r.name: ServerJudgement(r.name, self.rules, "verified", self.quorum) for r in verified}
+        judgements |= {r.name: ServerJudgement(r.name, self.rules, "control", self.quorum) for r in control}
+        done = asyncio.Event()
+
+        def accept(observation: Observation) -> bool:
+            judgement = judgements.get(observation.result.server)
+            if judgement is None or done.is_set():
+                return False  # not asked for, or the pass is over
+            before = judgement.verdict
+            judgement.add(observation)
+            if judgement.verdict.certain and judgement.verdict is not before and self.on_decided is not None:
+                self.on_decided(judgement)
+            if self._certain(judgements, has_control=bool(control)):
+                done.set()
+                return False
+            return judgement.wants_more(observation.vantage, all_rounds=all_rounds)
+
+        stopped = await self._until(self.source.run(interleave(verified, control), accept), done)
+        unfinished = any(not j.verdict.certain for j in judgements.values() if j.group == "verified")
+        return PassResult(
+            number=self.passes,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            judgements=judgements,
+            stopped_early=stopped and unfinished,
+        )
+
+    def _certain(self, judgements: dict[str, ServerJudgement], *, has_control: bool) -> bool:
+        verified = [j for j in judgements.values() if j.group == "verified"]
+        if not self.keep_going and any(j.verdict is Verdict.failed for j in verified):
+            return True
+        return not has_control and all(j.verdict.certain for j in verified)
+
+    @staticmethod
+    async def _until(work: Coroutine[Any, Any, None], done: asyncio.Event) -> bool:
+        """Run `work` until it returns or `done` is set; True when `done` cut it short. An error of `work` is raised."""
+        runner = asyncio.ensure_future(work)
+        waiter = asyncio.ensure_future(done.wait())
+        try:
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finished = runner.done()
+        finally:
+            for task in (runner, waiter):
+                task.cancel()
+            await asyncio.gather(runner, waiter, return_exceptions=True)  # both have ended when we go on
+        if finished:
+            runner.result()  # its own error, if it failed, goes up from here
+        return not finished
