@@ -12,8 +12,10 @@ fi
 
 # wireguard-go/wireguard-tools: the lab's relays; nftables: their NAT, port redirects and faults; iptables: the NFQUEUE
 # target of the delay fault (this kernel has no nft queue); iproute2: netns;
-# tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers.
-pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping)
+# tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers;
+# podman/runc/debootstrap: the container image test (a local Debian base, no registry needed).
+pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus python3-venv procps iputils-ping
+  podman runc debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
