@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from probe.aggregator.metrics import ALL_METRICS
-from tests.unit.prometheus_server import running, tool
+from tests.unit.prometheus_server import promtool as run_promtool
+from tests.unit.prometheus_server import running
 
 DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 CONFIG, RULES, RULE_TESTS = DIR / "prometheus.yml", DIR / "wgprobe-alerts.yml", DIR / "wgprobe-alerts.test.yml"
@@ -34,7 +35,7 @@ REQUIRED = {
 
 
 def promtool(*args: str, cwd: Path = DIR) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    return run_promtool(*args, cwd=cwd)
 
 
 def alerts() -> list[dict[str, Any]]:
