@@ -58,7 +58,7 @@ def free_port() -> int:
         return port
 
 
-def test_config(conf: str, pki: Path, data: Path, port: int) -> str:
+def broker_config(conf: str, pki: Path, data: Path, port: int) -> str:
     """The production config with its paths and port moved; everything else as shipped."""
     conf = conf.replace("/etc/mosquitto/wgprobe/", f"{pki}/").replace("/var/lib/mosquitto/", f"{data}/")
     conf, count = re.subn(r"(?m)^listener 8883$", f"listener {port} 127.0.0.1", conf)
@@ -67,9 +67,6 @@ def test_config(conf: str, pki: Path, data: Path, port: int) -> str:
         conf
         + "\n# test only: mosquitto started as root would drop to the mosquitto user, who cannot read tmp\nuser root\n"
     )
-
-
-test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +82,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     shutil.copy(DEPLOY / "mosquitto" / "acl", pki / "acl")
     port = free_port()
     conf = tmp / "mosquitto.conf"
-    conf.write_text(test_config((DEPLOY / "mosquitto" / "mosquitto.conf").read_text(), pki, data, port))
+    conf.write_text(broker_config((DEPLOY / "mosquitto" / "mosquitto.conf").read_text(), pki, data, port))
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE, text=True)
     try:
