@@ -77,7 +77,12 @@ class Mounts:
     state: Path  # mounted at /var/lib/wgprobe, the image's working directory
 
     def options(self, netns: str) -> list[str]:
+        # As deploy/compose runs it: read-only root (no tmpfs either), no capabilities, no new privileges.
         return [
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--cap-drop=all",
+            "--security-opt=no-new-privileges",
             f"--network=ns:/run/netns/{netns}",
             f"--volume={self.config}:/etc/wgprobe:ro",
             f"--volume={self.state}:/var/lib/wgprobe",
