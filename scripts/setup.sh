@@ -14,7 +14,9 @@ fi
 # target of the delay fault (this kernel has no nft queue); iproute2: netns;
 # tcpdump/tshark: captures in lab tests and evidence checks; mosquitto and prometheus (promtool): later tiers;
 # chromium: the status page tests drive Debian's browser with Playwright (Playwright's own browser download is not used).
-pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus chromium python3-venv procps iputils-ping)
+# podman/runc/debootstrap: the container image test (a local Debian base, no registry needed).
+pkgs=(wireguard-go wireguard-tools nftables iptables iproute2 tcpdump tshark mosquitto prometheus chromium python3-venv
+  procps iputils-ping podman runc debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
