@@ -8,6 +8,7 @@ else in the process moves. Python 3.11 has no os.setns, hence the libc call.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
@@ -27,6 +28,16 @@ _libc: dict[str, ctypes.CDLL] = {}
 _ns_fds: dict[str, int] = {}
 _pools: dict[tuple[str, socket.AddressFamily], list[socket.socket]] = {}
 POOL_BATCH = 32
+
+
+@atexit.register
+def _close_pools() -> None:
+    """Close the sockets made ahead of use: unused, they would otherwise be reclaimed at exit with a warning each."""
+    with _lock:
+        for pool in _pools.values():
+            for sock in pool:
+                sock.close()
+        _pools.clear()
 
 
 class NamespaceUnavailable(WgProbeError):
