@@ -112,6 +112,8 @@ async def _first_inventory(source: ConfiguredInventory, log: Log, stopping: asyn
     return None
 
 
-def _http(config: AgentConfig) -> Callable[[Agent], Coroutine[object, object, None]] | None:
+def _http(config: AgentConfig) -> Callable[[Agent], Coroutine[object, object, None]]:
     """The agent's /metrics and /probe endpoints on [http] listen (agents/http.py)."""
-    return None
+    from agents.http import serve_agent_http
+
+    return serve_agent_http

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -35,6 +36,9 @@ from agents.probe_metrics import result_metrics
 from probe.errors import UnavailableError, WgProbeError
 from probe.results import ServerResult
 from probe.term import clean
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
 
 log = logging.getLogger("wgprobe.agent.http")
 
@@ -156,3 +160,40 @@ async def _errors(
     except Exception:
         log.exception("bug answering %s %s", request.method, clean(request.path[:_SHOWN]))
         return web.Response(status=500, text="internal error; the agent's log has the details\n")
+
+
+# The agent's own /probe concurrency: a scrape's probe runs beside the schedule's, on the same keys' time.
+PROBE_CONCURRENCY = 4
+
+
+def agent_http(agent: Agent) -> web.Application:
+    """The agent's app, wired to a running `Agent`: its metrics, its inventory's names, its probe of every path."""
+    from agents.metrics import exposition
+    from probe.aggregator.records import port_slot
+
+    def slot(relay: str, port: int) -> str:
+        found = agent.inventory.get(relay)
+        return port_slot(found, port) if found is not None else str(port)
+
+    async def probe_now(name: str) -> ServerResult:
+        relay = agent.inventory.get(name)
+        if relay is None:  # removed between the check and the probe
+            raise UnavailableError(f"{name} is no longer in the inventory")
+        if agent.control is not None and not agent.control.ok:
+            raise UnavailableError(f"the agent's own reach failed: {agent.control.detail}")
+        return await agent.probe(relay)
+
+    return make_agent_app(
+        metrics=lambda: exposition(agent),
+        probe=probe_now,
+        targets=lambda: agent.inventory.names,
+        concurrency=PROBE_CONCURRENCY,
+        port_label=slot,
+    )
+
+
+async def serve_agent_http(agent: Agent) -> None:
+    """The agent's HTTP endpoints on its `[http] listen`, for as long as the agent runs (a task of its tree)."""
+    from probe.http import serve
+
+    await serve(agent_http(agent), agent.config.http.listen)

@@ -42,6 +42,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     from agents import cli as agent_cli
     from probe import cli_probe
+    from probe.aggregator import cli as aggregator_cli
     from probe.lab import cli as lab_cli
     from probe.sim import cli as sim_cli
     from probe.verify import cli as verify_cli
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_probe.register(commands)
     lab_cli.register(commands)
     agent_cli.register(commands)
+    aggregator_cli.register(commands)
     sim_cli.register(commands)
     verify_cli.register(commands)
     _register_reflector(commands)

@@ -82,6 +82,7 @@ class _Refused(Exception):
 
 
 _M = TypeVar("_M", ResultMessage, AgentStatus)
+CHANGES_KEPT = 10_000
 
 
 class ResultStore:
@@ -106,6 +107,9 @@ class ResultStore:
         self._logged: set[tuple[str | None, Outcome]] = set()
         self.messages: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.packets: dict[tuple[str, str], PacketCounts] = {}  # (relay, agent)
+        # Every change `refresh` found, whoever called it (a scrape, a page, the shell), until the shell drains them
+        # for its log: bounded, the oldest go first if nobody drains.
+        self._changes: deque[Change] = deque(maxlen=CHANGES_KEPT)
         self.inventory = inventory
         self.set_inventory(inventory)
 
@@ -333,7 +337,14 @@ class ResultStore:
                 change = self._settle(server, now)
                 if change is not None:
                     changes.append(change)
+        self._changes.extend(changes)
         return tuple(changes)
+
+    def drain_changes(self) -> list[Change]:
+        """The changes found since the last drain, oldest first (for the shell's log)."""
+        drained = list(self._changes)
+        self._changes.clear()
+        return drained
 
     def _standing(self, info: AgentInfo) -> tuple[bool, bool, float]:
         """What of an agent its votes on every relay depend on, besides its results and the clock."""

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from probe.messages import RESULTS_FILTER, STATUS_FILTER, AgentStatus, ResultMessage
 from probe.mqtt import connect
-from tests.integration.broker import AGGREGATOR_USER, Mosquitto
+from tests.integration.broker import AGGREGATOR_USER, Mosquitto, free_port
 from tests.integration.mqtt_support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def fleet(tmp_path: Path) -> Iterator[Path]:
         proc.stdout.close()
 
 
-def agent_config(fleet: Path, broker: Mosquitto) -> Path:
+def agent_config(fleet: Path, broker: Mosquitto, http_port: int | None = None) -> Path:
     credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
     config = fleet / "agent-mqtt.toml"
     config.write_text(
@@ -80,8 +81,15 @@ def agent_config(fleet: Path, broker: Mosquitto) -> Path:
         + "[probe]\ntimeout = 0.5\nhandshake_timeout = 0.3\nhandshake_attempts = 2\n"
         + f'[mqtt]\nurl = "{broker.url}"\nusername = "{AGENT}"\npassword_file = "{credentials.password_file}"\n'
         + f'[spool]\npath = "{fleet / "spool.sqlite"}"\n'
+        + f'[http]\nlisten = "127.0.0.1:{http_port or free_port()}"\n'
     )
     return config
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - a loopback URL made by the test
+        body: bytes = answer.read()
+    return body.decode()
 
 
 @dataclass
@@ -125,11 +133,19 @@ async def watching(broker: Mosquitto) -> AsyncIterator[Seen]:
 async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm_ends_in_order(
     fleet: Path, broker: Mosquitto
 ) -> None:
-    config = agent_config(fleet, broker)
+    port = free_port()
+    config = agent_config(fleet, broker, port)
     async with watching(broker) as seen:
         agent = probe_process("agent", "--config", str(config), "--log-format", "json", stderr=subprocess.PIPE)
         try:
             await wait_until(lambda: all(len(seen.of(f"se-got-wg-00{n}")) >= 2 for n in (1, 2, 3)), "two rounds")
+            # The agent's own endpoints: its metrics, and a relay probed now through it, blackbox-style.
+            own = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+            assert "wgprobe_agent_probes_total" in own and "wgprobe_agent_broker_connected 1.0" in own
+            scraped = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/probe?target=se-got-wg-002")
+            assert "probe_success 0.0" in scraped
+            scraped = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/probe?target=se-got-wg-001")
+            assert "probe_success 1.0" in scraped
             assert all(r.ok and r.control_ok for r in seen.of("se-got-wg-001"))
             assert {r.reason for r in seen.of("se-got-wg-002")} == {"forward_timeout"}
             assert f"wgprobe/v1/results/{AGENT}/se-got-wg-003" in seen.topics

@@ -1,0 +1,198 @@
+"""`probe aggregator --config aggregator.toml` and `probe serve --config agent.toml`.
+
+The aggregator subscribes to every agent's results and status over MQTT, judges each relay's health by quorum and
+serves /metrics, the JSON API and the status page on `[http] listen`. `probe serve` is the embedded default: an agent
+and an aggregator in one process, the agent's outbox handing the very same payloads and topics to the store over an
+in-process bus instead of a broker; the same HTTP endpoints, the agent's own under /agent/.
+
+Both stop in order on SIGTERM/SIGINT and exit 0; SIGHUP reloads the inventory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probe.errors import EXIT_OK
+
+if TYPE_CHECKING:
+    from agents.log import Log
+    from probe.aggregator.config import AggregatorConfig
+    from probe.cli import Commands
+    from probe.config import AgentConfig
+
+
+def register(commands: Commands) -> None:
+    aggregator = commands.add_parser(
+        "aggregator",
+        help="one verdict per relay from many agents: /metrics, the API and the status page",
+        description="Subscribe to every agent's results over MQTT, decide each relay's health by quorum across the "
+        "agents, and serve /metrics, the JSON API (/api/v1/...) and the status page on [http] listen.",
+    )
+    aggregator.add_argument("--config", type=Path, required=True, metavar="FILE", help="aggregator.toml")
+    _log_format(aggregator)
+    aggregator.set_defaults(handler=run_aggregator)
+
+    serve = commands.add_parser(
+        "serve",
+        help="agent and aggregator in one process, no broker: probe, judge, serve the status page",
+        description="An agent and an aggregator in one process, joined by an in-process bus instead of a broker: "
+        "every relay probed on the [schedule], judged, and shown on the status page and /metrics at [http] listen.",
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="agent config (default: $WGPROBE_CONFIG, then ./agent.toml)"
+    )
+    _log_format(serve)
+    serve.set_defaults(handler=run_serve)
+
+
+def _log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines (default text)")
+
+
+def run_aggregator(args: argparse.Namespace) -> int:
+    from agents.log import Log
+    from probe.aggregator.config import load_aggregator_config
+
+    config = load_aggregator_config(args.config)
+    log = Log(json_lines=args.log_format == "json", aggregator=config.aggregator.name)
+    asyncio.run(_aggregator(config, log))
+    return EXIT_OK
+
+
+async def _aggregator(config: AggregatorConfig, log: Log) -> None:
+    from probe.aggregator.http import make_app
+    from probe.aggregator.service import AggregatorShell, first_inventory
+    from probe.aggregator.store import ResultStore
+    from probe.aggregator.subscriber import Subscriber
+    from probe.http import serve
+    from probe.inventory.configured import ConfiguredInventory
+
+    stopping = _stop_on_signals()
+    source = ConfiguredInventory(config.inventory)
+    inventory = await first_inventory(source, log, stopping)
+    if inventory is None:
+        return
+    store = ResultStore(inventory, now=time.time, health=config.health)
+    subscriber = Subscriber(config.mqtt, config.aggregator.name, store, log=log.event)
+    shell = AggregatorShell(store, source, log)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, shell.reload)
+    app = make_app(store, ready=lambda: None if subscriber.connected else "not connected to the broker")
+    log.info("aggregator_started", relays=len(inventory.relays), listen=str(config.http.listen))
+    try:
+        async with asyncio.TaskGroup() as tree:
+            tree.create_task(subscriber.run(), name="subscriber")
+            tree.create_task(shell.judging(subscriber.settled), name="judging")
+            tree.create_task(shell.following_inventory(), name="inventory")
+            tree.create_task(serve(app, config.http.listen), name="http")
+            tree.create_task(_until(stopping), name="stop")
+    except* _Done:
+        pass
+    log.info("aggregator_stopped")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from agents.log import Log
+    from probe.config import find_config, load_config
+    from probe.keylock import lock_keys
+
+    config = load_config(find_config(args.config))
+    if config.agent.netns is not None:
+        from probe.sockets import require_namespace
+
+        require_namespace(config.agent.netns)
+    log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
+    with lock_keys([identity.private_key_file for identity in config.identities]):
+        asyncio.run(_serve(config, log))
+    return EXIT_OK
+
+
+async def _serve(config: AgentConfig, log: Log) -> None:
+    from agents.agent import Agent, run_agent
+    from agents.http import agent_http
+    from probe.aggregator.config import HealthSection
+    from probe.aggregator.http import make_app
+    from probe.aggregator.service import AggregatorShell, first_inventory
+    from probe.aggregator.store import ResultStore
+    from probe.bus import LocalOutbox
+    from probe.http import serve
+    from probe.inventory.configured import ConfiguredInventory
+
+    stopping = _stop_on_signals()
+    source = ConfiguredInventory(config.inventory)
+    inventory = await first_inventory(source, log, stopping)
+    if inventory is None:
+        return
+    # One agent: a relay is down when it fails from here (a quorum of one); stale after 3 of the agent's rounds.
+    health = HealthSection(interval_seconds=config.schedule.interval_seconds)
+    store = ResultStore(inventory, now=time.time, health=health)
+    shell = AggregatorShell(store, source, log)
+    bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(store, topic, payload))
+    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, log=log)
+    app = make_app(store)
+    app.add_subapp("/agent/", agent_http(agent))
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        agent.reload()
+        shell.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, agent.stop)
+    if stopping.is_set():
+        agent.stop()
+    settled = asyncio.Event()
+    settled.set()  # no retained burst to wait for: the bus starts empty
+    log.info(
+        "serving",
+        status_page=f"http://{config.http.listen}/",
+        metrics=f"http://{config.http.listen}/metrics",
+        relays=len(inventory.relays),
+    )
+    try:
+        async with asyncio.TaskGroup() as tree:
+            tree.create_task(shell.judging(settled), name="judging")
+            tree.create_task(shell.following_inventory(), name="inventory")
+            tree.create_task(serve(app, config.http.listen), name="http")
+            tree.create_task(_after(run_agent(agent)), name="agent")
+    except* _Done:
+        pass
+
+
+def _deliver(store: object, topic: str, payload: bytes) -> None:
+    from probe.aggregator.store import ResultStore
+
+    assert isinstance(store, ResultStore)
+    if "/results/" in topic:
+        store.ingest_result(payload, topic)
+    else:
+        store.ingest_status(payload, topic)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping
+
+
+class _Done(Exception):
+    """Ends a service's task group once its stop has run in order."""
+
+
+async def _until(stopping: asyncio.Event) -> None:
+    await stopping.wait()
+    raise _Done
+
+
+async def _after(work: Coroutine[object, object, None]) -> None:
+    """Run `work` (the agent, which stops in order by itself), then end the rest of the tree."""
+    await work
+    raise _Done

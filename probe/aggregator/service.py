@@ -1,0 +1,83 @@
+"""The aggregator's shell: the tasks around the sans-I/O store that `probe aggregator` and `probe serve` share.
+
+- `judging`: once the first burst of retained messages is in (the subscriber's `settled`; at once for the
+  in-process bus), the store judges every second, and every health change is logged, whoever's call found it.
+- `following_inventory`: the inventory (with its labels) is loaded again every `refresh_seconds` and on SIGHUP;
+  a failed load keeps the last good one and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.agent import wait_event
+from agents.log import Log
+from probe.aggregator.records import AgentChange, HealthChange
+from probe.aggregator.store import ResultStore
+from probe.errors import UnavailableError, WgProbeError
+from probe.inventory import Inventory
+from probe.inventory.configured import ConfiguredInventory
+
+JUDGE_EVERY = 1.0  # seconds: staleness and changes show within a second
+FIRST_LOAD_BACKOFF = (2.0, 60.0)  # seconds: first and longest wait between start-up attempts to load the inventory
+
+
+class AggregatorShell:
+    def __init__(self, store: ResultStore, source: ConfiguredInventory, log: Log) -> None:
+        self.store = store
+        self.source = source
+        self.log = log
+        self._reload = asyncio.Event()
+
+    def reload(self) -> None:
+        self._reload.set()
+
+    async def judging(self, settled: asyncio.Event) -> None:
+        await settled.wait()
+        self.log.info("judging", servers=len(self.store.servers), agents=len(self.store.agents))
+        while True:
+            self.store.refresh()
+            for change in self.store.drain_changes():
+                if isinstance(change, HealthChange):
+                    self.log.event(
+                        "warning" if change.state == "down" else "info",
+                        "server_health",
+                        server=change.server,
+                        state=str(change.state),
+                        was=str(change.previous),
+                        reason=str(change.reason or ""),
+                    )
+                elif isinstance(change, AgentChange):
+                    self.log.info("agent_state", agent=change.agent, state=str(change.state), was=str(change.previous))
+            await asyncio.sleep(JUDGE_EVERY)
+
+    async def following_inventory(self) -> None:
+        while True:
+            await wait_event(self._reload, self.source.section.refresh_seconds)
+            self._reload.clear()
+            try:
+                inventory = await asyncio.to_thread(self.source.load)
+            except WgProbeError as exc:
+                self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
+                continue
+            before = set(self.store.inventory.names)
+            self.store.set_inventory(inventory)
+            after = set(inventory.names)
+            if before != after:
+                added, removed = len(after - before), len(before - after)
+                self.log.info("inventory_changed", relays=len(after), added=added, removed=removed)
+
+
+async def first_inventory(source: ConfiguredInventory, log: Log, stopping: asyncio.Event) -> Inventory | None:
+    """The inventory to start with. A source that cannot be fetched is tried again with backoff until it can (or
+    the service is told to stop): a service should outlast its inventory's outage. A malformed one is a config
+    error, raised: nothing good comes of waiting for it."""
+    delay, longest = FIRST_LOAD_BACKOFF
+    while not stopping.is_set():
+        try:
+            return await asyncio.to_thread(source.load)
+        except UnavailableError as exc:
+            log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
+        await wait_event(stopping, delay)
+        delay = min(longest, delay * 2)
+    return None
