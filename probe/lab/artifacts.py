@@ -37,6 +37,18 @@ def write_private_key(path: Path) -> str:
 # Hosting providers cycle as on Mullvad's list, so a sweep has a label to group failing relays by (the post-mortem's
 # shared factor was a kernel version; the app list carries provider, not kernel).
 LAB_PROVIDERS = ("31173", "M247", "M247", "31173", "xtom")
+# What configuration management would know and the public list does not: the kernel each relay runs. Written as
+# labels.json and merged by the inventory's `labels` key, so the fleet view can say which kernel failing relays share.
+LAB_KERNELS = ("6.1.0-26", "6.1.0-28", "6.1.0-28", "6.1.0-26", "5.10.0-32")
+LABELS_FILE = "labels.json"
+
+
+def relay_labels(plan: LabPlan) -> dict[str, dict[str, str]]:
+    """labels.json: {hostname: {label: value}}, as configuration management writes it (probe/inventory/labels.py)."""
+    return {
+        relay.name: {"kernel": LAB_KERNELS[(relay.index - 1) % len(LAB_KERNELS)], "os": "debian-12"}
+        for relay in plan.relays
+    }
 
 
 def relay_list(plan: LabPlan, public_keys: dict[str, str]) -> dict[str, Any]:
@@ -87,6 +99,7 @@ def agent_toml(plan: LabPlan, agent: AgentPlan) -> str:
     lines += [
         "[inventory]",
         'source = "relays.json"',
+        f'labels = "{LABELS_FILE}"  # kernel and OS per relay, merged into the inventory\'s labels',
         "",
         "[checks]",
         f'forward_target = "{plan.outside_ipv4}"',
@@ -102,6 +115,7 @@ def write_artifacts(lab_dir: Path, plan: LabPlan) -> dict[str, str]:
     """Write keys, relays.json and agent configs; return {relay name: relay public key}."""
     relay_keys = {relay.name: write_private_key(lab_dir / "relays" / f"{relay.name}.key") for relay in plan.relays}
     (lab_dir / "relays.json").write_text(json.dumps(relay_list(plan, relay_keys), indent=2) + "\n")
+    (lab_dir / LABELS_FILE).write_text(json.dumps(relay_labels(plan), indent=2) + "\n")
     for agent in plan.agents:
         (lab_dir / agent.config_file).write_text(agent_toml(plan, agent))
     return relay_keys

@@ -407,7 +407,7 @@ def test_agent_toml_holds_exactly_the_agent_config_contract() -> None:
         {"private_key_file": f"keys/lab-agent-2-{n}.key", "ipv4": str(i.ipv4), "ipv6": str(i.ipv6)}
         for n, i in enumerate(plan.agents[1].identities, start=1)
     ]
-    assert config["inventory"] == {"source": "relays.json"}
+    assert config["inventory"] == {"source": "relays.json", "labels": "labels.json"}
     assert config["checks"] == {
         "forward_target": "198.18.0.2",
         "forward_target_v6": "fd77:7770::2",
@@ -534,3 +534,17 @@ def test_garbage_gives_no_ids(data: bytes) -> None:
 
 def test_a_truncated_tail_keeps_the_ids_before_it() -> None:
     assert nfqueue.packet_ids(_packet(4) + _packet(5)[:10]) == [4]
+
+
+def test_the_lab_inventory_carries_kernel_labels_from_its_labels_file(tmp_path: Path) -> None:
+    from probe.inventory.configured import ConfiguredInventory
+
+    plan = plan_lab(5)
+    write_artifacts(tmp_path, plan)
+    identity_public_keys(tmp_path, plan)
+    inventory = ConfiguredInventory(load_config(tmp_path / "agent.toml").inventory).load()
+    relays = {relay.name: relay.labels for relay in inventory.relays}
+    # The public list's provider and configuration management's kernel, side by side on every relay.
+    assert relays["se-got-wg-002"].items() >= {"provider": "M247", "kernel": "6.1.0-28", "os": "debian-12"}.items()
+    assert {r["kernel"] for name, r in relays.items() if name in ("se-got-wg-002", "se-got-wg-003")} == {"6.1.0-28"}
+    assert relays["se-got-wg-001"]["kernel"] != "6.1.0-28"
