@@ -91,12 +91,13 @@ class Mounts:
 
 @pytest.fixture
 def mounts(lab: Lab, tmp_path: Path) -> Mounts:
-    """The lab's agent config, keys and relay list as the container's user owns them, `netns` dropped (the
+    """The lab's agent config, keys, relay list and labels as the container's user owns them, `netns` dropped (the
     container is in the namespace already), evidence written under the state volume."""
     config, state = tmp_path / "config", tmp_path / "state"
     (config / "keys").mkdir(parents=True)
     state.mkdir()
     shutil.copy(lab.dir / "relays.json", config)
+    shutil.copy(lab.dir / "labels.json", config)  # the agent config merges the lab's kernel labels
     for key in (lab.dir / "keys").iterdir():
         shutil.copy(key, config / "keys" / key.name)
         (config / "keys" / key.name).chmod(0o600)
@@ -114,8 +115,11 @@ def test_the_smoke_command_prints_the_help(podman: Podman, image: str) -> None:
     done = podman.run(image, options=["--network=none"])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: probe")
-    for command in ("server", "sweep", "servers", "reflector"):
+    for command in ("server", "sweep", "servers", "reflector", "agent", "aggregator", "serve", "verify"):
         assert command in done.stdout
+    for command in ("agent", "aggregator", "serve", "verify"):  # the services' own help, from the image
+        helped = podman.run(image, command, "--help", options=["--network=none"])
+        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: probe {command}"), helped.stderr
     explicit = podman.run(image, "--help", options=["--network=none"])
     assert explicit.returncode == 0 and explicit.stdout == done.stdout
 
