@@ -38,7 +38,6 @@ names the file, the key and the fix. IP addresses are strings: pydantic would re
 """
 
 import os
-import stat
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated
@@ -53,7 +52,14 @@ from pydantic import (
 )
 
 from probe.addresses import Endpoint, IPv4Field, IPv6Field
-from probe.configfile import EndpointField, Section, check_agent_name, resolve_path, validate_file
+from probe.configfile import (
+    EndpointField,
+    Section,
+    check_agent_name,
+    check_secret_file,
+    resolve_path,
+    validate_file,
+)
 from probe.errors import ConfigError
 from probe.inputs import InputError, read_regular_file
 from probe.service_config import MAX_INTERVAL_SECONDS, HttpSection, MqttSection
@@ -263,19 +269,7 @@ def read_private_key(path: Path) -> bytes:
 
     No message shows any of the file's content, not even the byte that is wrong: it is a secret even when malformed.
     """
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"key file {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"key file {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"key file {path} is not a regular file")
-    if mode & 0o077:
-        raise ConfigError(
-            f"key file {path} has mode {stat.S_IMODE(mode):04o}, which lets group or other users read a private "
-            f"key; run: chmod 600 {path}"
-        )
+    check_secret_file(path, "key file", "a private key")
     try:
         content = read_regular_file(path, max_bytes=_KEY_FILE_MAX_BYTES)
         return decode_base64_key(content, "private")

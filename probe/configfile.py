@@ -7,6 +7,7 @@ probe/service_config.py (the [mqtt] and [http] tables both services share) and p
 from __future__ import annotations
 
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -56,6 +57,24 @@ def check_agent_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
+
+
+def check_secret_file(path: Path, what: str, secret: str) -> None:
+    """`path` is a regular file only its owner may read (a key or password file); ConfigError saying how to fix it
+    otherwise. `what` names the file ("key file"), `secret` what it holds ("a private key")."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} {path} has mode {stat.S_IMODE(mode):04o}, which lets group or other users read {secret}; "
+            f"run: chmod 600 {path}"
+        )
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ in `ca_file`.
 from __future__ import annotations
 
 import re
-import stat
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -37,7 +36,7 @@ from pydantic import (
 )
 
 from probe.addresses import Endpoint
-from probe.configfile import EndpointField, Section, resolve_path
+from probe.configfile import EndpointField, Section, check_secret_file, resolve_path
 from probe.errors import ConfigError
 
 MQTT_PORT = 1883
@@ -117,19 +116,7 @@ def read_secret_file(path: Path, what: str) -> str:
 
     No message here quotes the file's content: it is a secret even when malformed.
     """
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"{what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"{what} {path} is not a regular file")
-    if mode & 0o077:
-        raise ConfigError(
-            f"{what} {path} has mode {stat.S_IMODE(mode):04o}, which lets group or other users read a secret; "
-            f"run: chmod 600 {path}"
-        )
+    check_secret_file(path, what, "a secret")
     try:
         with path.open("rb") as file:
             raw = file.read(_MAX_SECRET_FILE + 1)
