@@ -38,6 +38,7 @@ from pydantic import (
 from probe.addresses import Endpoint
 from probe.configfile import EndpointField, Section, check_secret_file, resolve_path
 from probe.errors import ConfigError
+from probe.inputs import InputError, read_regular_file
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -118,12 +119,9 @@ def read_secret_file(path: Path, what: str) -> str:
     """
     check_secret_file(path, what, "a secret")
     try:
-        with path.open("rb") as file:
-            raw = file.read(_MAX_SECRET_FILE + 1)
-    except OSError as e:
-        raise ConfigError(f"{what} {path}: {e.strerror or e}") from None
-    if len(raw) > _MAX_SECRET_FILE:
-        raise ConfigError(f"{what} {path} is larger than {_MAX_SECRET_FILE} bytes; it should hold one line")
+        raw = read_regular_file(path, max_bytes=_MAX_SECRET_FILE)
+    except InputError as e:
+        raise ConfigError(f"{what} {path}: {e}; it should hold one line") from None
     try:
         text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError:
