@@ -162,3 +162,29 @@ async def test_a_task_of_the_tree_that_fails_takes_the_agent_down_loudly(tmp_pat
         with pytest.raises(ExceptionGroup) as raised:
             await asyncio.wait_for(run_agent(agent), 20)  # a hang guard: it must end by itself
         assert raised.group_contains(RuntimeError, match="outbox bug")
+
+
+@pytest.mark.asyncio
+async def test_a_failure_checks_the_agents_own_reach_before_it_is_blamed_on_the_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: results taken between a cut of the agent's own network and its next periodic control check
+    carried the old check's "held", and a lone agent called every relay down."""
+
+    async def never(self: Agent) -> None:  # no periodic check at all: only the one at start and those on failure
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Agent, "_control_loop", never)
+    async with agent_fleet(tmp_path / "sim", relays=2) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        running = asyncio.create_task(run_agent(agent))
+        await until(lambda: len(received.results) >= 2)
+        assert all(r.ok and r.control_ok for r in received.results)
+        cut = len(received.results)
+        sim.fleet.set_outside(up=False)
+        await until(lambda: sum(1 for r in received.results[cut:] if not r.ok) >= 3)
+        failed = [r for r in received.results[cut:] if not r.ok]
+        assert not any(r.control_ok for r in failed), [(r.server, r.reason) for r in failed]
+        agent.stop()
+        await asyncio.wait_for(running, 10)
