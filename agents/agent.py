@@ -90,8 +90,9 @@ class Agent:
         self.schedule = Schedule(config.schedule.interval_seconds)
         self.counters = Counters(inventory_loaded_at=now())
         self.control: ControlCheck | None = None
-        self.control_at = float("-inf")  # event-loop time the latest control check began
+        # The control check run for failing probes, and when it began (event-loop time).
         self._control_task: asyncio.Task[None] | None = None
+        self._control_began = float("-inf")
         self.started_at = datetime.fromtimestamp(now(), UTC)
         self._gate = asyncio.Semaphore(config.schedule.concurrency)
         self._reload = asyncio.Event()
@@ -174,7 +175,6 @@ class Agent:
         async with self._gate:
             if self._stopping.is_set():
                 return
-            began = asyncio.get_running_loop().time()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + max(0.0, job.deadline - self.now())
             started = self.now()
@@ -190,7 +190,7 @@ class Agent:
                 self.log.error("probe_error", relay=relay.name, error=str(exc))
                 return
         self._book(job, started, self.now(), result)
-        control_ok = await self._control_held(result, began)
+        control_ok = await self._control_held(result)
         message = ResultMessage.model_validate(
             {**result.model_dump(), "result_id": uuid.uuid4().hex, "round": job.round, "control_ok": control_ok}
         )
@@ -251,20 +251,26 @@ class Agent:
             await asyncio.sleep(self.interval)
             await self._check_control()
 
-    async def _control_held(self, result: ServerResult, began: float) -> bool:
-        """Whether the agent's own reach held while `result` was taken. A pass proves it did. A failure is only
-        the relay's if a control check begun after the probe began held: the check before it is not enough, as
-        the agent's own network may have gone down in between (and every relay would look broken)."""
+    async def _control_held(self, result: ServerResult) -> bool:
+        """Whether the agent's own reach held while `result` was taken. A pass proves it did. A failure is the
+        relay's only if a control check begun after it was seen holds: an earlier check is not enough, as the
+        agent's own network may have gone down since, and every relay would then look broken. Failing probes that
+        ask at once share one check."""
         if result.ok:
             return True
-        if self.control_at < began:
-            if self._control_task is None or self._control_task.done():
+        seen = asyncio.get_running_loop().time()
+        while True:
+            task, began = self._control_task, self._control_began
+            if task is not None and began >= seen:
+                await asyncio.shield(task)
+                return self.control is not None and self.control.ok
+            if task is None or task.done():
+                self._control_began = asyncio.get_running_loop().time()
                 self._control_task = asyncio.create_task(self._check_control(), name="control (on a failure)")
-            await asyncio.shield(self._control_task)  # one check for every probe that asks at once
-        return self.control is not None and self.control.ok
+            else:
+                await asyncio.shield(task)  # an older check, begun before the failure was seen: wait, then ours
 
     async def _check_control(self) -> None:
-        self.control_at = asyncio.get_running_loop().time()
         check = await control_check(self.prober.settings)
         if self.control is None or check.ok != self.control.ok:
             level = "info" if check.ok else "warning"
