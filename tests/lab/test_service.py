@@ -7,6 +7,9 @@ and API are read as Prometheus and an engineer would.
 - Three agents, one of them cut off its own network: no relay is called down because of it, the aggregator reports
   that agent (its control check failed, its results left out), and a relay broken meanwhile is still called down by
   the quorum of the two that can see.
+- One agent alone, cut off its network three times: no relay is ever called down. This one fails today (a known
+  bug, reported with the fix proposed): a probe that fails between the cut and the agent's next control check is
+  published with control_ok=true, and with one agent its vote alone is a quorum.
 
 Rounds, not seconds: a round is the agent's schedule (agents/schedule.py: round r of relay R starts at r * interval
 + offset(R)), so "within two intervals" is asserted as "decided on a result of at most the second round that began
@@ -296,5 +299,31 @@ def test_an_agent_cut_off_its_network_marks_nothing_down_is_reported_and_the_quo
             f"{cut.name} voting again on every relay",
             nothing_down,
         )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{service.logs()}") from None
+
+
+CUTS = 3  # a cut lands between two control checks; several make a relay probed in that gap all but certain
+
+
+def test_a_lone_agent_cut_off_its_network_never_calls_a_relay_down(start_service: Callable[[int], Service]) -> None:
+    # With one agent (`probe serve`, or the only agent left) there is no quorum to outvote it: only the control_ok
+    # flag of its results keeps its own outage off the relays (issue 8: "an agent's own outage is never blamed on
+    # the relays"). The relays whose slot falls between the cut and the agent's next control check are the test.
+    service = start_service(1)
+    names = service.lab.names
+    agent = service.lab.plan.agents[0]
+    nothing_down = stay_up(names)
+    try:
+        service.watch(all_up(names), "every relay up from the agent's first rounds")
+        for _ in range(CUTS):
+            set_link(agent, up=False)
+            service.until_api(
+                lambda: all(not a["control_ok"] for name in names for a in service.detail(name)["agents"]),
+                "the agent's results taken while cut off, on every relay",
+                nothing_down,
+            )
+            set_link(agent, up=True)
+            service.watch(all_up(names), "every relay up again", nothing_down)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{service.logs()}") from None
