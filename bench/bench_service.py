@@ -1,0 +1,442 @@
+"""Issue 9 benchmark, the service end to end: results ingested per second by the store alone and by a real
+`probe aggregator` process behind a real mosquitto; /metrics at 1,000 relays x 3 agents x 12 paths; time to detect a
+relay broken with `probe lab break` (and healed) at the default and at a short interval.
+
+Baselines in the same run: `ResultMessage.model_validate_json` for the store (bench_aggregator's code); for the
+broker path, a bare paho subscriber that only counts what the same publishers send through the same mosquitto (what
+the broker and an MQTT client in Python deliver at most, before any of our work); for time to detect, the interval.
+CPU seconds of every process (aggregator, broker, publishers) say where the time goes.
+
+Needs root for the lab part (a lab of its own, prefix wgbs):
+    .venv/bin/python -m bench.bench_service [--messages 30000] [--publishers 3] [--breaks 5] [--default-breaks 3]
+    .venv/bin/python -m bench.bench_service --no-lab        # ingest figures only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.bench_aggregator import (
+    AGENTS,
+    INTERVAL,
+    ingest_figures,
+    make_rounds,
+    metrics_figures,
+    one_result,
+    relay_names,
+)
+from bench.common import median, report
+from probe.aggregator.store import ResultStore
+from probe.aggregator.testing import FakeClock, make_inventory
+from probe.inventory import Inventory
+from probe.messages import result_topic
+from tests.integration.broker import Mosquitto
+from tests.integration.service_process import AgentProcess, AggregatorProcess, messages, server_up, service_tables
+
+LAB_PREFIX = os.environ.get("WGPROBE_BENCH_SERVICE_PREFIX", "wgbs")
+LAB_SERVERS = 4
+FAST_PROBE = "\n[probe]\ntimeout = 0.5\nhandshake_timeout = 0.3\nhandshake_attempts = 2\n"
+POLL = 0.5  # seconds between scrapes of the aggregator while it ingests
+DETECT_POLL = 0.1  # seconds between scrapes while waiting for a verdict
+PORT_RANGES = "[53, 123, [4000, 33433], [33565, 51820], [52001, 60000]]"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the store alone and /metrics (bench_aggregator's code, at the issue's size) --------------------------------
+
+
+def store_figures(relays: int, rounds: int) -> dict[str, float]:
+    inventory = make_inventory(relay_names(relays))
+    clock = FakeClock(1_800_000_000.0)
+    every = make_rounds(inventory.names, rounds + 4, clock.at + 1)
+    store = ResultStore(inventory, now=clock)
+    ingest = ingest_figures(store, every[:rounds], clock)
+    served = metrics_figures(store, every[rounds:], clock)
+    body = _render(store)
+    return {
+        "store_validate_json_us_median": ingest["validate_us"],
+        "store_ingest_us_median": ingest["ingest_us"],
+        "store_ingest_results_per_cpu_s": 1e6 / ingest["ingest_us"],
+        "store_validate_results_per_cpu_s": 1e6 / ingest["validate_us"],
+        "metrics_render_round_unwritten_ms_median": served["metrics_render_round_unwritten_ms_median"],
+        "metrics_render_after_updates_ms_median": served["metrics_render_after_updates_ms_median"],
+        "metrics_render_nothing_new_ms_median": served["metrics_render_nothing_new_ms_median"],
+        "metrics_update_one_second_of_results_ms_median": served["metrics_update_one_second_of_results_ms_median"],
+        "metrics_bytes": float(len(body)),
+    }
+
+
+def _render(store: ResultStore) -> bytes:
+    from probe.aggregator.metrics import MetricsRenderer
+
+    return MetricsRenderer(store).render()
+
+
+# -- end to end through mosquitto ---------------------------------------------------------------------------------
+
+
+def write_inventory(path: Path, inventory: Inventory) -> None:
+    """The relays as a wgprobe fleet TOML (probe/inventory/fleet.py) for the aggregator process."""
+    lines = [f"[defaults]\nmain_port = 51820\nport_ranges = {PORT_RANGES}\n"]
+    for relay in inventory.relays:
+        lines.append(
+            f'[[relays]]\nname = "{relay.name}"\npublic_key = "{relay.public_key}"\n'
+            f'ipv4 = "{relay.ipv4_addr_in}"\nipv6 = "{relay.ipv6_addr_in}"\nlocation = "{relay.location}"\n'
+        )
+    path.write_text("\n".join(lines))
+
+
+def publisher_main(spec_file: str) -> None:
+    """A publisher process: build its results, say `ready`, wait for `go` on stdin, publish them all (QoS 1,
+    retained, as agents do) with many in flight, say `done SECONDS` once every PUBACK is in."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    spec = json.loads(Path(spec_file).read_text())
+    agent, relays, count = spec["agent"], spec["relays"], spec["count"]
+    rng = random.Random(spec["seed"])
+    taken = time.time()
+    # Ids unique across runs: the aggregator de-duplicates by (agent, result_id).
+    tag = f'"result_id":"{spec["run"]}-'.encode()
+    payloads = [
+        (
+            result_topic(agent, relays[n % len(relays)]),
+            one_result(relays[n % len(relays)], agent, n, taken, rng).replace(b'"result_id":"', tag),
+        )
+        for n in range(count)
+    ]
+    acked = threading.Event()
+    pending = [count]
+
+    def on_publish(client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        pending[0] -= 1
+        if pending[0] == 0:
+            acked.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{agent}", protocol=paho.MQTTv5)
+    client.username_pw_set(agent, Path(spec["password_file"]).read_text().strip())
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", spec["port"])
+    client.loop_start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter()
+    for topic, body in payloads:
+        client.publish(topic, body, qos=1, retain=True)
+    acked.wait(600)
+    print(f"done {time.perf_counter() - started:.3f}", flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+@dataclass
+class Publishers:
+    procs: list[subprocess.Popen[str]]
+
+    @classmethod
+    def start(cls, broker: Mosquitto, directory: Path, relays: list[str], count: int, n: int) -> Publishers:
+        procs = []
+        for index in range(n):
+            agent = f"bench-agent-{index + 1}"
+            credentials = broker.users.get(agent) or broker.add_user(agent)
+            spec = directory / f"{agent}.json"
+            spec.write_text(
+                json.dumps(
+                    {
+                        "agent": agent,
+                        "relays": relays,
+                        "count": count,
+                        "seed": index,
+                        "run": os.urandom(4).hex(),
+                        "port": broker.port,
+                        "password_file": str(credentials.password_file),
+                    }
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.bench_service", "publish", str(spec)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return cls(procs)
+
+    def go(self) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+    def finish(self) -> list[float]:
+        seconds = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().split()
+            seconds.append(float(line[1]) if line[:1] == ["done"] else math.nan)
+            proc.wait(60)
+        return seconds
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(proc.pid) for proc in self.procs if proc.poll() is None)
+
+
+def bare_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], count: int, n: int) -> dict[str, float]:
+    """The baseline: a paho subscriber that only counts, receiving what the same publishers send."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    total = count * n
+    received = [0]
+    first: list[float] = []
+    last = [0.0]
+    done = threading.Event()
+
+    def on_message(client: paho.Client, userdata: Any, message: Any) -> None:
+        if message.retain:
+            return  # the retained state of an earlier run, on subscribe
+        if not first:
+            first.append(time.perf_counter())
+        received[0] += 1
+        last[0] = time.perf_counter()
+        if received[0] >= total:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv5)
+    credentials = broker.users["aggregator"]
+    client.username_pw_set("aggregator", credentials.password_file.read_text().strip())
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("wgprobe/v1/results/+/+", options=SubscribeOptions(qos=1))
+    client.loop_start()
+    time.sleep(1.0)
+    publishers = Publishers.start(broker, directory, relays, count, n)
+    publishers.go()
+    publish_seconds = publishers.finish()
+    done.wait(600)
+    client.disconnect()
+    client.loop_stop()
+    seconds = last[0] - first[0] if first else math.nan
+    return {
+        "bare_subscriber_messages_per_s": received[0] / seconds,
+        "bare_publish_messages_per_s": total / max(publish_seconds),
+    }
+
+
+def end_to_end(relays: int, count: int, n: int) -> dict[str, float]:
+    inventory = make_inventory(relay_names(relays))
+    names = list(inventory.names)
+    with tempfile.TemporaryDirectory(prefix="wgprobe-bench-service-") as tmp:
+        directory = Path(tmp)
+        broker = Mosquitto(directory / "mosquitto")
+        broker.start()
+        try:
+            write_inventory(directory / "relays.toml", inventory)
+            baseline = bare_subscriber_rate(broker, directory, names, count, n)
+            aggregator = AggregatorProcess(
+                directory / "aggregator", broker, inventory=directory / "relays.toml", interval=INTERVAL
+            )
+            aggregator.start()
+            try:
+                figures = _ingest_run(broker, aggregator, directory, names, count, n)
+            finally:
+                aggregator.stop()
+            assert broker.process is not None
+        finally:
+            broker.stop()
+    return {**baseline, **figures}
+
+
+def _ingest_run(
+    broker: Mosquitto, aggregator: AggregatorProcess, directory: Path, names: list[str], count: int, n: int
+) -> dict[str, float]:
+    assert aggregator.process is not None and broker.process is not None
+    # Wait for the retained burst of the baseline run to be in (and settled): it is not this run's traffic.
+    start = _wait_quiet(aggregator)
+    publishers = Publishers.start(broker, directory, names, count, n)
+    total = count * n
+    cpu_before = (cpu_seconds(aggregator.process.pid), cpu_seconds(broker.process.pid), publishers.cpu())
+    publishers.go()
+    began = time.perf_counter()
+    samples: list[tuple[float, float]] = []
+    publishers_cpu = 0.0
+    while True:
+        accepted = messages(aggregator.metrics(), "accepted")
+        samples.append((time.perf_counter(), accepted - start))
+        publishers_cpu = max(publishers_cpu, publishers.cpu() - cpu_before[2])  # while they live
+        if accepted - start >= total or time.perf_counter() - began > 600:
+            break
+        time.sleep(POLL)
+    cpu_after = (cpu_seconds(aggregator.process.pid), cpu_seconds(broker.process.pid))
+    publish_seconds = publishers.finish()
+    got = samples[-1][1]
+    # The steady rate: from the first scrape past 10% of the messages to the first past 90%.
+    low = next(s for s in samples if s[1] >= 0.1 * total)
+    high = next(s for s in samples if s[1] >= 0.9 * total)
+    steady = (high[1] - low[1]) / (high[0] - low[0]) if high[0] > low[0] else math.nan
+    whole = got / (samples[-1][0] - began)
+    return {
+        "e2e_messages": float(total),
+        "e2e_publishers": float(n),
+        "e2e_accepted": got,
+        "e2e_accepted_per_s_steady": steady,
+        "e2e_accepted_per_s_whole_run": whole,
+        "e2e_publish_per_s": total / max(publish_seconds),
+        "e2e_aggregator_cpu_ms_per_message": (cpu_after[0] - cpu_before[0]) / got * 1000,
+        "e2e_broker_cpu_ms_per_message": (cpu_after[1] - cpu_before[1]) / got * 1000,
+        "e2e_publishers_cpu_ms_per_message": publishers_cpu / total * 1000,
+    }
+
+
+def _wait_quiet(aggregator: AggregatorProcess) -> float:
+    """The accepted count once it stopped moving for two scrapes."""
+    last = -1.0
+    still = 0
+    while still < 2:
+        time.sleep(1.0)
+        now = messages(aggregator.metrics(), "accepted")
+        still = still + 1 if now == last else 0
+        last = now
+    return last
+
+
+# -- time to detect, in a lab of our own -------------------------------------------------------------------------
+
+
+def detect_figures(interval: float, breaks: int) -> dict[str, Any]:
+    from probe.lab import fleet
+    from probe.lab.faults import Fault
+
+    with tempfile.TemporaryDirectory(prefix="wgprobe-bench-detect-") as tmp:
+        directory = Path(tmp)
+        lab_dir = directory / "lab"
+        state = fleet.up(lab_dir, LAB_SERVERS, agents=1, prefix=LAB_PREFIX)
+        broker = Mosquitto(directory / "mosquitto")
+        broker.start()
+        agent_plan = state.plan().agents[0]
+        config = lab_dir / "agent-bench.toml"
+        config.write_text(
+            (lab_dir / "agent.toml").read_text()
+            + FAST_PROBE
+            + service_tables(broker, agent_plan.name, directory, interval=interval)
+        )
+        agent = AgentProcess(agent_plan.name, config, directory / "agent.log")
+        aggregator = AggregatorProcess(
+            directory / "aggregator", broker, inventory=lab_dir / "relays.json", interval=interval
+        )
+        names = [relay.name for relay in state.plan().relays]
+        target = names[1]
+        try:
+            agent.start()
+            aggregator.start()
+            _until(aggregator, lambda m: all(server_up(m, name) == 1.0 for name in names), 3 * interval + 30)
+            to_down, to_up, to_fully_up = [], [], []
+            rng = random.Random(7)
+            for _ in range(breaks):
+                time.sleep(rng.uniform(0, interval))  # break at any phase of the relay's slot
+                fleet.set_faults(lab_dir, target, [Fault.parse("nat")])
+                broken = time.perf_counter()
+                to_down.append(_until(aggregator, lambda m: server_up(m, target) == 0.0, 3 * interval + 30) - broken)
+                time.sleep(rng.uniform(0, interval))
+                fleet.set_faults(lab_dir, target, [])
+                healed = time.perf_counter()
+                to_up.append(_until(aggregator, lambda m: server_up(m, target) == 1.0, 3 * interval + 30) - healed)
+                to_fully_up.append(_until_state(aggregator, target, "up", 6 * interval + 30) - healed)
+        finally:
+            agent.stop()
+            aggregator.stop()
+            broker.stop()
+            fleet.down(lab_dir, prefix=LAB_PREFIX, quiet=True)
+    return {
+        "interval_s": interval,
+        "breaks": breaks,
+        "break_to_down_s_median": median(to_down),
+        "break_to_down_s_max": max(to_down),
+        "heal_to_up_metric_s_median": median(to_up),
+        "heal_to_up_metric_s_max": max(to_up),
+        "heal_to_state_up_s_median": median(to_fully_up),
+        "heal_to_state_up_s_max": max(to_fully_up),
+        "target_s": interval + 5,
+        "break_to_down_s": [round(s, 2) for s in to_down],
+        "heal_to_up_metric_s": [round(s, 2) for s in to_up],
+    }
+
+
+def _until(aggregator: AggregatorProcess, condition: Callable[[dict[str, float]], bool], guard: float) -> float:
+    deadline = time.perf_counter() + guard
+    while time.perf_counter() < deadline:
+        if condition(aggregator.metrics()):
+            return time.perf_counter()
+        time.sleep(DETECT_POLL)
+    raise SystemExit(f"no verdict within {guard:g} s; see {aggregator.log}")
+
+
+def _until_state(aggregator: AggregatorProcess, server: str, state: str, guard: float) -> float:
+    deadline = time.perf_counter() + guard
+    while time.perf_counter() < deadline:
+        if aggregator.json(f"/api/v1/servers/{server}")["state"] == state:
+            return time.perf_counter()
+        time.sleep(DETECT_POLL)
+    raise SystemExit(f"{server} not {state} within {guard:g} s; see {aggregator.log}")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["publish"]:
+        publisher_main(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--relays", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="store rounds of relays x 3 agents")
+    parser.add_argument("--messages", type=int, default=10_000, help="per publisher, end to end")
+    parser.add_argument("--publishers", type=int, default=3)
+    parser.add_argument("--breaks", type=int, default=6, help="breaks at the short interval")
+    parser.add_argument("--short-interval", type=float, default=3.0)
+    parser.add_argument("--default-breaks", type=int, default=3, help="breaks at the default 15 s interval")
+    parser.add_argument("--no-lab", action="store_true", help="skip time to detect (no root needed)")
+    args = parser.parse_args()
+    figures: dict[str, Any] = {
+        "date": datetime.now(UTC).date().isoformat(),
+        "cpus": os.cpu_count(),
+        "relays": args.relays,
+        "agents": len(AGENTS),
+        "paths_per_result": 12,
+    }
+    figures.update(store_figures(args.relays, args.rounds))
+    figures.update(end_to_end(args.relays, args.messages, args.publishers))
+    figures["e2e_target_per_s"] = 5000.0
+    figures["needed_results_per_s"] = args.relays * len(AGENTS) / INTERVAL
+    if not args.no_lab:
+        if os.geteuid() != 0:
+            sys.exit("time to detect builds a lab: run as root, or pass --no-lab")
+        figures["detect_short"] = detect_figures(args.short_interval, args.breaks)
+        figures["detect_default"] = detect_figures(15.0, args.default_breaks)
+    report("service", figures)
+
+
+if __name__ == "__main__":
+    main()
