@@ -176,10 +176,11 @@ class MqttOutbox:
 
     async def _serve(self, connection: Connection) -> None:
         drain = _Drain(connection)
-        listening = (
-            None if self.on_command is None else asyncio.ensure_future(self._listen(connection, self.on_command))
-        )
+        listening = None
         try:
+            # Subscribed before the status goes out: an agent the aggregator sees online takes commands.
+            if self.on_command is not None and await self._subscribe_commands(connection):
+                listening = asyncio.ensure_future(self._listen(connection, self.on_command))
             await self._drain(drain, forever=True)
         except asyncio.CancelledError:
             self._finished = True
@@ -192,9 +193,9 @@ class MqttOutbox:
                 if not listening.cancelled() and (error := listening.exception()) is not None:
                     self._log(logging.ERROR, "command listener failed", error=f"{type(error).__name__}: {error}")
 
-    async def _listen(self, connection: Connection, handler: CommandHandler) -> None:
-        """Commands on this agent's topic to `handler`, for as long as the connection lasts (the drain notices its
-        end and reconnects)."""
+    async def _subscribe_commands(self, connection: Connection) -> bool:
+        """Subscribe to this agent's command topic; False when the broker refuses (the drain goes on regardless,
+        and a lost connection is the drain's to notice)."""
         topic = command_topic(self.agent)
         try:
             await connection.subscribe([topic], qos=1)
@@ -202,9 +203,14 @@ class MqttOutbox:
             if not self._commands_refused:  # once: results still flow, only commands cannot come
                 self._commands_refused = True
                 self._log(logging.ERROR, "command subscription refused by the broker", reason=e.reason, topic=topic)
-            return
+            return False
         except BrokerUnavailable:
-            return
+            return False
+        return True
+
+    async def _listen(self, connection: Connection, handler: CommandHandler) -> None:
+        """Commands on this agent's topic to `handler`, for as long as the connection lasts (the drain notices its
+        end and reconnects)."""
         while True:
             try:
                 message = await connection.receive()

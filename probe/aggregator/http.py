@@ -163,31 +163,12 @@ class _Api:
 
     async def start_verification(self, request: web.Request) -> web.Response:
         """Publish a verification's command to every agent that is online with a good control check."""
-        _no_query(request)
-        if request.content_type != "application/json":
-            detail = "send the request body as application/json"
-            raise _Problem(415, ApiError(error="unsupported_media_type", detail=detail))
-        try:
-            asked = VerificationRequest.model_validate_json(await request.read())
-        except ValidationError as e:
-            raise _Problem(400, ApiError(error="bad_request", detail=_first_error(e))) from None
-        except web.HTTPRequestEntityTooLarge:
-            # Larger than any valid request can be: refused as what it is, an invalid one.
-            detail = f"the request body is larger than {MAX_BODY // 1024} KiB: name at most {MAX_SERVERS} servers"
-            raise _Problem(400, ApiError(error="bad_request", detail=detail)) from None
+        asked = await _verification_request(request)
         self._require_known(asked.servers)
         if self.send is None:
             detail = "this aggregator cannot send commands to agents (no broker connection)"
             raise _Problem(503, ApiError(error="unavailable", detail=detail))
-        self.store.refresh()
-        states = {name: info.state for name, info in self.store.agents.items()}
-        named = states.keys() if asked.agents is None else asked.agents
-        agents = sorted(name for name in named if states.get(name) is AgentState.ok)
-        passed_over = {name: _word(states.get(name)) for name in sorted(named) if name not in agents}
-        if not agents:
-            known = ", ".join(f"{name} {why}" for name, why in passed_over.items()) or "none heard from"
-            detail = clean(f"no agent is online with a good control check (agents: {known[:500]})")
-            raise _Problem(503, ApiError(error="unavailable", detail=detail))
+        agents, passed_over = self._agents_for(asked)
         try:
             verification = self.verifications.open(asked.servers, agents, all_paths=asked.all_paths)
         except TooMany as e:
@@ -205,13 +186,13 @@ class _Api:
             self.verifications.forget(verification.request_id)
             detail = "; ".join(f"{agent}: {why}" for agent, why in refused.items())
             raise _Problem(503, ApiError(error="unavailable", detail=f"the command reached no agent: {detail[:500]}"))
-        location = f"/api/v1/verifications/{verification.request_id}"
         log.info(
             "verification %s: %d server(s) asked of %s",
             verification.request_id,
             len(verification.servers),
             ", ".join(verification.agents),
         )
+        location = f"/api/v1/verifications/{verification.request_id}"
         started = VerificationStarted(
             request_id=verification.request_id,
             issued_at=_utc(verification.issued_at),
@@ -225,6 +206,20 @@ class _Api:
         response = _model(started, status=202)
         response.headers["Location"] = location
         return response
+
+    def _agents_for(self, asked: VerificationRequest) -> tuple[list[str], dict[str, AgentWord]]:
+        """The agents to ask (online, with a good control check, and named if the request names any), and those
+        passed over with their state; a 503 when there is none to ask."""
+        self.store.refresh()
+        states = {name: info.state for name, info in self.store.agents.items()}
+        named = states.keys() if asked.agents is None else asked.agents
+        agents = sorted(name for name in named if states.get(name) is AgentState.ok)
+        passed_over = {name: _word(states.get(name)) for name in sorted(named) if name not in agents}
+        if not agents:
+            known = ", ".join(f"{name} {why}" for name, why in passed_over.items()) or "none heard from"
+            detail = clean(f"no agent is online with a good control check (agents: {known[:500]})")
+            raise _Problem(503, ApiError(error="unavailable", detail=detail))
+        return agents, passed_over
 
     async def verification(self, request: web.Request) -> web.Response:
         after = _after(request)
@@ -359,6 +354,23 @@ def _no_query(request: web.Request) -> None:
         names = sorted({clean(key[:40]) for key in request.query})
         detail = f"this endpoint takes no query parameters; got {', '.join(names) or 'a query string'}"
         raise _Problem(400, ApiError(error="bad_request", detail=detail))
+
+
+async def _verification_request(request: web.Request) -> VerificationRequest:
+    """POST /api/v1/verifications' body: JSON only (a page of another site cannot send that without a CORS
+    preflight), valid, and within MAX_BODY."""
+    _no_query(request)
+    if request.content_type != "application/json":
+        detail = "send the request body as application/json"
+        raise _Problem(415, ApiError(error="unsupported_media_type", detail=detail))
+    try:
+        return VerificationRequest.model_validate_json(await request.read())
+    except ValidationError as e:
+        raise _Problem(400, ApiError(error="bad_request", detail=_first_error(e))) from None
+    except web.HTTPRequestEntityTooLarge:
+        # Larger than any valid request can be: refused as what it is, an invalid one.
+        detail = f"the request body is larger than {MAX_BODY // 1024} KiB: name at most {MAX_SERVERS} servers"
+        raise _Problem(400, ApiError(error="bad_request", detail=detail)) from None
 
 
 def _after(request: web.Request) -> int:

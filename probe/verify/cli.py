@@ -35,10 +35,10 @@ this host's own load).
 
 --aggregator URL asks the aggregator instead: every agent online with a good control check probes the servers
 now, on every path, in as many rounds as the rules above want (a command per round; the inventory and the quorum
-are the aggregator's, no agent config is needed here). Each agent judges as this host would, and the server's
-verdict is the aggregator's quorum rule over the agents: it fails when a quorum of them fails it, passes when they
-all pass it, and a quorum of the agents asked must have answered either way. What has not answered within
---timeout (30s) a pass is inconclusive, never passed."""
+are the aggregator's, no agent config is needed here). Each agent's rounds are judged as this host's would be,
+and the server's verdict is the aggregator's quorum rule over the agents: it fails when a quorum of them fails it,
+passes when they all pass it, and a quorum of the agents asked must have answered either way. What has not
+answered within --timeout (30s) of a pass's start is inconclusive, never passed."""
 
 EPILOG = """\
 exit codes:

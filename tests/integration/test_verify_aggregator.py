@@ -189,12 +189,13 @@ def test_a_verification_is_answered_on_command_healthy_passes_and_a_broken_nat_f
     assert report["mode"] == "aggregator" and report["verdict"] == "verified"
     assert sorted(report["vantage_points"]) == sorted(AGENTS)
     for server in report["servers"]:
-        assert server["verdict"] == "passed" and sorted(server["vantage_points"]) == sorted(AGENTS)
+        rounds = server["rounds"]
+        assert server["verdict"] == "passed" and sorted(server["vantage_points"]) == sorted(AGENTS), server
         # Two good rounds from each agent, each on every path (main port and every range, both families), every
         # one taken after the verification began: on command, not from the 60 s schedule.
-        assert sorted(r["vantage"] for r in server["rounds"]) == sorted(AGENTS * 2)
-        assert all(r["outcome"] == "passed" and r["paths"] == 12 for r in server["rounds"])
-        assert all(datetime.fromisoformat(r["started_at"]) >= began for r in server["rounds"])
+        assert sorted(r["vantage"] for r in rounds) == sorted(AGENTS * 2), rounds
+        assert all(r["outcome"] == "passed" and r["paths"] == 12 for r in rounds), rounds
+        assert all(datetime.fromisoformat(r["started_at"]) >= began for r in rounds), (began, rounds)
     print(f"healthy: {report['duration_seconds']:.2f} s for 2 servers x 2 agents x 2 rounds")
 
     done = service.verify("se-got-wg-0001")  # the aggregator's inventory has no such relay: nothing is asked
@@ -203,8 +204,8 @@ def test_a_verification_is_answered_on_command_healthy_passes_and_a_broken_nat_f
     junit = service.directory / "verify.xml"
     done = service.verify("se-got-wg-002", "--junit", str(junit))
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "FAILED se-got-wg-002 at forward: forward_timeout" in done.stdout
-    assert f"se-got-wg-002 failed from {', '.join(AGENTS)}" in done.stdout
+    assert "FAILED se-got-wg-002 at forward: forward_timeout" in done.stdout, done.stdout
+    assert f"se-got-wg-002 failed from {', '.join(AGENTS)}" in done.stdout, done.stdout
     root = ET.parse(junit).getroot()  # noqa: S314 - our own output, the thing under test
     failure = root.find(".//testcase[@name='se-got-wg-002']/failure")
     assert failure is not None and "forward" in (failure.get("message") or "")
