@@ -12,6 +12,13 @@ Theory of operation. One tree of tasks per agent (`run`), each with one job:
 - status: the agent's status to the outbox every interval (the outbox's last will says offline).
 - the outbox itself, and the HTTP endpoints when given.
 
+Commands (`take_command`, called by the outbox for each message on wgprobe/v1/commands/<agent>): a verification's
+relays probed now, on every path, beside the schedule and under a concurrency cap of their own (agents/commands.py
+says which commands are taken). Their results are ordinary results tagged with the command's request id and the
+round the schedule is in, delivered through the same outbox; they leave the schedule and its rounds alone. The
+aggregator keeps whichever result of a relay was taken last, so a command's result stands until the next scheduled
+one, and a late command result never hides a newer scheduled one.
+
 `stop()` (SIGTERM) ends the tree in order: no new probe starts; probes in flight get `STOP_GRACE` seconds to finish
 (their results are still delivered), then are cancelled; the outbox then flushes within its own deadline; the rest
 is cancelled. A task that fails for a bug takes the tree down with its error logged, never silently.
@@ -21,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from agents.commands import CommandIntake, CommandOutcome
 from agents.log import Log
 from agents.schedule import Job, Schedule, paths_for
 from probe import __version__
@@ -38,9 +47,11 @@ from probe.inputs import redact_url
 from probe.inventory import Inventory, Relay
 from probe.messages import AgentStatus, ControlCheck, ResultMessage
 from probe.results import ServerResult
-from probe.runner import Prober, settings_from
+from probe.runner import PathSpec, Prober, plan_paths, rotation_now, settings_from
 
 STOP_GRACE = 3.0  # seconds in-flight probes get to finish after SIGTERM
+COMMAND_CONCURRENCY = 16  # command probes at once, at most (and never more than [schedule] concurrency)
+COMMAND_SECONDS = 30.0  # a command probe is over by then: `probe verify --aggregator` waits 30 s by default
 Loader = Callable[[], Inventory]  # loads the inventory (blocking I/O: run in a thread)
 
 
@@ -55,6 +66,7 @@ class Counters:
     inventory_error: str | None = None
     last_round: int | None = None
     last_round_seconds: float | None = None
+    commands: dict[CommandOutcome, int] = field(default_factory=lambda: dict.fromkeys(CommandOutcome, 0))
 
     def count(self, outcome: str) -> None:
         self.probes[outcome] = self.probes.get(outcome, 0) + 1
@@ -99,6 +111,11 @@ class Agent:
         self._stopping = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
         self._rounds: dict[int, _Round] = {}
+        self.commands = CommandIntake(config.agent.name)
+        self._command_gate = asyncio.Semaphore(min(COMMAND_CONCURRENCY, config.schedule.concurrency))
+        self._command_queued = 0
+        self._command_rounds: dict[str, int] = {}  # command probes per relay: their port rotation walks on
+        self._commands_logged: set[CommandOutcome] = set()
 
     @property
     def interval(self) -> float:
@@ -218,6 +235,87 @@ class Agent:
 
     def _probe_totals(self) -> dict[str, int]:
         return {f"probes_{outcome}": count for outcome, count in sorted(self.counters.probes.items())}
+
+    # --- commands: probe these relays now ----------------------------------------------------------------------
+
+    def take_command(self, payload: bytes | bytearray, topic: str) -> None:
+        """A command from the bus. Never raises: a command that is not taken is counted, and logged once per
+        outcome (the count goes on in the metrics)."""
+        if self._stopping.is_set():
+            return
+        admitted = self.commands.admit(
+            payload, topic, now=self.now(), inventory=frozenset(self.inventory.names), queued=self._command_queued
+        )
+        self.counters.commands[admitted.outcome] += 1
+        command = admitted.command
+        if not admitted.accepted or command is None:
+            if admitted.outcome not in self._commands_logged:
+                self._commands_logged.add(admitted.outcome)
+                if admitted.unknown:
+                    detail = f"{admitted.detail}: not in the inventory: {', '.join(admitted.unknown[:10])}"
+                else:
+                    detail = admitted.detail
+                self.log.warning("command_dropped", outcome=str(admitted.outcome), detail=detail)
+            return
+        self.log.info("command", request_id=command.request_id, relays=len(admitted.known))
+        if admitted.unknown:
+            self.log.warning(
+                "command_unknown_relays",
+                request_id=command.request_id,
+                count=len(admitted.unknown),
+                relays=", ".join(admitted.unknown[:10]),
+            )
+        for name in admitted.known:
+            self._command_queued += 1
+            task = asyncio.create_task(
+                self._command_job(name, command.request_id, all_paths=command.all_paths), name=f"command {name}"
+            )
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+
+    async def _command_job(self, name: str, request_id: str, *, all_paths: bool) -> None:
+        try:
+            relay = self.inventory.get(name)
+            if relay is None:
+                return  # removed from the inventory since the command came
+            async with self._command_gate:
+                if self._stopping.is_set():
+                    return
+                deadline = asyncio.get_running_loop().time() + COMMAND_SECONDS
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        result = await self.prober.probe_paths(
+                            relay, self._command_paths(relay, all_paths), finish_by=deadline
+                        )
+                except TimeoutError:
+                    self.counters.count("overrun")
+                    self.log.warning("probe_overrun", relay=name, request_id=request_id, seconds=COMMAND_SECONDS)
+                    return
+                except WgProbeError as exc:
+                    self.counters.count("error")
+                    self.log.error("probe_error", relay=name, request_id=request_id, error=str(exc))
+                    return
+        finally:
+            self._command_queued -= 1
+        self.counters.count("ok" if result.ok else "failed")
+        self.counters.probe_seconds += result.duration_seconds
+        control_ok = await self._control_held(result)
+        fields = {"result_id": uuid.uuid4().hex, "round": self._round_now(), "control_ok": control_ok}
+        message = ResultMessage.model_validate({**result.model_dump(), **fields, "request_id": request_id})
+        self.outbox.put_result(message)
+
+    def _command_paths(self, relay: Relay, all_paths: bool) -> list[PathSpec]:
+        """Every path (the main port and one port of each range, both families), or the main port only. Each
+        command probe of a relay takes the next step of the port rotation, as `probe verify` does from one host."""
+        done = self._command_rounds.get(relay.name, 0)
+        self._command_rounds[relay.name] = done + 1
+        main = self.config.probe.main_port
+        specs = plan_paths(relay, rotation=rotation_now() + done, main_port=main)
+        return specs if all_paths else [spec for spec in specs if spec.port == (main or relay.main_port)]
+
+    def _round_now(self) -> int:
+        """The schedule's round at this moment (agents/schedule.py: round r starts at r * interval)."""
+        return math.floor(self.now() / self.interval)
 
     # --- inventory, control, status ---------------------------------------------------------------------------
 

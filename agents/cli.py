@@ -85,6 +85,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     with Spool.open(config.spool, now=time.time) as spool:
         outbox = MqttOutbox(config.mqtt, config.agent.name, spool, log=log.event)
         agent = Agent(config, inventory, outbox=outbox, load_inventory=source.load, log=log, http=_http(config))
+        outbox.on_command = agent.take_command  # `probe verify --aggregator`: relays probed now, on command
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stop)

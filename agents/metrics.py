@@ -40,6 +40,14 @@ class AgentCollector(Collector):
             probes.add_metric([outcome], counters.probes.get(outcome, 0))
         yield probes
         yield _counter("probe_duration_seconds", "Seconds spent in relay probes, summed.", counters.probe_seconds)
+        commands = CounterMetricFamily(
+            PREFIX + "commands",
+            "Commands received (probe relays now, for a verification), by outcome: accepted, or why dropped.",
+            labels=["outcome"],
+        )
+        for outcome, count in counters.commands.items():
+            commands.add_metric([str(outcome)], count)
+        yield commands
         yield _gauge("probes_in_flight", "Relay probes running now.", agent.in_flight)
         yield _gauge("relays", "Relays in the inventory the agent probes.", len(agent.inventory.relays))
         loaded = counters.inventory_loaded_at

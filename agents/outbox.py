@@ -15,6 +15,10 @@ Theory of operation:
 - Cancellation (SIGTERM in the agent) flushes what can be delivered within `flush_seconds`, publishes the status
   with online=false and disconnects cleanly (so no will is needed); what was not delivered stays in the spool for
   the next start.
+- With `on_command` set, each connection also subscribes (QoS 1) to the agent's command topic,
+  wgprobe/v1/commands/<agent>, and hands every message on it to `on_command(payload, topic)` (Agent.take_command,
+  which judges it). The session is clean, so a command sent while the agent was away is never delivered late; the
+  command's sender has stopped waiting by then anyway.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from agents.spool import Spool, Spooled
 from probe.bus import OutboxStats
-from probe.messages import AgentStatus, ResultMessage, result_topic, status_topic
+from probe.messages import AgentStatus, ResultMessage, command_topic, result_topic, status_topic
 from probe.mqtt import (
     Backoff,
     BrokerError,
@@ -50,6 +54,7 @@ FLUSH_SECONDS = 5.0
 WINDOW = 32  # publishes in flight; paho and mosquitto both allow 20 by default, paho queues the rest in order
 ACK_TIMEOUT = 30.0  # a connection that acknowledges nothing for this long is treated as lost
 UNAVAILABLE = "unavailable"  # failures[] word for a broker that cannot be reached or dropped the connection
+CommandHandler = Callable[[bytes, str], None]  # (payload, topic); never raises
 
 
 @dataclass
@@ -77,8 +82,10 @@ class MqttOutbox:
         window: int = WINDOW,
         ack_timeout: float = ACK_TIMEOUT,
         backoff: Backoff | None = None,
+        on_command: CommandHandler | None = None,
     ) -> None:
         self.mqtt = mqtt
+        self.on_command = on_command  # may be set after construction, before `run`
         self.agent = agent
         self.spool = spool
         self.now = now
@@ -97,6 +104,7 @@ class MqttOutbox:
         self._connected = False
         self._finished = False
         self._dropping = False
+        self._commands_refused = False
 
     # -- the Outbox interface --------------------------------------------------------------------------------------
 
@@ -168,12 +176,53 @@ class MqttOutbox:
 
     async def _serve(self, connection: Connection) -> None:
         drain = _Drain(connection)
+        listening = None
         try:
+            # Subscribed before the status goes out: an agent the aggregator sees online takes commands.
+            if self.on_command is not None and await self._subscribe_commands(connection):
+                listening = asyncio.ensure_future(self._listen(connection, self.on_command))
             await self._drain(drain, forever=True)
         except asyncio.CancelledError:
             self._finished = True
             await self._bounded(self._goodbye(drain), self.flush_seconds)
             raise
+        finally:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.wait({listening})
+                if not listening.cancelled() and (error := listening.exception()) is not None:
+                    self._log(logging.ERROR, "command listener failed", error=f"{type(error).__name__}: {error}")
+
+    async def _subscribe_commands(self, connection: Connection) -> bool:
+        """Subscribe to this agent's command topic; False when the broker refuses (the drain goes on regardless,
+        and a lost connection is the drain's to notice)."""
+        topic = command_topic(self.agent)
+        try:
+            await connection.subscribe([topic], qos=1)
+        except BrokerRefused as e:
+            if not self._commands_refused:  # once: results still flow, only commands cannot come
+                self._commands_refused = True
+                self._log(logging.ERROR, "command subscription refused by the broker", reason=e.reason, topic=topic)
+            return False
+        except BrokerUnavailable:
+            return False
+        return True
+
+    async def _listen(self, connection: Connection, handler: CommandHandler) -> None:
+        """Commands on this agent's topic to `handler`, for as long as the connection lasts (the drain notices its
+        end and reconnects)."""
+        while True:
+            try:
+                message = await connection.receive()
+            except BrokerUnavailable:
+                return
+            if message is None:
+                continue
+            try:
+                handler(message.payload, message.topic)
+            except Exception as e:
+                # A bug in handling one command must not stop the results of the whole fleet: said, and gone on.
+                self._log(logging.ERROR, "command handling failed", error=f"{type(e).__name__}: {e}")
 
     async def _one_last_session(self) -> None:
         self._finished = True

@@ -1,9 +1,11 @@
 """`probe aggregator --config aggregator.toml` and `probe serve --config agent.toml`.
 
 The aggregator subscribes to every agent's results and status over MQTT, judges each relay's health by quorum and
-serves /metrics, the JSON API and the status page on `[http] listen`. `probe serve` is the embedded default: an agent
-and an aggregator in one process, the agent's outbox handing the very same payloads and topics to the store over an
-in-process bus instead of a broker; the same HTTP endpoints, the agent's own under /agent/.
+serves /metrics, the JSON API and the status page on `[http] listen`; a verification (`probe verify --aggregator`)
+is published to the agents over the same connection. `probe serve` is the embedded default: an agent and an
+aggregator in one process, the agent's outbox handing the very same payloads and topics to the store over an
+in-process bus instead of a broker, and a verification's command handed to the agent the same way; the same HTTP
+endpoints, the agent's own under /agent/.
 
 Both stop in order on SIGTERM/SIGINT and exit 0; SIGHUP reloads the inventory.
 """
@@ -14,15 +16,17 @@ import argparse
 import asyncio
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probe.errors import EXIT_OK
 
 if TYPE_CHECKING:
+    from agents.agent import Agent
     from agents.log import Log
     from probe.aggregator.config import AggregatorConfig
+    from probe.aggregator.verifications import Tagged
     from probe.cli import Commands
     from probe.config import AgentConfig
 
@@ -70,6 +74,7 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
     from probe.aggregator.service import AggregatorShell, first_inventory
     from probe.aggregator.store import ResultStore
     from probe.aggregator.subscriber import Subscriber
+    from probe.aggregator.verifications import Tagged, Verifications
     from probe.http import serve
     from probe.inventory.configured import ConfiguredInventory
 
@@ -79,10 +84,16 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
     if inventory is None:
         return
     store = ResultStore(inventory, now=time.time, health=config.health)
-    subscriber = Subscriber(config.mqtt, config.aggregator.name, store, log=log.event)
+    verifications = Verifications(now=time.time)
+    subscriber = Subscriber(config.mqtt, config.aggregator.name, Tagged(store, verifications), log=log.event)
     shell = AggregatorShell(store, source, log)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, shell.reload)
-    app = make_app(store, ready=lambda: None if subscriber.connected else "not connected to the broker")
+    app = make_app(
+        store,
+        ready=lambda: None if subscriber.connected else "not connected to the broker",
+        verifications=verifications,
+        send=subscriber.send_command,
+    )
     log.info("aggregator_started", relays=len(inventory.relays), listen=str(config.http.listen))
     try:
         async with asyncio.TaskGroup() as tree:
@@ -119,6 +130,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     from probe.aggregator.http import make_app
     from probe.aggregator.service import AggregatorShell, first_inventory
     from probe.aggregator.store import ResultStore
+    from probe.aggregator.verifications import Tagged, Verifications
     from probe.bus import LocalOutbox
     from probe.http import serve
     from probe.inventory.configured import ConfiguredInventory
@@ -132,9 +144,11 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     health = HealthSection(interval_seconds=config.schedule.interval_seconds)
     store = ResultStore(inventory, now=time.time, health=health)
     shell = AggregatorShell(store, source, log)
-    bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(store, topic, payload))
+    verifications = Verifications(now=time.time)
+    sink = Tagged(store, verifications)
+    bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(sink, topic, payload))
     agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, log=log)
-    app = make_app(store)
+    app = make_app(store, verifications=verifications, send=_local_commands(agent))
     app.add_subapp("/agent/", agent_http(agent))
     loop = asyncio.get_running_loop()
 
@@ -165,14 +179,24 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         pass
 
 
-def _deliver(store: object, topic: str, payload: bytes) -> None:
-    from probe.aggregator.store import ResultStore
-
-    assert isinstance(store, ResultStore)
+def _deliver(sink: Tagged, topic: str, payload: bytes) -> None:
     if "/results/" in topic:
-        store.ingest_result(payload, topic)
+        sink.ingest_result(payload, topic)
     else:
-        store.ingest_status(payload, topic)
+        sink.ingest_status(payload, topic)
+
+
+def _local_commands(agent: Agent) -> Callable[[str, bytes], Awaitable[None]]:
+    """`probe serve`'s way to an agent's command topic: the payload handed to the agent in this process."""
+    from probe.errors import UnavailableError
+    from probe.messages import command_topic
+
+    async def send(name: str, payload: bytes) -> None:
+        if name != agent.config.agent.name:
+            raise UnavailableError(f"agent {name} is not in this process")
+        agent.take_command(payload, command_topic(name))
+
+    return send
 
 
 def _stop_on_signals() -> asyncio.Event:

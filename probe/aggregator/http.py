@@ -7,14 +7,23 @@
     GET /api/v1/servers           the fleet view (probe/aggregator/views.py)
     GET /api/v1/servers/{name}    one relay in detail; 404 for a name not in the inventory
     GET /api/v1/agents            the agents
+    GET /api/v1/inventory         the relays the aggregator knows (for `probe verify --aggregator`)
+    POST /api/v1/verifications    ask every online agent to probe servers now (probe/verify/api.py)
+    GET /api/v1/verifications/{request_id}   the answers so far
     GET /api/v1/openapi.json      the API described (probe/aggregator/openapi.py)
     GET /healthz                  200 while serving with fresh data, 503 without
     GET /                         the status page (probe/aggregator/page/, static files)
 
 Everything runs on the event loop's thread, like the store itself. Bodies are pydantic models dumped to JSON; every
 error is an `ApiError` body (no stack trace ever leaves the process: unexpected exceptions are logged here and
-answered with a 500). The API takes no query parameters: one given is refused with a 400 rather than ignored, so a
-typo never looks like a filter that matched everything.
+answered with a 500). The API takes no query parameters (but `after` on a verification): one given is refused with
+a 400 rather than ignored, so a typo never looks like a filter that matched everything.
+
+Who may call it: like /metrics, the API is for loopback or a trusted network ([http] listen is loopback by
+default) and has no authentication of its own. POST /api/v1/verifications is its one state-changing endpoint: it
+costs every online agent a probe of every path of the servers named (inventory names only, at most
+probe.verify.api.MAX_SERVERS, at most verifications.PER_MINUTE a minute) and changes nothing else. It takes only
+`application/json`, which a page of another site cannot send here without a CORS preflight this server never grants.
 """
 
 from __future__ import annotations
@@ -24,17 +33,19 @@ import contextlib
 import difflib
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from probe.aggregator.health import AgentState
 from probe.aggregator.metrics import MetricsRenderer
 from probe.aggregator.openapi import (
+    MAX_AFTER,
     METRICS_CONTENT_TYPE,
     RELAY_NAME_PATTERN,
     AgentList,
@@ -43,12 +54,17 @@ from probe.aggregator.openapi import (
     openapi_document,
 )
 from probe.aggregator.store import ResultStore
+from probe.aggregator.verifications import TooLarge, TooMany, Verifications, view
 from probe.aggregator.views import agent_views, fleet_view, server_detail
+from probe.errors import WgProbeError
+from probe.inputs import redact_url
 from probe.term import clean
+from probe.verify.api import MAX_SERVERS, REQUEST_ID, AgentWord, InventoryView, VerificationRequest, VerificationStarted
 
 log = logging.getLogger("wgprobe.aggregator.http")
 
 METRICS_UPDATE_SECONDS = 1.0  # how often the metrics blocks of newly arrived results are written between scrapes
+MAX_BODY = 512 * 1024  # a verification naming its 1,000 servers at their longest fits; nothing else has a body
 _SUGGESTIONS = 3
 _RELAY_NAME = re.compile(RELAY_NAME_PATTERN)
 _NO_STORE = "no-store"
@@ -61,7 +77,11 @@ _PAGE_POLICY = (
 PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 
 Ready = Callable[[], str | None]  # None when ready, else why not (e.g. "MQTT: not connected")
+# Sends a command's payload to one agent (wgprobe/v1/commands/<agent>, QoS 1, not retained); returns once the broker
+# acknowledged it, raises a WgProbeError saying why not.
+CommandSender = Callable[[str, bytes], Awaitable[None]]
 RENDERER = web.AppKey("renderer", MetricsRenderer)  # the app's /metrics renderer (tests and benchmarks read it)
+VERIFICATIONS = web.AppKey("verifications", Verifications)
 
 
 def make_app(
@@ -69,16 +89,24 @@ def make_app(
     *,
     ready: Ready | None = None,
     metrics_update_seconds: float | None = METRICS_UPDATE_SECONDS,
+    verifications: Verifications | None = None,
+    send: CommandSender | None = None,
 ) -> web.Application:
     """The aggregator's app over `store`. `ready` adds the shell's own check to /healthz (the MQTT subscriber's
-    connection, say). `metrics_update_seconds` (None: off) writes the metrics of new results between scrapes."""
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
-    api = _Api(store, ready)
+    connection, say). `metrics_update_seconds` (None: off) writes the metrics of new results between scrapes.
+    `send` delivers verification commands to agents (None: POST /api/v1/verifications answers 503); the results
+    that answer them are in `verifications` (probe.aggregator.verifications.Tagged feeds it)."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    api = _Api(store, ready, verifications or Verifications(now=store.now), send)
     app[RENDERER] = api.renderer
+    app[VERIFICATIONS] = api.verifications
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/api/v1/servers", api.servers)
     app.router.add_get("/api/v1/servers/{name}", api.server)
     app.router.add_get("/api/v1/agents", api.agents)
+    app.router.add_get("/api/v1/inventory", api.inventory)
+    app.router.add_post("/api/v1/verifications", api.start_verification)
+    app.router.add_get("/api/v1/verifications/{request_id}", api.verification)
     app.router.add_get("/api/v1/openapi.json", api.openapi_json)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/", api.page_file)
@@ -92,8 +120,11 @@ def make_app(
 class _Api:
     """The handlers, over one store."""
 
-    def __init__(self, store: ResultStore, ready: Ready | None) -> None:
+    def __init__(
+        self, store: ResultStore, ready: Ready | None, verifications: Verifications, send: CommandSender | None
+    ) -> None:
         self.store, self.ready = store, ready
+        self.verifications, self.send = verifications, send
         self.renderer = MetricsRenderer(store)
         self.started = store.now()
         self.openapi = json.dumps(openapi_document(), separators=(",", ":")).encode()
@@ -123,6 +154,105 @@ class _Api:
     async def agents(self, request: web.Request) -> web.Response:
         _no_query(request)
         return _model(AgentList(generated_at=_utc(self.store.now()), agents=agent_views(self.store)))
+
+    async def inventory(self, request: web.Request) -> web.Response:
+        _no_query(request)
+        inventory = self.store.inventory
+        shown = InventoryView.of(inventory, source=redact_url(inventory.source), at=_utc(self.store.now()))
+        return _model(shown, compress=True)
+
+    async def start_verification(self, request: web.Request) -> web.Response:
+        """Publish a verification's command to every agent that is online with a good control check."""
+        asked = await _verification_request(request)
+        self._require_known(asked.servers)
+        if self.send is None:
+            detail = "this aggregator cannot send commands to agents (no broker connection)"
+            raise _Problem(503, ApiError(error="unavailable", detail=detail))
+        agents, passed_over = self._agents_for(asked)
+        try:
+            verification = self.verifications.open(asked.servers, agents, all_paths=asked.all_paths)
+        except TooMany as e:
+            problem = _Problem(429, ApiError(error="too_many_requests", detail=str(e)))
+            problem.headers["Retry-After"] = f"{math.ceil(e.retry_after)}"
+            raise problem from None
+        except TooLarge as e:
+            raise _Problem(400, ApiError(error="bad_request", detail=str(e))) from None
+        verification.not_asked.update(passed_over)
+        payload = verification.command().model_dump_json().encode()
+        outcomes = await asyncio.gather(*(self._send_to(agent, payload) for agent in agents))
+        refused = {agent: why for agent, why in zip(agents, outcomes, strict=True) if why is not None}
+        self.verifications.sent(verification.request_id, refused)
+        if not verification.agents:
+            self.verifications.forget(verification.request_id)
+            detail = "; ".join(f"{agent}: {why}" for agent, why in refused.items())
+            raise _Problem(503, ApiError(error="unavailable", detail=f"the command reached no agent: {detail[:500]}"))
+        log.info(
+            "verification %s: %d server(s) asked of %s",
+            verification.request_id,
+            len(verification.servers),
+            ", ".join(verification.agents),
+        )
+        location = f"/api/v1/verifications/{verification.request_id}"
+        started = VerificationStarted(
+            request_id=verification.request_id,
+            issued_at=_utc(verification.issued_at),
+            servers=verification.servers,
+            all_paths=verification.all_paths,
+            agents=verification.agents,
+            not_asked=verification.not_asked_list(),
+            quorum=self.store.health.quorum,
+            location=location,
+        )
+        response = _model(started, status=202)
+        response.headers["Location"] = location
+        return response
+
+    def _agents_for(self, asked: VerificationRequest) -> tuple[list[str], dict[str, AgentWord]]:
+        """The agents to ask (online, with a good control check, and named if the request names any), and those
+        passed over with their state; a 503 when there is none to ask."""
+        self.store.refresh()
+        states = {name: info.state for name, info in self.store.agents.items()}
+        named = states.keys() if asked.agents is None else asked.agents
+        agents = sorted(name for name in named if states.get(name) is AgentState.ok)
+        passed_over = {name: _word(states.get(name)) for name in sorted(named) if name not in agents}
+        if not agents:
+            known = ", ".join(f"{name} {why}" for name, why in passed_over.items()) or "none heard from"
+            detail = clean(f"no agent is online with a good control check (agents: {known[:500]})")
+            raise _Problem(503, ApiError(error="unavailable", detail=detail))
+        return agents, passed_over
+
+    async def verification(self, request: web.Request) -> web.Response:
+        after = _after(request)
+        request_id = request.match_info["request_id"]
+        if not REQUEST_ID.fullmatch(request_id):
+            problem = ApiError(error="bad_request", detail="not a request id: 32 lowercase hexadecimal digits")
+            raise _Problem(400, problem)
+        verification = self.verifications.get(request_id)
+        if verification is None:
+            detail = f"no verification {request_id} (never made here, or forgotten: they are kept an hour)"
+            raise _Problem(404, ApiError(error="not_found", detail=detail))
+        self.store.refresh()
+        states: dict[str, AgentWord] = {name: _word(info.state) for name, info in self.store.agents.items()}
+        return _model(view(verification, states, self.store.health.quorum, after=after), compress=True)
+
+    def _require_known(self, servers: tuple[str, ...]) -> None:
+        unknown = [name for name in servers if name not in self.store.servers]
+        if not unknown:
+            return
+        close = tuple(difflib.get_close_matches(unknown[0], self.store.servers.keys(), n=_SUGGESTIONS))
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        detail = f"no relay {unknown[0]} in the inventory{more}: verifications name inventory relays only"
+        raise _Problem(404, ApiError(error="not_found", detail=detail, suggestions=close))
+
+    async def _send_to(self, agent: str, payload: bytes) -> str | None:
+        """None once the broker has the command for `agent`, else why not."""
+        assert self.send is not None
+        try:
+            await self.send(agent, payload)
+        except WgProbeError as e:
+            log.warning("verification command to %s not delivered: %s", agent, clean(str(e)))
+            return clean(str(e))[:200]
+        return None
 
     async def healthz(self, request: web.Request) -> web.Response:
         _no_query(request)
@@ -177,9 +307,17 @@ class _Problem(Exception):
     def __init__(self, status: int, body: ApiError) -> None:
         super().__init__(body.detail)
         self.status, self.body = status, body
+        self.headers: dict[str, str] = {}
 
 
-_WORDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+_WORDS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "bad_request",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
 
 
 @web.middleware
@@ -190,7 +328,9 @@ async def _errors(
     try:
         return await handler(request)
     except _Problem as problem:
-        return _model(problem.body, status=problem.status)
+        response = _model(problem.body, status=problem.status)
+        response.headers.update(problem.headers)
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -214,6 +354,56 @@ def _no_query(request: web.Request) -> None:
         names = sorted({clean(key[:40]) for key in request.query})
         detail = f"this endpoint takes no query parameters; got {', '.join(names) or 'a query string'}"
         raise _Problem(400, ApiError(error="bad_request", detail=detail))
+
+
+async def _verification_request(request: web.Request) -> VerificationRequest:
+    """POST /api/v1/verifications' body: JSON only (a page of another site cannot send that without a CORS
+    preflight), valid, and within MAX_BODY."""
+    _no_query(request)
+    if request.content_type != "application/json":
+        detail = "send the request body as application/json"
+        raise _Problem(415, ApiError(error="unsupported_media_type", detail=detail))
+    try:
+        return VerificationRequest.model_validate_json(await request.read())
+    except ValidationError as e:
+        raise _Problem(400, ApiError(error="bad_request", detail=_first_error(e))) from None
+    except web.HTTPRequestEntityTooLarge:
+        # Larger than any valid request can be: refused as what it is, an invalid one.
+        detail = f"the request body is larger than {MAX_BODY // 1024} KiB: name at most {MAX_SERVERS} servers"
+        raise _Problem(400, ApiError(error="bad_request", detail=detail)) from None
+
+
+def _after(request: web.Request) -> int:
+    """The one query parameter of a verification: `after=N`, the results already read."""
+    unknown = sorted({clean(key[:40]) for key in request.query if key != "after"})
+    if unknown:
+        raise _Problem(400, ApiError(error="bad_request", detail=f"this endpoint takes after=N only; got {unknown}"))
+    text = request.query.get("after", "0")
+    if not text.isdecimal() or int(text) > MAX_AFTER or len(request.query.getall("after", [])) > 1:
+        detail = f"after: a whole number of results already read (0 to {MAX_AFTER}), given once"
+        raise _Problem(400, ApiError(error="bad_request", detail=detail))
+    return int(text)
+
+
+def _first_error(error: ValidationError) -> str:
+    details = error.errors(include_url=False, include_input=False, include_context=False)
+    first = details[0] if details else None
+    if first is None:
+        return "not a valid request"
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return clean(f"{where}: {first['msg']}{more}")[:300]
+
+
+def _word(state: AgentState | None) -> AgentWord:
+    words: dict[AgentState | None, AgentWord] = {
+        AgentState.ok: "ok",
+        AgentState.control_failed: "control_failed",
+        AgentState.offline: "offline",
+        AgentState.silent: "silent",
+        None: "unknown",  # not judged yet
+    }
+    return words[state]
 
 
 def _model(body: BaseModel, *, status: int = 200, compress: bool = False) -> web.Response:

@@ -15,10 +15,18 @@ from pydantic.json_schema import models_json_schema
 
 from probe.aggregator.views import AgentView, FleetView, ServerDetail
 from probe.inventory.model import _NAME as _RELAY_NAME  # the inventory's own rule for relay names
+from probe.verify.api import (
+    REQUEST_ID,
+    InventoryView,
+    VerificationRequest,
+    VerificationStarted,
+    VerificationView,
+)
 
 API_VERSION = "1"
 RELAY_NAME_PATTERN = f"^{_RELAY_NAME.pattern}$"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format 0.0.4
+MAX_AFTER = 1_000_000_000
 
 
 class _Shape(BaseModel):
@@ -45,12 +53,30 @@ class Healthz(_Shape):
 class ApiError(_Shape):
     """Every error the API answers: a word for programs and a sentence for people. No stack trace, ever."""
 
-    error: Literal["bad_request", "not_found", "method_not_allowed", "unavailable", "internal_error"]
+    error: Literal[
+        "bad_request",
+        "not_found",
+        "method_not_allowed",
+        "unsupported_media_type",
+        "too_many_requests",
+        "unavailable",
+        "internal_error",
+    ]
     detail: str
     suggestions: tuple[str, ...] = ()  # for an unknown relay: inventory names close to the one asked for
 
 
-RESPONSE_MODELS: tuple[type[BaseModel], ...] = (FleetView, ServerDetail, AgentList, Healthz, ApiError)
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    FleetView,
+    ServerDetail,
+    AgentList,
+    Healthz,
+    ApiError,
+    InventoryView,
+    VerificationStarted,
+    VerificationView,
+)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (VerificationRequest,)
 
 
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
@@ -61,7 +87,13 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    words = {400: "Invalid input (a query parameter, a malformed name).", 404: "No such resource."}
+    words = {
+        400: "Invalid input (a query parameter, a malformed name).",
+        404: "No such resource.",
+        415: "The body is not application/json.",
+        429: "Too many verifications in the last minute: try again after Retry-After seconds.",
+        503: "No agent can be asked (none online with a good control check, or no broker connection).",
+    }
     return {str(code): _json(ApiError, words[code]) for code in codes}
 
 
@@ -72,7 +104,8 @@ def _get(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any
 def openapi_document() -> dict[str, Any]:
     """The API as an OpenAPI 3.1 document (JSON Schema 2020-12 dialect, which pydantic writes)."""
     _, top = models_json_schema(
-        [(model, "serialization") for model in RESPONSE_MODELS], ref_template="#/components/schemas/{model}"
+        [(model, "serialization") for model in RESPONSE_MODELS] + [(model, "validation") for model in REQUEST_MODELS],
+        ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = top.get("$defs", {})
     name_parameter = {
@@ -95,6 +128,11 @@ def openapi_document() -> dict[str, Any]:
             parameters=[name_parameter],
         ),
         "/api/v1/agents": _get("The agents and their state.", {"200": _json(AgentList, "The agents."), **_errors(400)}),
+        "/api/v1/inventory": _get(
+            "The relays the aggregator knows (names, entry addresses, locations, labels): what verifications name.",
+            {"200": _json(InventoryView, "The inventory."), **_errors(400)},
+        ),
+        **_verification_paths(),
         "/api/v1/openapi.json": _get(
             "This document.",
             {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}},
@@ -117,8 +155,51 @@ def openapi_document() -> dict[str, Any]:
             "version": API_VERSION,
             "description": "One verdict per WireGuard relay from many vantage points. Field names are a contract: "
             "fields may be added, never renamed. Text that came from agents or inventories (names, labels, details) "
-            "is data: render it as text, never as markup.",
+            "is data: render it as text, never as markup. Like /metrics, this API is meant for loopback or a "
+            "trusted network and has no authentication of its own; POST /api/v1/verifications is its one "
+            "state-changing endpoint (it makes every online agent probe the servers named, now).",
         },
         "paths": paths,
         "components": {"schemas": schemas},
+    }
+
+
+def _verification_paths() -> dict[str, Any]:
+    started = _json(VerificationStarted, "Sent: the agents asked, and where to follow the answers.")
+    started["headers"] = {
+        "Location": {"description": "The verification's URL path.", "schema": {"type": "string"}, "required": True}
+    }
+    request_id = {
+        "name": "request_id",
+        "in": "path",
+        "required": True,
+        "description": "The request id POST answered with.",
+        "schema": {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$"},
+    }
+    after = {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "Results already read: the answer holds those after the first `after`.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_AFTER, "default": 0},
+    }
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VerificationRequest"}}},
+    }
+    return {
+        "/api/v1/verifications": {
+            "post": {
+                "summary": "Ask every agent that is online with a good control check to probe these relays now, on "
+                "every path; they answer with ordinary results tagged with the request id. The one state-changing "
+                "endpoint: inventory names only, at most 1,000 a request, a bounded number of requests a minute.",
+                "requestBody": body,
+                "responses": {"202": started, **_errors(400, 404, 415, 429, 503)},
+            }
+        },
+        "/api/v1/verifications/{request_id}": _get(
+            "The answers so far: every result tagged with the request id, and which agents answered.",
+            {"200": _json(VerificationView, "The verification."), **_errors(400, 404)},
+            parameters=[request_id, after],
+        ),
     }

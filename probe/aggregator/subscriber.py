@@ -9,6 +9,11 @@ on the whole fleet's state rather than on the first agent's alone.
 
 The store validates and counts; a bad message costs one log line per sender and reason (`first_from_sender`) and
 never stops the consumer.
+
+The same connection carries the aggregator's one kind of publish: a verification's command to an agent
+(`send_command`: wgprobe/v1/commands/<agent>, QoS 1, not retained, so a command is never replayed to an agent that
+connects later). While the connection is down, a command is refused at once rather than queued: the verification
+asking for it waits on answers, not on the broker.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import logging
 from typing import Protocol
 
 from probe.aggregator.intake import Ingested
-from probe.messages import RESULTS_FILTER, STATUS_FILTER, TOPIC_ROOT
+from probe.messages import RESULTS_FILTER, STATUS_FILTER, TOPIC_ROOT, command_topic
 from probe.mqtt import Backoff, BrokerError, BrokerUnavailable, Connection, EventLog, Inbound, connect, event_log
 from probe.service_config import MqttSection
 
 SESSION_EXPIRY_SECONDS = 86400  # the broker keeps our session (and queues for it) a day after we vanish
 SETTLE_SECONDS = 2.0  # quiet after the last retained message before the initial state counts as received
+COMMAND_ACK_SECONDS = 5.0  # the broker's PUBACK for a command, at most
 _RESULTS_PREFIX = f"{TOPIC_ROOT}/results/"
 
 
@@ -57,6 +63,7 @@ class Subscriber:
         self.received = 0  # messages handed to the store since start
         self._log = event_log(log, "wgprobe.subscriber")
         self._backoff = backoff or Backoff()
+        self._connection: Connection | None = None
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff and jitter."""
@@ -67,7 +74,7 @@ class Subscriber:
                     self.mqtt, self.client_id, clean_start=False, session_expiry=self.session_expiry
                 ) as connection:
                     await connection.subscribe((RESULTS_FILTER, STATUS_FILTER), qos=1)
-                    self.connected = True
+                    self.connected, self._connection = True, connection
                     self._log(logging.INFO, "subscribed", broker=connection.broker, attempts=streak + 1)
                     streak = 0
                     self._backoff.reset()
@@ -78,8 +85,16 @@ class Subscriber:
                     self._log(level, "broker unavailable; reconnecting", error=str(e))
                 streak += 1
             finally:
-                self.connected = False
+                self.connected, self._connection = False, None
             await asyncio.sleep(self._backoff.next())
+
+    async def send_command(self, agent: str, payload: bytes) -> None:
+        """Publish a command to `agent` and wait for the broker's PUBACK: BrokerUnavailable while not connected or
+        without an answer in time, BrokerRefused when the broker refuses it (the ACL: 0x87 not_authorized)."""
+        connection = self._connection
+        if connection is None or not connection.connected:
+            raise BrokerUnavailable("not connected to the broker")
+        await connection.publish(command_topic(agent), payload, qos=1, retain=False, timeout=COMMAND_ACK_SECONDS)
 
     async def _consume(self, connection: Connection) -> None:
         loop = asyncio.get_running_loop()

@@ -4,6 +4,8 @@ rollout; its exit code stops or continues the rollout (0 verified, 1 failed, 2 u
     probe.verify.judge       observations in, verdicts out (pure): the judging rules
     probe.verify.source      where observations come from: the Source protocol
     probe.verify.direct      this host probes (the direct mode)
+    probe.verify.aggregator  the aggregator's online agents probe, on its command (the `--aggregator` mode)
+    probe.verify.api         the aggregator's verification API, as both ends speak it
     probe.verify.verifier    one pass: verdicts as they come, ended the moment the pass's verdict is certain
     probe.verify.session     passes over a soak window, the baseline comparison, the overall verdict
     probe.verify.baseline    the canary against a control group (pure)

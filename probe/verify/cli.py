@@ -31,14 +31,22 @@ down, saying when. --baseline control also probes a control group of servers not
 same location first) and fails when the listed servers' success ratio is lower than the control's by more than
 --max-success-drop (0.05) or their median forward round trip higher by more than --max-rtt-increase (20ms),
 over every pass (then at most 4 servers are probed at once, so that round trips measure the network rather than
-this host's own load)."""
+this host's own load).
+
+--aggregator URL asks the aggregator instead: every agent online with a good control check probes the servers
+now, on every path, in as many rounds as the rules above want (a command per round; the inventory and the quorum
+are the aggregator's, no agent config is needed here). Each agent's rounds are judged as this host's would be,
+and the server's verdict is the aggregator's quorum rule over the agents: it fails when a quorum of them fails it,
+passes when they all pass it, and a quorum of the agents asked must have answered either way. What has not
+answered within --timeout (30s) of a pass's start is inconclusive, never passed."""
 
 EPILOG = """\
 exit codes:
   0  verified: every server passed (and the baseline comparison held)
   1  a server failed (named, with its stage), or the baseline comparison failed
   2  usage or config error (an unknown server is named, with close names suggested)
-  3  inconclusive: could not judge (this host's own network down, no round judged); never a pass"""
+  3  inconclusive: could not judge (this host's own network down, no round judged; with --aggregator: no agent
+     online, no quorum of agents answered within --timeout, the aggregator unreachable); never a pass"""
 
 
 def _positive(text: str) -> int:
@@ -65,7 +73,12 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="agent config (default: $WGPROBE_CONFIG, then ./agent.toml)"
     )
-    parser.add_argument("--aggregator", metavar="URL", help="ask the aggregator's agents instead (not available yet)")
+    parser.add_argument(
+        "--aggregator", metavar="URL", help="ask every online agent of this aggregator instead (http://HOST:PORT)"
+    )
+    parser.add_argument(
+        "--timeout", metavar="DURATION", help="with --aggregator: how long a pass waits for the agents (30s)"
+    )
     parser.add_argument(
         "--rounds", type=_positive, default=3, metavar="N", help="rounds per server at most (default 3)"
     )
@@ -101,6 +114,10 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ConfigError(f"--fail-rounds ({args.fail_rounds}) cannot be more than --rounds ({args.rounds})")
     if args.every is not None and args.soak is None:
         raise ConfigError("--every sets the interval of a soak: give --soak DURATION too")
+    if args.timeout is not None and args.aggregator is None:
+        raise ConfigError("--timeout is how long the agents of --aggregator URL are waited for: give --aggregator too")
+    if args.aggregator is not None and args.config is not None:
+        raise ConfigError("--config is for verifying from this host; --aggregator uses the aggregator's inventory")
     soak = None
     if args.soak is not None:
         duration = parse_duration(args.soak, what="--soak")
@@ -116,8 +133,14 @@ def options_from(args: argparse.Namespace) -> Options:
         from probe.verify.junit import check_writable
 
         check_writable(args.junit)
+    timeout = None
+    if args.aggregator is not None:
+        from probe.verify.aggregator import DEFAULT_TIMEOUT
+
+        timeout = parse_duration(args.timeout, what="--timeout") if args.timeout else DEFAULT_TIMEOUT
     return Options(
         rules=Rules(rounds=args.rounds, fail_rounds=args.fail_rounds),
+        timeout=timeout,
         soak=soak,
         thresholds=thresholds,
         keep_going=args.keep_going,
@@ -136,19 +159,22 @@ def verify(args: argparse.Namespace) -> int:
 
     options = options_from(args)
     if args.aggregator is not None:
-        # The aggregator's HTTP API and the commands to agents over MQTT are being built; until they are, this mode
-        # is refused as a usage error rather than silently verifying from this host instead.
-        raise ConfigError(
-            "--aggregator: not available yet (the aggregator's verification API is not built); "
-            "verify from this host without --aggregator"
-        )
-    config, inventory = _load(args.config)
+        from probe.verify.aggregator import AggregatorSource, aggregator_url, fetch_inventory
+
+        base = aggregator_url(args.aggregator)
+        assert options.timeout is not None
+        source: AggregatorSource | None = AggregatorSource(base, timeout=options.timeout)
+        config, inventory = None, asyncio.run(fetch_inventory(base))
+    else:
+        source = None
+        config, inventory = _load(args.config)
     verified = select_servers(inventory, args.servers, args.location, args.servers_file)
     control = []
     if options.thresholds is not None:
         control = choose_control(inventory.relays, verified, args.control_size)
         if not control:
             raise ConfigError("--baseline control: no control group: every relay of the inventory is being verified")
-    _lock_keys(config)
-    report = asyncio.run(execute(config, inventory, verified, control, options))
+    if config is not None:
+        _lock_keys(config)
+    report = asyncio.run(execute(config, inventory, verified, control, options, source=source))
     return report.exit_code

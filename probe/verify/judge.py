@@ -27,6 +27,12 @@ Across vantage points (the aggregator mode: several agents), the aggregator's qu
 quorum of the vantage points that reached a verdict (passed or failed) failed it, passes when every one of them
 passed it, and is inconclusive otherwise (no vantage point could judge, or they disagree without a quorum).
 Direct mode has one vantage point, so its verdict is the server's.
+
+When the vantage points are asked (the aggregator mode: `expect`), a verdict also needs a quorum of those asked to
+have reached one: until then an agent that has not answered is an unfinished vote, so the first agent's two good
+rounds do not pass a server the others have yet to see. An agent that will not answer (gone offline, or the
+verification's time is up: `give_up`) turns its unfinished vote into an inconclusive one; when too few are left to
+make a quorum of those asked, the server is inconclusive, never passed.
 """
 
 from __future__ import annotations
@@ -235,17 +241,19 @@ def vantage_verdict(rounds: Sequence[Round], rules: Rules) -> Verdict:
     return Verdict.unfinished
 
 
-def combine(verdicts: Iterable[Verdict], quorum: Quorum = "majority") -> Verdict:
-    """The server's verdict from its vantage points' verdicts (the aggregator's quorum rule)."""
+def combine(verdicts: Iterable[Verdict], quorum: Quorum = "majority", *, asked: int | None = None) -> Verdict:
+    """The server's verdict from its vantage points' verdicts (the aggregator's quorum rule). With `asked` (the
+    number of vantage points asked), a pass or a failure also needs a quorum of those asked to have judged."""
     votes = list(verdicts)
     failing = votes.count(Verdict.failed)
     eligible = failing + votes.count(Verdict.passed)
+    needed = quorum_size(quorum, asked) if asked else 0
     # Certain before the rest are done: the failing votes already make a quorum of every vote that could come.
-    if votes and failing >= quorum_size(quorum, len(votes) - votes.count(Verdict.inconclusive)):
+    if votes and failing >= max(needed, quorum_size(quorum, len(votes) - votes.count(Verdict.inconclusive))):
         return Verdict.failed
     if Verdict.unfinished in votes or not votes:
         return Verdict.unfinished
-    if eligible == 0:
+    if eligible == 0 or eligible < needed:
         return Verdict.inconclusive
     if failing >= quorum_size(quorum, eligible):
         return Verdict.failed
@@ -264,24 +272,57 @@ class ServerJudgement:
     decided_at: datetime | None = None  # when the verdict became certain (the time of the deciding result)
     # Computed once per round booked: a pass asks every judgement for its verdict at every result that comes in.
     verdict: Verdict = field(default=Verdict.unfinished, init=False)
+    expected: tuple[str, ...] = ()  # the vantage points asked (aggregator mode); none: whoever answers counts
+    gone: dict[str, str] = field(default_factory=dict)  # vantage point -> why no more rounds will come from it
+    closed: str | None = None  # why no more rounds will come from anyone (the pass's time is up)
 
     def add(self, observation: Observation) -> Round:
         """Book a round. A certain verdict can still turn to failed when rounds go on past it (the baseline takes
         every round): a definite answer is a failure whenever it comes. `decided_at` follows the verdict."""
-        before = self.verdict
         classified = classify(observation)
         self.rounds.append(classified)
-        self.verdict = combine((vantage_verdict(self.of(v), self.rules) for v in self.vantages), self.quorum)
-        if self.verdict.certain and self.verdict is not before:
-            self.decided_at = observation.result.started_at
+        self._judge(observation.result.started_at)
         return classified
+
+    def expect(self, vantages: Sequence[str], quorum: Quorum | None = None) -> None:
+        """The vantage points asked, and the quorum to judge them by: each is an unfinished vote until it answers."""
+        self.expected = tuple(dict.fromkeys(vantages))
+        if quorum is not None:
+            self.quorum = quorum
+        self.verdict = self._verdict()
+
+    def give_up(self, vantage: str | None, why: str, at: datetime) -> None:
+        """No more rounds will come from `vantage` (None: from anyone): what it has not decided is inconclusive."""
+        if vantage is None:
+            self.closed = self.closed or why
+        else:
+            self.gone.setdefault(vantage, why)
+        self._judge(at)
+
+    def _judge(self, at: datetime) -> None:
+        before = self.verdict
+        self.verdict = self._verdict()
+        if self.verdict.certain and self.verdict is not before:
+            self.decided_at = at
+
+    def _verdict(self) -> Verdict:
+        votes = []
+        for vantage in self.vantages:
+            vote = vantage_verdict(self.of(vantage), self.rules)
+            if vote is Verdict.unfinished and (self.closed is not None or vantage in self.gone):
+                vote = Verdict.inconclusive
+            votes.append(vote)
+        if not votes and self.closed is not None:
+            return Verdict.inconclusive
+        return combine(votes, self.quorum, asked=len(self.vantages) if self.expected else None)
 
     def of(self, vantage: str) -> list[Round]:
         return [r for r in self.rounds if r.vantage == vantage]
 
     @property
     def vantages(self) -> list[str]:
-        return list(dict.fromkeys(r.vantage for r in self.rounds))
+        """The vantage points asked, then any other that answered, each once."""
+        return list(dict.fromkeys([*self.expected, *(r.vantage for r in self.rounds)]))
 
     def wants_more(self, vantage: str, *, all_rounds: bool = False) -> bool:
         """Whether `vantage` should probe this server another round. `all_rounds`: until the rounds are used up,
@@ -338,6 +379,24 @@ class ServerJudgement:
             how = "a definite answer" if definite else f"{counts[Outcome.failed]} failed rounds"
             return f"{self.stage}: {self.reason} on {paths} of {total} paths ({how}; {rounds})"
         if verdict is Verdict.inconclusive:
-            why = next((r.detail for r in reversed(self.rounds) if r.detail), None)
-            return f"could not judge ({rounds})" + (f": {why}" if why else "")
+            return f"could not judge ({rounds})" + (f": {why}" if (why := self._why_not()) else "")
         return rounds
+
+    def _why_not(self) -> str | None:
+        """Why an inconclusive verdict is one: the vantage points that did not answer, or that disagree without a
+        quorum, else the last round's why."""
+        votes = {v: vantage_verdict(self.of(v), self.rules) for v in self.vantages}
+        silent = [v for v, vote in votes.items() if vote is Verdict.unfinished]
+        why = [f"{v}: {self.gone[v]}" for v in silent if v in self.gone]
+        rest = [v for v in silent if v not in self.gone]
+        if self.closed is not None and not votes:
+            why.append(self.closed)
+        elif self.closed is not None and rest:
+            why.append(f"{', '.join(rest)}: {self.closed}")
+        failed = [v for v, vote in votes.items() if vote is Verdict.failed]
+        passed = [v for v, vote in votes.items() if vote is Verdict.passed]
+        if failed and passed:
+            why.append(f"failed from {', '.join(failed)} but passed from {', '.join(passed)}: no quorum")
+        if why:
+            return "; ".join(why)
+        return next((r.detail for r in reversed(self.rounds) if r.detail), None)

@@ -34,6 +34,7 @@ class Options:
     concurrency: int = DEFAULT_CONCURRENCY
     json_out: bool = False
     junit: Path | None = None
+    timeout: float | None = None  # --aggregator: seconds a pass waits for the agents' answers
 
 
 class Printer:
@@ -68,7 +69,7 @@ class Printer:
 
 
 async def execute(
-    config: AgentConfig,
+    config: AgentConfig | None,
     inventory: Inventory,
     verified: list[Relay],
     control: list[Relay],
@@ -78,10 +79,13 @@ async def execute(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> VerifyReport:
-    """Verify `verified` (compared with `control` when options.thresholds is set), print, write JUnit."""
+    """Verify `verified` (compared with `control` when options.thresholds is set), print, write JUnit. Without a
+    `source`, this host probes with `config` (the direct mode)."""
     out = out or sys.stdout
     err = err or sys.stderr
     if source is None:
+        if config is None:
+            raise ValueError("execute: give a source, or the agent config to probe from this host with")
         # A round trip measured while this host juggles many paths is mostly its own event loop's queue: the
         # baseline wants the network's, so it probes fewer servers at once.
         cap = BASELINE_CONCURRENCY if options.thresholds is not None else options.concurrency

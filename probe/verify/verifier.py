@@ -82,22 +82,8 @@ class Verifier:
         started_at = datetime.now(UTC)
         judgements = {r.name: ServerJudgement(r.name, self.rules, "verified", self.quorum) for r in verified}
         judgements |= {r.name: ServerJudgement(r.name, self.rules, "control", self.quorum) for r in control}
-        done = asyncio.Event()
-
-        def accept(observation: Observation) -> bool:
-            judgement = judgements.get(observation.result.server)
-            if judgement is None or done.is_set():
-                return False  # not asked for, or the pass is over
-            before = judgement.verdict
-            judgement.add(observation)
-            if judgement.verdict.certain and judgement.verdict is not before and self.on_decided is not None:
-                self.on_decided(judgement)
-            if self._certain(judgements, has_control=bool(control)):
-                done.set()
-                return False
-            return judgement.wants_more(observation.vantage, all_rounds=all_rounds)
-
-        stopped = await self._until(self.source.run(interleave(verified, control), accept), done)
+        sink = _PassSink(self, judgements, has_control=bool(control), all_rounds=all_rounds)
+        stopped = await self._until(self.source.run(interleave(verified, control), sink), sink.done)
         unfinished = any(not j.verdict.certain for j in judgements.values() if j.group == "verified")
         return PassResult(
             number=self.passes,
@@ -107,7 +93,8 @@ class Verifier:
             stopped_early=stopped and unfinished,
         )
 
-    def _certain(self, judgements: dict[str, ServerJudgement], *, has_control: bool) -> bool:
+    def certain(self, judgements: dict[str, ServerJudgement], *, has_control: bool) -> bool:
+        """Whether the pass's verdict is certain (see the module's docstring)."""
         verified = [j for j in judgements.values() if j.group == "verified"]
         if not self.keep_going and any(j.verdict is Verdict.failed for j in verified):
             return True
@@ -128,3 +115,48 @@ class Verifier:
         if finished:
             runner.result()  # its own error, if it failed, goes up from here
         return not finished
+
+
+class _PassSink:
+    """One pass's `accept` (probe/verify/source.py, Sink): observations judged as they come, verdicts reported the
+    moment they are certain, and `done` set the moment the pass's verdict is."""
+
+    def __init__(
+        self, verifier: Verifier, judgements: dict[str, ServerJudgement], *, has_control: bool, all_rounds: bool
+    ) -> None:
+        self.verifier = verifier
+        self.judgements = judgements
+        self.has_control = has_control
+        self.all_rounds = all_rounds
+        self.done = asyncio.Event()
+
+    def __call__(self, observation: Observation) -> bool:
+        judgement = self.judgements.get(observation.result.server)
+        if judgement is None or self.done.is_set():
+            return False  # not asked for, or the pass is over
+        before = judgement.verdict
+        judgement.add(observation)
+        self._settled(judgement, before)
+        if self.done.is_set():
+            return False
+        return judgement.wants_more(observation.vantage, all_rounds=self.all_rounds)
+
+    def expect(self, vantages: Sequence[str], quorum: Quorum | None = None) -> None:
+        for judgement in self.judgements.values():
+            judgement.expect(vantages, quorum)
+
+    def give_up(self, vantage: str | None, why: str) -> None:
+        at = datetime.now(UTC)
+        for judgement in self.judgements.values():
+            if self.done.is_set():
+                return
+            before = judgement.verdict
+            judgement.give_up(vantage, why, at)
+            self._settled(judgement, before)
+
+    def _settled(self, judgement: ServerJudgement, before: Verdict) -> None:
+        on_decided = self.verifier.on_decided
+        if judgement.verdict.certain and judgement.verdict is not before and on_decided is not None:
+            on_decided(judgement)
+        if self.verifier.certain(self.judgements, has_control=self.has_control):
+            self.done.set()

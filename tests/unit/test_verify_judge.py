@@ -4,6 +4,7 @@ earlier, vantage points combined by the aggregator's quorum, the baseline compar
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,66 @@ def test_vantage_points_combine_by_the_aggregators_quorum() -> None:
             fail = StageName.forward if agent != "c" else None
             judgement.add(observe(fail, vantage=agent, number=number, control_ok=True))
     assert judgement.verdict is Verdict.failed and judgement.vantages == ["a", "b", "c"]
+
+
+def test_with_the_agents_asked_a_verdict_needs_a_quorum_of_them() -> None:
+    v = Verdict
+    # Two asked (a majority is both): one agent's pass is not yet a pass, nor its failure a failure.
+    assert combine([v.passed, v.unfinished], asked=2) is v.unfinished
+    assert combine([v.failed, v.unfinished], asked=2) is v.unfinished
+    assert combine([v.passed, v.passed], asked=2) is v.passed
+    assert combine([v.failed, v.failed], asked=2) is v.failed
+    # One of them could not judge: too few left for a quorum of those asked, so never a pass, nor a failure.
+    assert combine([v.passed, v.inconclusive], asked=2) is v.inconclusive
+    assert combine([v.failed, v.inconclusive], asked=2) is v.inconclusive
+    assert combine([v.failed, v.inconclusive]) is v.failed  # without `asked`: the direct mode's rule, unchanged
+    # Three asked: two failing are a quorum whatever the third says; an absolute quorum counts as written.
+    assert combine([v.failed, v.failed, v.unfinished], asked=3) is v.failed
+    assert combine([v.passed, v.passed, v.inconclusive], asked=3) is v.passed
+    assert combine([v.passed, v.failed], quorum=1, asked=2) is v.failed
+    assert combine([v.passed, v.passed], quorum=3, asked=2) is v.inconclusive
+
+
+def test_agents_asked_count_before_they_answer_and_silence_is_given_up_never_passed() -> None:
+    at = datetime.fromtimestamp(T0 + 10, UTC)
+    judgement = ServerJudgement("se-got-wg-001", Rules())
+    judgement.expect(["a", "b"], quorum="majority")
+    assert judgement.vantages == ["a", "b"] and str(judgement.verdict) == "unfinished"
+    for number in (1, 2):
+        judgement.add(observe(vantage="a", number=number))
+    assert str(judgement.verdict) == "unfinished"  # a's two good rounds; b has not answered yet
+    judgement.give_up("b", "went offline before answering", at)
+    assert judgement.verdict is Verdict.inconclusive and judgement.decided_at == at
+    assert "b: went offline before answering" in judgement.summary()
+
+    answered = ServerJudgement("se-got-wg-001", Rules())
+    answered.expect(["a", "b"])
+    for agent in ("a", "b"):
+        for number in (1, 2):
+            answered.add(observe(StageName.forward, vantage=agent, number=number, control_ok=True))
+    assert answered.verdict is Verdict.failed and answered.vantages == ["a", "b"]
+    answered.give_up(None, "no answer within 30 s", at)
+    assert answered.verdict is Verdict.failed  # what is certain stays certain
+
+    nobody = ServerJudgement("se-got-wg-001", Rules())
+    nobody.give_up(None, "the aggregator asked no agent: none online", at)
+    assert nobody.verdict is Verdict.inconclusive and nobody.summary().endswith("none online")
+
+    late = ServerJudgement("se-got-wg-001", Rules())
+    late.expect(["a", "b"])
+    late.add(observe(vantage="a", number=1))
+    late.add(observe(StageName.forward, vantage="b", number=1, control_ok=True))
+    late.give_up(None, "no answer within 2 s", at)
+    assert late.verdict is Verdict.inconclusive
+    assert "a, b: no answer within 2 s" in late.summary()
+
+    split = ServerJudgement("se-got-wg-001", Rules())
+    split.expect(["a", "b"])
+    for number in (1, 2):
+        split.add(observe(vantage="a", number=number))
+        split.add(observe(StageName.forward, vantage="b", number=number, control_ok=True))
+    assert split.verdict is Verdict.inconclusive
+    assert "failed from b but passed from a: no quorum" in split.summary()
 
 
 def stats(passed: int, paths: int, rtt_ms: float) -> GroupStats:
