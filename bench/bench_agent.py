@@ -60,10 +60,14 @@ LEAN_PORT_RANGES = "5300,12300,4000,33565,52001"
 # --- processes ------------------------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid`, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def memory_mb(pid: int, name: str = "VmRSS") -> float:
@@ -217,6 +221,7 @@ def expected_paths(inventory: Inventory, number: int) -> dict[str, int]:
 
 def sample(pids: dict[str, int]) -> dict[str, float]:
     values = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    values["agent_system"] = cpu_split(pids["agent"])[1]
     values |= {f"cpu{n}": busy for n, busy in cpu_busy().items()}
     values["wall"] = time.time()
     return values
@@ -292,6 +297,7 @@ def window_figures(samples: list[dict[str, float]], rounds: list[int], tally: Ta
             {
                 "agent_cpu_share": agent / wall,
                 "agent_cpu_ms_per_path": 1000 * agent / paths if paths else float("nan"),
+                "agent_system_share_of_cpu": (after["agent_system"] - before["agent_system"]) / agent,
                 "paths_per_s": paths / wall,
                 "sim_cpu_share": (after["sim"] - before["sim"]) / wall,
                 "broker_cpu_share": (after["broker"] - before["broker"]) / wall,
@@ -450,7 +456,7 @@ def main() -> None:
     parser.add_argument(
         "--sweep",
         type=lambda text: [int(n) for n in text.split(",") if n],
-        default=[1000, 1500, 2000],
+        default=[1000, 1250, 1500, 1750, 2000],
         help='larger fleets, in order, until one is not kept up with ("" for none)',
     )
     parser.add_argument("--sweep-windows", type=int, default=4)
