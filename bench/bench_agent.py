@@ -125,8 +125,9 @@ def start_sim(directory: Path, relays: int, port_ranges: str | None, output: Pat
     return proc
 
 
-def agent_config(sim_dir: Path, broker: Mosquitto, work: Path) -> Path:
-    """The sim's agent config with [mqtt], [spool] and [http] added; the schedule and probe settings are defaults."""
+def agent_config(sim_dir: Path, broker: Mosquitto, work: Path, packets: int | None = None) -> Path:
+    """The sim's agent config with [mqtt], [spool] and [http] added; the schedule and probe settings are defaults
+    (`packets`, when given, sets [probe] packets: answers wanted per stage)."""
     credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
     config = sim_dir / "agent-bench.toml"
     config.write_text(
@@ -135,6 +136,7 @@ def agent_config(sim_dir: Path, broker: Mosquitto, work: Path) -> Path:
         + f'[spool]\npath = "{work / "spool.sqlite"}"\n'
         + f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
         + f'[probe]\nevidence_dir = "{work / "evidence"}"\n'
+        + ("" if packets is None else f"packets = {packets}\n")
     )
     return config
 
@@ -208,6 +210,7 @@ class Run:
     windows: int
     warmup: int
     port_ranges: str | None
+    packets: int | None = None
 
 
 def expected_paths(inventory: Inventory, number: int) -> dict[str, int]:
@@ -245,7 +248,7 @@ async def run_fleet(run: Run, broker: Mosquitto, tally: list[Tally], work: Path)
     try:
         inventory = load_inventory(sim_dir / "relays.json")
         tally[0] = Tally()
-        agent = start_agent(agent_config(sim_dir, broker, work), log)
+        agent = start_agent(agent_config(sim_dir, broker, work, run.packets), log)
         pids = {"agent": agent.pid, "sim": sim.pid, "broker": _pid(broker), "bench": os.getpid()}
         first = math.floor(time.time() / INTERVAL) + 1 + run.warmup  # the round in progress is partial for the agent
         rounds = list(range(first, first + run.windows))
@@ -264,7 +267,11 @@ async def run_fleet(run: Run, broker: Mosquitto, tally: list[Tally], work: Path)
             await asyncio.to_thread(stop_process, agent)
         sim_exit = await asyncio.to_thread(stop_process, sim)
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    figures: dict[str, object] = {"relays": run.relays, "sim_ports_per_relay": _ports(run.port_ranges)}
+    figures: dict[str, object] = {
+        "relays": run.relays,
+        "sim_ports_per_relay": _ports(run.port_ranges),
+        "probe_packets": run.packets or "default",
+    }
     figures |= window_figures(samples, rounds, tally[0])
     figures |= keeping_up(rounds, tally[0], inventory, events)
     figures |= rss
@@ -400,8 +407,10 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     counter = asyncio.create_task(subscribe(broker, tally, ready))
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        runs = [Run(args.relays, args.windows, args.warmup, port_ranges_for(args.relays, lean=False))]
-        runs += [Run(n, args.sweep_windows, args.warmup, port_ranges_for(n, args.lean)) for n in args.sweep]
+        runs = [Run(args.relays, args.windows, args.warmup, port_ranges_for(args.relays, lean=False), args.packets)]
+        runs += [
+            Run(n, args.sweep_windows, args.warmup, port_ranges_for(n, args.lean), args.packets) for n in args.sweep
+        ]
         sweep: list[dict[str, object]] = []
         for number, run in enumerate(runs):
             print(f"{run.relays} relays, {run.warmup} warm-up rounds, {run.windows} windows ...", flush=True)
@@ -461,6 +470,7 @@ def main() -> None:
     )
     parser.add_argument("--sweep-windows", type=int, default=4)
     parser.add_argument("--nice", type=int, default=-10, help="niceness increment of the benchmark's processes")
+    parser.add_argument("--packets", type=int, help="[probe] packets for every run (default: the config default)")
     parser.add_argument("--lean", action="store_true", help="sweep with one port per range (6 sockets per relay)")
     args = parser.parse_args()
     if os.geteuid() != 0:
