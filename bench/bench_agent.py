@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -32,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,6 +89,11 @@ def affinity(pid: int) -> list[int]:
     return sorted(cpus)
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the main thread of `pid` (the agent's event loop) was ready to run but waited for a CPU."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def cpu_busy() -> dict[int, float]:
     """Busy jiffies per CPU so far (everything but idle and iowait), from /proc/stat."""
     busy = {}
@@ -125,28 +134,40 @@ def start_sim(directory: Path, relays: int, port_ranges: str | None, output: Pat
     return proc
 
 
-def agent_config(sim_dir: Path, broker: Mosquitto, work: Path, packets: int | None = None) -> Path:
-    """The sim's agent config with [mqtt], [spool] and [http] added; the schedule and probe settings are defaults
-    (`packets`, when given, sets [probe] packets: answers wanted per stage)."""
-    credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
+def agent_config(sim_dir: Path, broker: Mosquitto | None, work: Path, packets: int | None = None) -> Path:
+    """The sim's agent config with [http] and, for `probe agent`, [mqtt] and [spool] added; the schedule and probe
+    settings are defaults (`packets`, when given, sets [probe] packets: answers wanted per stage)."""
+    text = (sim_dir / "agent.toml").read_text() + f'\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+    text += f'[probe]\nevidence_dir = "{work / "evidence"}"\n' + ("" if packets is None else f"packets = {packets}\n")
+    if broker is not None:
+        credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
+        text += f'[mqtt]\nurl = "{broker.url}"\nusername = "{AGENT}"\npassword_file = "{credentials.password_file}"\n'
+        text += f'[spool]\npath = "{work / "spool.sqlite"}"\n'
     config = sim_dir / "agent-bench.toml"
-    config.write_text(
-        (sim_dir / "agent.toml").read_text()
-        + f'\n[mqtt]\nurl = "{broker.url}"\nusername = "{AGENT}"\npassword_file = "{credentials.password_file}"\n'
-        + f'[spool]\npath = "{work / "spool.sqlite"}"\n'
-        + f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
-        + f'[probe]\nevidence_dir = "{work / "evidence"}"\n'
-        + ("" if packets is None else f"packets = {packets}\n")
-    )
+    config.write_text(text)
     return config
 
 
-def start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "probe", "agent", "--config", str(config), "--log-format", "json"]
+def start_agent(config: Path, log: Path, command: str = "agent") -> subprocess.Popen[bytes]:
+    """`probe agent` (or `probe serve`: the agent and an aggregator in one process, no broker) on the agent's CPU."""
+    argv = [sys.executable, "-m", "probe", command, "--config", str(config), "--log-format", "json"]
     with log.open("wb") as stderr:
         return subprocess.Popen(
-            ["taskset", "-c", str(AGENT_CPU), *command], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            ["taskset", "-c", str(AGENT_CPU), *argv], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
         )
+
+
+def probes_by_outcome(listen: str, prefix: str) -> dict[str, float]:
+    """The agent's wgprobe_agent_probes_total by outcome, from its /metrics."""
+    url = f"http://{listen}{prefix}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("wgprobe_agent_probes_total{"):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 # --- what the broker delivers ---------------------------------------------------------------------------------------
@@ -161,6 +182,7 @@ class Seen:
     start_lag: float  # seconds from the relay's slot to the probe's start
     duration: float
     delivery: float  # seconds from the probe's end to its arrival here, through agent spool, broker, subscriber
+    arrived: float
 
 
 @dataclass
@@ -182,6 +204,7 @@ class Tally:
                 start_lag=started - (number * INTERVAL + offset(doc["server"], INTERVAL)),
                 duration=float(doc["duration_seconds"]),
                 delivery=arrived - started - float(doc["duration_seconds"]),
+                arrived=arrived,
             )
         except (ValueError, KeyError, TypeError):
             self.undecodable += 1
@@ -211,6 +234,7 @@ class Run:
     warmup: int
     port_ranges: str | None
     packets: int | None = None
+    serve: bool = False
 
 
 def expected_paths(inventory: Inventory, number: int) -> dict[str, int]:
@@ -225,6 +249,7 @@ def expected_paths(inventory: Inventory, number: int) -> dict[str, int]:
 def sample(pids: dict[str, int]) -> dict[str, float]:
     values = {name: cpu_seconds(pid) for name, pid in pids.items()}
     values["agent_system"] = cpu_split(pids["agent"])[1]
+    values["agent_waited"] = runqueue_wait(pids["agent"])
     values |= {f"cpu{n}": busy for n, busy in cpu_busy().items()}
     values["wall"] = time.time()
     return values
@@ -240,27 +265,35 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def run_fleet(run: Run, broker: Mosquitto, tally: list[Tally], work: Path) -> dict[str, object]:
-    """Sim and agent for `run.relays` relays; the figures of the measured rounds."""
+    """Sim and agent (or `probe serve`) for `run.relays` relays; the figures of the measured rounds."""
     work.mkdir(parents=True)
     sim_dir, log = work / "sim", work / "agent.log"
     sim = start_sim(sim_dir, run.relays, run.port_ranges, work / "sim.log")
     agent: subprocess.Popen[bytes] | None = None
+    counts: list[dict[str, float]] = []
     try:
         inventory = load_inventory(sim_dir / "relays.json")
         tally[0] = Tally()
-        agent = start_agent(agent_config(sim_dir, broker, work, run.packets), log)
+        config = agent_config(sim_dir, None if run.serve else broker, work, run.packets)
+        listen = tomllib.loads(config.read_text())["http"]["listen"]
+        agent = start_agent(config, log, "serve" if run.serve else "agent")
         pids = {"agent": agent.pid, "sim": sim.pid, "broker": _pid(broker), "bench": os.getpid()}
         first = math.floor(time.time() / INTERVAL) + 1 + run.warmup  # the round in progress is partial for the agent
         rounds = list(range(first, first + run.windows))
         await until(first * INTERVAL)
         samples = [sample(pids)]
         pinned = {name: affinity(pid) for name, pid in pids.items()}
-        for number in rounds:
-            await until((number + 1) * INTERVAL)
-            samples.append(sample(pids))
+        for number in [*rounds, None]:
+            if run.serve:
+                counts.append(await asyncio.to_thread(probes_by_outcome, listen, "/agent"))
+            if number is not None:
+                await until((number + 1) * INTERVAL)
+                samples.append(sample(pids))
         rss = {"agent_rss_mb": memory_mb(agent.pid), "agent_rss_peak_mb": memory_mb(agent.pid, "VmHWM")}
         rss["sim_rss_mb"] = memory_mb(sim.pid)
         await until((rounds[-1] + 2) * INTERVAL + 2.0)  # a probe due at a round's end may run one more interval
+        if run.serve:
+            counts.append(await asyncio.to_thread(probes_by_outcome, listen, "/agent"))
         agent_exit = await asyncio.to_thread(stop_process, agent)
     finally:
         if agent is not None:
@@ -268,15 +301,42 @@ async def run_fleet(run: Run, broker: Mosquitto, tally: list[Tally], work: Path)
         sim_exit = await asyncio.to_thread(stop_process, sim)
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     figures: dict[str, object] = {
+        "command": "probe serve" if run.serve else "probe agent",
         "relays": run.relays,
         "sim_ports_per_relay": _ports(run.port_ranges),
         "probe_packets": run.packets or "default",
     }
-    figures |= window_figures(samples, rounds, tally[0])
-    figures |= keeping_up(rounds, tally[0], inventory, events)
+    if run.serve:  # no broker to count at: the paths the schedule gives, and the agent's own counters
+        paths = {n: sum(expected_paths(inventory, n).values()) for n in rounds}
+        figures |= window_figures(samples, rounds, paths)
+        figures |= serve_keeping_up(run.relays, counts, events)
+    else:
+        paths = {n: sum(seen.paths for seen in tally[0].by_round[n]) for n in rounds}
+        figures |= window_figures(samples, rounds, paths)
+        figures |= keeping_up(rounds, tally[0], inventory, events)
     figures |= rss
+    with (work / "results.jsonl").open("w") as out:  # every result seen, for a look at the run afterwards (--keep)
+        for number in sorted(tally[0].by_round):
+            out.writelines(json.dumps(dataclasses.asdict(seen)) + "\n" for seen in tally[0].by_round[number])
     figures |= {"agent_exit_code": agent_exit, "sim_exit_code": sim_exit, "pinning": pinned}
     return figures
+
+
+def serve_keeping_up(relays: int, counts: list[dict[str, float]], events: list[dict[str, object]]) -> dict[str, object]:
+    """`probe serve`: relay probes finished per measured round (by the agent's counters), none failed or overrun."""
+    per_round = [after.get("ok", 0) - before.get("ok", 0) for before, after in itertools.pairwise(counts[:-1])]
+    last, start = counts[-1], counts[0]
+    bad = {outcome: last.get(outcome, 0) - start.get(outcome, 0) for outcome in ("failed", "overrun", "error")}
+    overruns = [e for e in events if e.get("event") == "probe_overrun"]
+    return {
+        "kept_up": not overruns and not any(bad.values()) and min(per_round) >= relays - 2,
+        "ok_probes_per_round_min": min(per_round),
+        "ok_probes_per_round_max": max(per_round),
+        "failed_probes": bad["failed"],
+        "overrun_probes": bad["overrun"],
+        "error_probes": bad["error"],
+        "probe_overruns_whole_run": len(overruns),
+    }
 
 
 def _pid(broker: Mosquitto) -> int:
@@ -293,18 +353,20 @@ def _ports(port_ranges: str | None) -> int:
     )
 
 
-def window_figures(samples: list[dict[str, float]], rounds: list[int], tally: Tally) -> dict[str, object]:
+def window_figures(samples: list[dict[str, float]], rounds: list[int], paths_in: dict[int, int]) -> dict[str, object]:
     """Per window (one round each): CPU shares of one core, and the agent's CPU per path; medians, and the spread."""
     rows = []
     for before, after, number in zip(samples[:-1], samples[1:], rounds, strict=True):
         wall = after["wall"] - before["wall"]
-        paths = sum(seen.paths for seen in tally.by_round[number])
+        paths = paths_in[number]
         agent = after["agent"] - before["agent"]
         rows.append(
             {
                 "agent_cpu_share": agent / wall,
                 "agent_cpu_ms_per_path": 1000 * agent / paths if paths else float("nan"),
                 "agent_system_share_of_cpu": (after["agent_system"] - before["agent_system"]) / agent,
+                # Other work on the agent's CPU (this machine is shared) shows here, not in the agent's CPU time.
+                "agent_runqueue_wait_share": (after["agent_waited"] - before["agent_waited"]) / wall,
                 "paths_per_s": paths / wall,
                 "sim_cpu_share": (after["sim"] - before["sim"]) / wall,
                 "broker_cpu_share": (after["broker"] - before["broker"]) / wall,
@@ -380,6 +442,15 @@ def crypto_floor(count: int = 2000) -> float:
         os.sched_setaffinity(0, mine)
 
 
+def imports_rss_mb() -> float:
+    """RSS of a Python process that has imported what `probe agent` imports and done nothing else: the part of the
+    agent's memory that does not grow with the fleet."""
+    modules = "probe.cli, agents.cli, agents.agent, agents.outbox, agents.spool, agents.http, probe.runner, probe.mqtt"
+    code = f"import {modules}; from bench.bench_agent import memory_mb; import os; print(memory_mb(os.getpid()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
 # --- main -----------------------------------------------------------------------------------------------------------
 
 
@@ -428,12 +499,20 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                     break
             if number > 0 and not result["kept_up"]:
                 break
+        if args.serve:
+            run = Run(
+                args.relays, args.windows, args.warmup, port_ranges_for(args.relays, lean=False), args.packets, True
+            )
+            print(f"probe serve, {run.relays} relays, {run.windows} windows ...", flush=True)
+            figures["serve"] = await run_fleet(run, broker, tally, work / "run-serve")
+            print(json.dumps(figures["serve"]), flush=True)
     finally:
         counter.cancel()
         with contextlib.suppress(asyncio.CancelledError, BrokerUnavailable):
             await counter
         broker.stop()
     floor = median([floor_before, crypto_floor()])
+    figures["imports_rss_mb"] = imports_rss_mb()
     figures["x25519_x4_cpu_ms_median"] = 1000 * floor
     summarise(figures, sweep, floor)
     figures["sweep"] = sweep
@@ -474,6 +553,10 @@ def summarise(figures: dict[str, object], sweep: list[dict[str, object]], floor:
     figures["missed_attempts"] = [
         {key: row[key] for key in ("relays", "attempt", *_MISS_KEYS)} for row in [budget, *sweep] if not row["kept_up"]
     ]
+    serve = figures.get("serve")
+    if isinstance(serve, dict):
+        figures["serve_cpu_share_median"] = serve["agent_cpu_share_median"]
+        figures["serve_kept_up"] = serve["kept_up"]
     at_1000 = [row for row in [budget, *sweep] if row["relays"] == 1000]
     if at_1000:
         figures["rss_mb_at_1000_relays"] = at_1000[0]["agent_rss_mb"]
@@ -496,6 +579,7 @@ def main() -> None:
     parser.add_argument("--packets", type=int, help="[probe] packets for every run (default: the config default)")
     parser.add_argument("--attempts", type=int, default=2, help="runs of a sweep fleet before it counts as missed")
     parser.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, configs, spools)")
+    parser.add_argument("--serve", action="store_true", help="also `probe serve` (agent + aggregator) at --relays")
     parser.add_argument("--lean", action="store_true", help="sweep with one port per range (6 sockets per relay)")
     args = parser.parse_args()
     if os.geteuid() != 0:
