@@ -94,15 +94,16 @@ def runqueue_wait(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
-def cpu_busy() -> dict[int, float]:
-    """Busy jiffies per CPU so far (everything but idle and iowait), from /proc/stat."""
-    busy = {}
+def cpu_times() -> dict[str, float]:
+    """Per CPU, seconds so far: busy (everything but idle, iowait and steal) and stolen by the hypervisor."""
+    times = {}
     for line in Path("/proc/stat").read_text().splitlines():
         name, *values = line.split()
         if name.startswith("cpu") and name != "cpu":
-            numbers = [int(v) for v in values[:8]]
-            busy[int(name[3:])] = (sum(numbers) - numbers[3] - numbers[4]) / _TICK
-    return busy
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in values[:8])
+            times[f"{name}_busy"] = (user + nice + system + irq + softirq) / _TICK
+            times[f"{name}_steal"] = steal / _TICK
+    return times
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
@@ -250,7 +251,7 @@ def sample(pids: dict[str, int]) -> dict[str, float]:
     values = {name: cpu_seconds(pid) for name, pid in pids.items()}
     values["agent_system"] = cpu_split(pids["agent"])[1]
     values["agent_waited"] = runqueue_wait(pids["agent"])
-    values |= {f"cpu{n}": busy for n, busy in cpu_busy().items()}
+    values |= cpu_times()
     values["wall"] = time.time()
     return values
 
@@ -371,8 +372,11 @@ def window_figures(samples: list[dict[str, float]], rounds: list[int], paths_in:
                 "sim_cpu_share": (after["sim"] - before["sim"]) / wall,
                 "broker_cpu_share": (after["broker"] - before["broker"]) / wall,
                 "subscriber_cpu_share": (after["bench"] - before["bench"]) / wall,
-                "cpu0_busy_share": (after["cpu0"] - before["cpu0"]) / wall,
-                "cpu1_busy_share": (after["cpu1"] - before["cpu1"]) / wall,
+                **{
+                    f"cpu{n}_{what}_share": (after[f"cpu{n}_{what}"] - before[f"cpu{n}_{what}"]) / wall
+                    for n in (AGENT_CPU, OTHERS_CPU)
+                    for what in ("busy", "steal")
+                },
             }
         )
     figures: dict[str, object] = {f"{key}_median": median([row[key] for row in rows]) for key in rows[0]}
@@ -521,7 +525,9 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 _MISS_KEYS = (
     "agent_cpu_share_median",
+    "agent_runqueue_wait_share_median",
     "cpu0_busy_share_median",
+    "cpu0_steal_share_median",
     "cpu1_busy_share_median",
     "results_missing",
     "results_short_of_paths",
@@ -575,7 +581,7 @@ def main() -> None:
         help='larger fleets, in order, until one is not kept up with ("" for none)',
     )
     parser.add_argument("--sweep-windows", type=int, default=4)
-    parser.add_argument("--nice", type=int, default=-10, help="niceness increment of the benchmark's processes")
+    parser.add_argument("--nice", type=int, default=-20, help="niceness increment of the benchmark's processes")
     parser.add_argument("--packets", type=int, help="[probe] packets for every run (default: the config default)")
     parser.add_argument("--attempts", type=int, default=2, help="runs of a sweep fleet before it counts as missed")
     parser.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, configs, spools)")
