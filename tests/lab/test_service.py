@@ -7,9 +7,9 @@ and API are read as Prometheus and an engineer would.
 - Three agents, one of them cut off its own network: no relay is called down because of it, the aggregator reports
   that agent (its control check failed, its results left out), and a relay broken meanwhile is still called down by
   the quorum of the two that can see.
-- One agent alone, cut off its network three times: no relay is ever called down. This one fails today (a known
-  bug, reported with the fix proposed): a probe that fails between the cut and the agent's next control check is
-  published with control_ok=true, and with one agent its vote alone is a quorum.
+- One agent alone, cut off its network three times: no relay is ever called down. A probe that fails between the cut
+  and the agent's next control check must not go out with control_ok=true: with one agent its vote alone is a
+  quorum. The agent re-checks its control before publishing a failed result (agents/agent.py, `_control_held`).
 
 Rounds, not seconds: a round is the agent's schedule (agents/schedule.py: round r of relay R starts at r * interval
 + offset(R)), so "within two intervals" is asserted as "decided on a result of at most the second round that began
