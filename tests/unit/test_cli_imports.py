@@ -120,3 +120,21 @@ def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
     assert command_of(["--", "servers"]) == "servers"
     assert command_of(["--version"]) is None
     assert command_of([]) is None
+
+
+def test_one_module_of_the_aggregator_does_not_load_the_rest(tmp_path: Path) -> None:
+    done, modules = modules_of_run(tmp_path, "serve", "--help")
+    assert done.returncode == 0, done.stderr
+    assert loaded(modules, ("probe.aggregator",)) == ["probe.aggregator", "probe.aggregator.cli"]
+    assert loaded(modules, ("pydantic", "prometheus_client")) == []
+
+
+def test_the_aggregator_package_still_offers_every_name_it_exports() -> None:
+    import probe.aggregator as package
+
+    for name in package.__all__:
+        home = importlib.import_module(f"probe.aggregator.{package._HOMES[name]}")
+        assert getattr(package, name) is getattr(home, name)
+    assert sorted(package._HOMES) == sorted(package.__all__)
+    with pytest.raises(AttributeError):
+        package.__getattr__("no_such_name")
