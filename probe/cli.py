@@ -16,8 +16,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from probe import __version__
 from probe.errors import (
@@ -42,8 +41,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):  # not a dataclass: `probe --help` would import dataclasses and inspect for it
     """Where a command lives: `module.register(commands)` adds it (and maybe its siblings) to the parser. The help
     line is kept here too, so `probe --help` lists every command without importing one; a test holds it equal to
     the line the module registers."""
