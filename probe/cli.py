@@ -12,6 +12,7 @@ Exit codes, for every command (probe/errors.py holds them): 0 all ok, 1 a relay 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -198,5 +199,26 @@ def run(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+# Commands that are over once their output is out. Past that point the interpreter's own shutdown (tearing down
+# some 350 modules, a last garbage collection) cost `probe server` 40 ms of its 0.33 s here, and nothing these
+# commands leave needs it: their output is flushed below, their files are closed, and the kernel drops the key
+# locks and sockets with the process. The services keep the ordinary exit: libraries they load may rely on it.
+QUICK_EXIT = frozenset({"server", "sweep", "servers"})
+
+
 def main() -> NoReturn:
-    sys.exit(run())
+    code = run()
+    if command_of(sys.argv[1:]) in QUICK_EXIT:
+        os._exit(flushed(code))
+    sys.exit(code)
+
+
+def flushed(code: int) -> int:
+    """Flush what is printed; `code`, or EXIT_FAILED when the reader of stdout went away, as in `run`."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = EXIT_FAILED
+    with contextlib.suppress(OSError):  # nowhere left to say anything
+        sys.stderr.flush()
+    return code

@@ -33,10 +33,18 @@ NOT_FOR_SERVER = (
     "urllib.request",
 )
 
+# The quick commands leave through os._exit, past atexit: the modules are written down on either way out.
 RUN = """
-import atexit, json, sys
+import atexit, json, os, sys
 out, sys.argv = sys.argv[1], ["probe", *sys.argv[2:]]
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+def write_modules():
+    with open(out, "w") as file:
+        file.write(json.dumps(sorted(sys.modules)))
+def write_and_exit(code, exit=os._exit):
+    write_modules()
+    exit(code)
+atexit.register(write_modules)
+os._exit = write_and_exit
 from probe.cli import main
 main()
 """
