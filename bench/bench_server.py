@@ -1,10 +1,15 @@
-"""Issue #4 benchmark: `probe server` cold start (whole command, wall) and the wall time of one healthy path
+"""Issue #4 benchmark: `probe server` cold start (whole command: wall and CPU) and the wall time of one healthy path
 against the tunnel's own round-trip time, measured in the same run.
 
 A healthy path should cost about two round trips plus a millisecond: the handshake, then every stage's packets at
 once. The cold start is compared, run by run in turn, with the start-up of what `probe server` cannot avoid
 (importing pydantic, asyncio and cryptography's X25519), and with the first pydantic model class definition added
-to that (pydantic's internals load then, not at `import pydantic`). Run as root:
+to that (pydantic's internals load then, not at `import pydantic`).
+
+Two start-ups are measured. "Installed": every module has its bytecode, as after `pip install` (here compiled by
+warm-up runs into a temporary PYTHONPYCACHEPREFIX, so the repository gets no __pycache__). "Source": the
+repository as this machine's environment runs it (PYTHONDONTWRITEBYTECODE=1, no prefix): wgprobe's own modules
+are compiled from source on every start, the dependencies have their bytecode. Run as root:
 .venv/bin/python -m bench.bench_server [--runs 30]
 """
 
@@ -12,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.bench_engine import identities
@@ -30,25 +39,78 @@ from probe.wireguard import PublicKey
 
 BASELINE = "import pydantic, asyncio; from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey"
 WITH_MODEL = BASELINE + "\nclass M(pydantic.BaseModel):\n    a: int\nM(a=1)"
+REPO = Path(__file__).resolve().parent.parent
 
 
-def paired(first: list[str], second: list[str], runs: int) -> tuple[list[float], list[float]]:
-    """Wall seconds of two commands run in turn, A B A B ..., so both see the same machine."""
-    a, b = [], []
+def installed_env(prefix: Path) -> dict[str, str]:
+    """Bytecode read from (and written to, by the warm-up) `prefix`, for every module: the stdlib's and the
+    dependencies' too, since a prefix replaces the __pycache__ directories as the place to look."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": str(prefix)}
+
+
+def source_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+    return {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_once(argv: list[str], env: Mapping[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run of `argv`, the CPU its process used (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, check=False, env=env)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.returncode == 0, done.stderr.decode()
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def in_turn(commands: dict[str, list[str]], env: Mapping[str, str], runs: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) of each command, run in turn A B C A B C ..., so all of them see the same machine."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(runs):
-        a += wall(first, 1)
-        b += wall(second, 1)
-    return a, b
-
-
-def wall(argv: list[str], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, check=False)
-        samples.append(time.perf_counter() - started)
-        assert done.returncode == 0, done.stderr.decode()
+        for name, argv in commands.items():
+            samples[name].append(run_once(argv, env))
     return samples
+
+
+def cold_start(probe_cmd: list[str], env: Mapping[str, str], runs: int, label: str) -> dict[str, float]:
+    """The cold start against both baselines: medians, and the median of the ratios of runs made side by side."""
+    py = sys.executable
+    samples = in_turn(
+        {"cold": probe_cmd, "baseline": [py, "-c", BASELINE], "with_model": [py, "-c", WITH_MODEL]}, env, runs
+    )
+    cold = samples["cold"]
+    figures: dict[str, float] = {}
+    for kind, index in (("wall", 0), ("cpu", 1)):
+        figures[f"{label}probe_server_cold_{kind}_s_median"] = median([s[index] for s in cold])
+        for base, name in (("baseline", "baseline_imports"), ("with_model", "baseline_with_first_model")):
+            figures[f"{label}{name}_{kind}_s_median"] = median([s[index] for s in samples[base]])
+            ratios = [c[index] / b[index] for c, b in zip(cold, samples[base], strict=True)]
+            figures[f"{label}cold_{kind}_over_{name}"] = median(ratios)
+    return figures
+
+
+def cold_starts(probe_cmd: list[str], runs: int) -> dict[str, object]:
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix:
+        env = installed_env(Path(prefix))
+        for _ in range(2):  # the warm-up writes the bytecode of every module the commands import
+            for argv in (probe_cmd, [py, "-c", WITH_MODEL], [py, "-c", "import probe.cli, probe.runner"]):
+                run_once(argv, env)
+        walls = in_turn(
+            {"python": [py, "-c", "pass"], "imports": [py, "-c", "import probe.cli, probe.runner"]}, env, runs
+        )
+        figures: dict[str, object] = {
+            "cold_start_runs": runs,
+            "cold_start_command": "probe" if Path(probe_cmd[0]).name == "probe" else "python -m probe",
+            "python_startup_wall_s_median": median([wall for wall, _ in walls["python"]]),
+            "imports_wall_s_median": median([wall for wall, _ in walls["imports"]]),
+        }
+        figures |= cold_start(probe_cmd, env, runs, "")
+    figures["source_tree_has_bytecode"] = any(REPO.glob("probe/**/__pycache__"))
+    figures |= cold_start(probe_cmd, source_env(), runs, "source_")
+    return figures
 
 
 async def tunnel_rtts(lab: BenchLab, count: int, relay_index: int = 0) -> list[float]:
@@ -96,11 +158,10 @@ def main() -> None:
     args = parser.parse_args()
     with bench_lab(3) as lab:
         config = lab.lab_dir / "agent.toml"
-        probe_cmd = [sys.executable, "-m", "probe", "server", "se-got-wg-001", "--config", str(config)]
-        python_only = wall([sys.executable, "-c", "pass"], args.runs)
-        import_only = wall([sys.executable, "-c", "import probe.cli, probe.runner"], args.runs)
-        cold, baseline = paired(probe_cmd, [sys.executable, "-c", BASELINE], args.runs)
-        _cold2, with_model = paired(probe_cmd, [sys.executable, "-c", WITH_MODEL], args.runs)
+        # The command as a user runs it: the console script if installed, else `python -m probe`.
+        script = Path(sys.executable).with_name("probe")
+        entry = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
+        starts = cold_starts([*entry, "server", "se-got-wg-001", "--config", str(config)], args.runs)
         rtts = asyncio.run(tunnel_rtts(lab, 200))
         one, full = asyncio.run(path_walls(config, 200))
         # The lab's round trips are ~0.2 ms, so a path there is bound by its own CPU. A relay 10 ms away each way
@@ -113,15 +174,7 @@ def main() -> None:
     report(
         "server",
         {
-            "cold_start_runs": args.runs,
-            "probe_server_cold_wall_s_median": median(cold),
-            "python_startup_wall_s_median": median(python_only),
-            "imports_wall_s_median": median(import_only),
-            "cold_over_python_startup": median(cold) / median(python_only),
-            "baseline_imports_wall_s_median": median(baseline),
-            "cold_over_baseline_imports": median([c / b for c, b in zip(cold, baseline, strict=True)]),
-            "baseline_with_first_model_wall_s_median": median(with_model),
-            "cold_over_baseline_with_first_model": median([c / b for c, b in zip(_cold2, with_model, strict=True)]),
+            **starts,
             "tunnel_rtt_ms_median": rtt * 1000,
             "one_path_wall_ms_median": median(one) * 1000,
             "one_path_in_rtts": median(one) / rtt,

@@ -1,13 +1,13 @@
 """`probe server`, `probe sweep`, `probe servers` and `probe dissect`: the engineer's commands.
 
-Heavy modules (the runner, pydantic models, scapy) load inside the handlers. Everything printed that came from
-outside (names, labels, locations, details) goes through `probe.term.clean`.
+Heavy modules (the runner, pydantic models, scapy, asyncio: `probe servers` needs no event loop) load inside the
+handlers. Everything printed that came from outside (names, labels, locations, details) goes through
+`probe.term.clean`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -124,6 +124,8 @@ def exit_code(results: list[ServerResult]) -> int:
 
 
 def server(args: argparse.Namespace) -> int:
+    import asyncio
+
     from probe.runner import Prober
 
     config, inventory = _load(args.config)
@@ -143,6 +145,8 @@ def server(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    import asyncio
+
     from probe.runner import Prober, rotation_now
     from probe.term import Progress
 

@@ -9,15 +9,18 @@ else in the process moves. Python 3.11 has no os.setns, hence the libc call.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import functools
 import os
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probe.errors import ConfigError, WgProbeError
+
+if TYPE_CHECKING:
+    import ctypes
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -59,6 +62,8 @@ def require_namespace(netns: str) -> None:
 
 
 def _setns(fd: int) -> None:
+    import ctypes  # here, not at the top: only a namespace needs libc (ctypes is ~2 ms of every start-up)
+
     libc = _libc.get("libc")
     if libc is None:
         libc = _libc["libc"] = ctypes.CDLL(None, use_errno=True)

@@ -8,7 +8,6 @@ was refused is shown when it is a short scalar, with any URL credentials hidden:
 control characters are escaped, and cut at 60 characters.
 """
 
-import difflib
 import typing
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -54,6 +53,8 @@ def _location(loc: tuple[int | str, ...], source_names: Mapping[str, str]) -> st
 
 
 def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
+    import difflib  # here: only a config with a mistake needs it
+
     known = list(model.model_fields) if model is not None else []
     close = difflib.get_close_matches(key, known, n=1)
     message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")

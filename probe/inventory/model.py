@@ -5,7 +5,6 @@ relay must satisfy whatever it came from. A relay's name ends up in metric label
 names, so it is held to a hostname-like alphabet here, once, rather than escaped at every use.
 """
 
-import difflib
 import re
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -196,6 +195,8 @@ class Inventory(BaseModel):
 
     def suggest(self, name: str, limit: int = 3) -> list[str]:
         """Relay names close to `name`, best first, for "unknown relay" messages."""
+        import difflib  # here: only a name that is not found needs it
+
         return difflib.get_close_matches(name, self._by_name, n=limit, cutoff=0.6)
 
     def require(self, name: str) -> Relay:

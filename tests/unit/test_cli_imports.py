@@ -1,0 +1,150 @@
+"""The CLI imports only the module of the command it runs: `probe server` is run by hand during incidents and by
+deploy pipelines, and every module it does not need is start-up time (the aggregator and prometheus_client alone
+were a third of a second). Subprocesses: what a run imported is read from its `sys.modules` at exit."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probe.cli import COMMANDS, command_of
+from tests.unit.test_cli import closed_port, relay_toml, write_setup
+
+# What only other commands need: the service stacks, the lab, the evidence dissector, other commands' modules
+# (probe.reflector is not one: the egress stage speaks its wire format).
+NOT_FOR_SERVER = (
+    "prometheus_client",
+    "aiomqtt",
+    "paho",
+    "scapy",
+    "pyroute2",
+    "agents",
+    "probe.aggregator",
+    "probe.lab",
+    "probe.sim",
+    "probe.verify",
+    "http.client",
+    "urllib.request",
+)
+
+# The quick commands leave through os._exit, past atexit: the modules are written down on either way out.
+RUN = """
+import atexit, json, os, sys
+out, sys.argv = sys.argv[1], ["probe", *sys.argv[2:]]
+def write_modules():
+    with open(out, "w") as file:
+        file.write(json.dumps(sorted(sys.modules)))
+def write_and_exit(code, exit=os._exit):
+    write_modules()
+    exit(code)
+atexit.register(write_modules)
+os._exit = write_and_exit
+from probe.cli import main
+main()
+"""
+
+
+def modules_of_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `probe ARGS` in a fresh interpreter; its result and every module it had imported when it exited."""
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    return done, set(json.loads(out.read_text()))
+
+
+def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in packages))
+
+
+def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -> None:
+    config = write_setup(
+        tmp_path,
+        relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()),
+        probe=f'evidence_dir = "{tmp_path / "evidence"}"\n',
+    )
+    # A real probe, evidence written: the failing path is the one that imports the most.
+    done, modules = modules_of_run(tmp_path, "server", "xx-one-wg-001", "--config", str(config), "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["reason"] == "port_unreachable"
+    assert loaded(modules, NOT_FOR_SERVER) == []
+    # What only some runs need: a namespace (ctypes for setns), a name or key that is not found (difflib).
+    assert loaded(modules, ("ctypes", "difflib")) == []
+    assert "probe.runner" in modules  # the check sees a real run, not an early exit
+
+
+def test_probe_servers_needs_no_event_loop(tmp_path: Path) -> None:
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
+    done, modules = modules_of_run(tmp_path, "servers", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "xx-one-wg-001" in done.stdout
+    assert loaded(modules, ("asyncio", "probe.runner", *NOT_FOR_SERVER)) == []
+
+
+def test_probe_help_lists_every_command_without_importing_one(tmp_path: Path) -> None:
+    done, modules = modules_of_run(tmp_path, "--help")
+    assert done.returncode == 0, done.stderr
+    listed = " ".join(done.stdout.split())  # argparse wraps the help lines
+    for name, command in COMMANDS.items():
+        assert f"{name} {command.help}" in listed
+    command_modules = tuple({command.module for command in COMMANDS.values()} - {"probe.cli"})
+    assert loaded(modules, ("pydantic", "asyncio", *command_modules)) == []
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_of_the_table_is_registered_by_its_module_with_the_same_help(name: str) -> None:
+    command = COMMANDS[name]
+    commands = argparse.ArgumentParser(prog="probe").add_subparsers(dest="command")
+    getattr(importlib.import_module(command.module), command.register)(commands)
+    assert name in commands.choices, f"{command.module}.{command.register} does not add {name!r}"
+    helps = {action.dest: action.help for action in commands._choices_actions}
+    assert helps[name] == command.help
+
+
+@pytest.mark.parametrize("name", ["server", "agent", "serve", "verify", "reflector"])
+def test_a_command_gets_its_own_options_and_the_rest_stay_listed(tmp_path: Path, name: str) -> None:
+    done, modules = modules_of_run(tmp_path, name, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: probe {name} ")
+    assert COMMANDS[name].module in modules
+    other = sorted({c.module for c in COMMANDS.values()} - {COMMANDS[name].module, "probe.cli"})
+    assert loaded(modules, tuple(other)) == []
+    listed, _ = modules_of_run(tmp_path, "-h", name)  # the top-level help still names every command
+    assert all(n in listed.stdout for n in COMMANDS)
+
+
+def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
+    assert command_of(["server", "se-got-wg-001", "--json"]) == "server"
+    assert command_of(["-h", "sweep"]) == "sweep"
+    assert command_of(["--", "servers"]) == "servers"
+    assert command_of(["--version"]) is None
+    assert command_of([]) is None
+
+
+def test_one_module_of_the_aggregator_does_not_load_the_rest(tmp_path: Path) -> None:
+    done, modules = modules_of_run(tmp_path, "serve", "--help")
+    assert done.returncode == 0, done.stderr
+    assert loaded(modules, ("probe.aggregator",)) == ["probe.aggregator", "probe.aggregator.cli"]
+    assert loaded(modules, ("pydantic", "prometheus_client")) == []
+
+
+def test_the_aggregator_package_still_offers_every_name_it_exports() -> None:
+    import probe.aggregator as package
+
+    for name in package.__all__:
+        home = importlib.import_module(f"probe.aggregator.{package._HOMES[name]}")
+        assert getattr(package, name) is getattr(home, name)
+    assert sorted(package._HOMES) == sorted(package.__all__)
+    with pytest.raises(AttributeError):
+        package.__getattr__("no_such_name")
