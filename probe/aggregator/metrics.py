@@ -11,6 +11,7 @@ staleness itself can be alerted on. Importing this module imports prometheus_cli
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from probe.aggregator.store import ResultStore
 from probe.results import STAGE_ORDER
 
 STAGE_NAMES = tuple(stage.value for stage in STAGE_ORDER)
+log = logging.getLogger("wgprobe.aggregator.metrics")
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,11 @@ class MetricsRenderer:
     ages, agents, message counts) is written every time: a few thousand lines.
 
     `update()` does the rewriting without judging anything; `render()` judges (store.refresh), updates and joins.
-    Calling `update()` on a timer between scrapes (the aggregator's HTTP app does, every second) rewrites each
-    block soon after its result arrives, a few hundred a second, so a scrape finds them ready.
+    A renderer that `follow`s the store (the aggregator's HTTP app's, while it serves) also rewrites a (relay,
+    agent)'s blocks the moment the store keeps its result (the store's `on_kept`), ~40 us each, so a scrape right
+    after a whole round finds every block written; `update()` on a timer between scrapes (the app's, every second)
+    still rewrites what time alone moved (paths gone stale). Without following, a scrape after a round of 3,000
+    results writes 3,000 blocks itself (~0.15 s).
 
     Whether a block is current needs no version counter in the store: the store replaces its path records
     (immutable tuples) when results arrive, so a block keeps the records it was built from and compares them, an
@@ -346,6 +351,35 @@ class MetricsRenderer:
         self._agents: dict[tuple[str, str], _AgentBlock] = {}
         self._counters: dict[tuple[str, str], _CounterBlock] = {}
         self.rebuilt = 0  # (relay, agent) blocks rewritten by the last update: for tests and benchmarks
+        self.written_on_arrival = 0  # (relay, agent) blocks rewritten by `kept`, since the start
+
+    def follow(self) -> None:
+        """Write each result's lines as the store keeps it (see `kept`), until `unfollow`."""
+        if self.kept not in self.store.on_kept:
+            self.store.on_kept.append(self.kept)
+
+    def unfollow(self) -> None:
+        if self.kept in self.store.on_kept:
+            self.store.on_kept.remove(self.kept)
+
+    def kept(self, name: str, agent: str, record: AgentRecord) -> None:
+        """The store's `on_kept`: write this (relay, agent)'s lines now. Never raises into the store's ingest: a bug
+        here is logged once and the renderer stops following (scrapes then write the blocks themselves)."""
+        try:
+            key = (name, agent)
+            store = self.store
+            block = self._agents.get(key)
+            labels = block.labels if block is not None else _AgentLabels(name, agent)
+            paths = tuple(record.paths.values())
+            # Inserted where it lands; `update` puts every block back in the store's order before a render joins them.
+            self._agents[key] = _agent_block(labels, record, paths, store.stale_after(agent), store.now())
+            counts = store.packets.get(key)
+            if counts is not None:
+                self._counters[key] = _counter_block(key, counts)
+            self.written_on_arrival += 1
+        except Exception:
+            log.exception("writing the metrics of a new result failed; they will be written at scrape time")
+            self.unfollow()
 
     def update(self) -> int:
         """Rewrite the blocks whose inputs changed, in the store's order; how many (relay, agent) blocks were."""
