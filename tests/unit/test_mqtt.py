@@ -3,8 +3,11 @@ buffered reads."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import socket
+import threading
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -16,6 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from probe.errors import UnavailableError, WgProbeError
 from probe.mqtt import (
+    READ_SIZE,
     REASONS,
     Backoff,
     BrokerRefused,
@@ -104,6 +108,9 @@ def test_a_bug_is_not_mistaken_for_the_network() -> None:
         _mapped(ValueError("bad topic"), "mqtt://b:1883")
 
 
+HANG_GUARD = 30.0  # seconds: only ever reached when something is broken
+
+
 # -- buffered reads ------------------------------------------------------------------------------------------------
 
 
@@ -112,14 +119,31 @@ def _packets(*payloads: bytes) -> bytes:
     return b"".join(bytes([0x30, len(p)]) + p for p in payloads)
 
 
-def _read_packet(sock: BufferedReads) -> bytes:
-    """As paho reads one: recv(1) for the type, recv(1) for the length, then recv(rest) until it has it all."""
-    assert sock.recv(1) == b"\x30"
-    remaining = sock.recv(1)[0]
-    body = b""
-    while len(body) < remaining:
-        body += sock.recv(remaining - len(body))
-    return body
+class PahoReads:
+    """Reads packets as paho does: recv(1) for the type, recv(1) for the length, recv(rest) until it has it all;
+    a BlockingIOError part-way leaves what it has for the next call."""
+
+    def __init__(self, sock: BufferedReads) -> None:
+        self.sock = sock
+        self.partial = b""
+
+    def packet(self) -> bytes:
+        while len(self.partial) < 2:
+            self.partial += self.sock.recv(1)
+        size = 2 + self.partial[1]
+        while len(self.partial) < size:
+            self.partial += self.sock.recv(size - len(self.partial))
+        packet, self.partial = self.partial[2:], b""
+        return packet
+
+    def turn(self) -> list[bytes]:
+        """What aiomqtt's reader callback does when the socket is readable: a packet, again while pending()."""
+        got = []
+        while True:
+            with contextlib.suppress(BlockingIOError):  # paho's loop_read: "try again later"
+                got.append(self.packet())
+            if not self.sock.pending():
+                return got
 
 
 def test_buffered_reads_answer_paho_s_small_reads_from_one_system_call() -> None:
@@ -127,18 +151,16 @@ def test_buffered_reads_answer_paho_s_small_reads_from_one_system_call() -> None
     with near, far:
         near.setblocking(False)
         sock = BufferedReads(near)
+        reader = PahoReads(sock)
         messages = [bytes([n]) * (n * 7 % 120 + 1) for n in range(40)]
         far.sendall(_packets(*messages))
-        got: list[bytes] = []
-        while sock.pending() or not got:
-            got.append(_read_packet(sock))
-        assert got == messages  # in order, nothing lost or repeated
-        assert sock.reads == 1  # one recv for 40 packets, where paho would make 120
+        assert reader.turn() == messages  # in order, nothing lost or repeated
+        assert sock.reads == 1  # one recv for 40 packets, where paho alone would make 120
         assert sock.pending() == 0
         with pytest.raises(BlockingIOError):  # nothing buffered, nothing in the kernel: as the socket says
             sock.recv(1)
         far.sendall(_packets(b"late"))
-        assert _read_packet(sock) == b"late"
+        assert reader.turn() == [b"late"]
 
 
 def test_buffered_reads_hand_out_no_more_than_asked_and_end_like_the_socket() -> None:
@@ -150,8 +172,33 @@ def test_buffered_reads_hand_out_no_more_than_asked_and_end_like_the_socket() ->
         assert sock.recv(2) == b"ab"
         assert sock.pending() == 4
         assert sock.recv(100) == b"cdef"  # what is buffered, not more: the caller asks again for the rest
+        assert sock.pending() == 0
         assert sock.recv(1) == b""  # the end of the stream, once the buffer is empty
         assert sock.fileno() == near.fileno()  # everything else is the socket's
+
+
+def test_one_read_from_the_socket_per_wait_for_it() -> None:
+    """A turn of the reader gets one buffer's worth, then goes back to waiting: during a burst it does not refill for
+    as long as the broker sends, which would starve everything else on the event loop."""
+    near, far = socket.socketpair()
+    with near, far:
+        near.setblocking(False)
+        sock = BufferedReads(near)
+        reader = PahoReads(sock)
+        body = b"x" * 120
+        data = _packets(*[body] * 2000)  # ~240 KB: more than one read's worth
+        sender = threading.Thread(target=far.sendall, args=(data,))
+        sender.start()
+        got: list[bytes] = []
+        turns = 0
+        while len(got) < 2000:
+            select.select([near], [], [], HANG_GUARD)
+            turns += 1
+            got += reader.turn()
+            assert sock.reads == turns  # one read per turn
+        sender.join()
+        assert got == [body] * 2000  # packets cut between two reads are whole
+        assert turns >= len(data) // READ_SIZE
 
 
 def test_pending_includes_what_the_tls_layer_holds() -> None:
