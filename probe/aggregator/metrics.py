@@ -241,6 +241,7 @@ def exposition(registry: CollectorRegistry) -> bytes:
 # prometheus_client's own number format (Go's), so both paths print the same; typed here, untyped there.
 _float_text: Callable[[float], str] = floatToGoString
 _ZERO_ONE = ("0.0", "1.0")
+_STALE_MARGIN = 0.001  # seconds
 
 
 def _number(value: float) -> str:
@@ -352,11 +353,17 @@ class MetricsRenderer:
         self._counters: dict[tuple[str, str], _CounterBlock] = {}
         self.rebuilt = 0  # (relay, agent) blocks rewritten by the last update: for tests and benchmarks
         self.written_on_arrival = 0  # (relay, agent) blocks rewritten by `kept`, since the start
+        # What lets `update` skip its pass over every block while following (see `_nothing_to_do`).
+        self._pass_due = True
+        self._passed_over: tuple[object, object, dict[str, float]] | None = None  # servers, packets, limits
+        self._first_stale = -math.inf  # before this moment no block shown has a path going stale
+        self._newest_built = math.inf  # the latest built_at of a block: the clock going back below it moves paths
 
     def follow(self) -> None:
         """Write each result's lines as the store keeps it (see `kept`), until `unfollow`."""
         if self.kept not in self.store.on_kept:
             self.store.on_kept.append(self.kept)
+            self._pass_due = True  # results kept before now were not written on arrival
 
     def unfollow(self) -> None:
         if self.kept in self.store.on_kept:
@@ -371,11 +378,17 @@ class MetricsRenderer:
             block = self._agents.get(key)
             labels = block.labels if block is not None else _AgentLabels(name, agent)
             paths = tuple(record.paths.values())
-            # Inserted where it lands; `update` puts every block back in the store's order before a render joins them.
-            self._agents[key] = _agent_block(labels, record, paths, store.stale_after(agent), store.now())
+            # A new key is inserted where it lands: `update` then puts every block back in the store's order before a
+            # render joins them.
+            written = _agent_block(labels, record, paths, store.stale_after(agent), store.now())
+            self._agents[key] = written
+            self._first_stale = min(self._first_stale, written.oldest + written.limit)
+            self._newest_built = max(self._newest_built, written.built_at)
             counts = store.packets.get(key)
             if counts is not None:
+                self._pass_due = self._pass_due or key not in self._counters
                 self._counters[key] = _counter_block(key, counts)
+            self._pass_due = self._pass_due or block is None
             self.written_on_arrival += 1
         except Exception:
             log.exception("writing the metrics of a new result failed; they will be written at scrape time")
@@ -386,6 +399,9 @@ class MetricsRenderer:
         store = self.store
         now = store.now()
         limits = {agent: store.stale_after(agent) for agent in store.agents}
+        if self._nothing_to_do(now, limits):
+            self.rebuilt = 0
+            return 0
         held = self._agents
         blocks: dict[tuple[str, str], _AgentBlock] = {}
         rebuilt = 0
@@ -402,7 +418,28 @@ class MetricsRenderer:
         self._agents = blocks
         self._update_counters()
         self.rebuilt = rebuilt
+        self._pass_due = False
+        self._passed_over = (store.servers, store.packets, limits)
+        self._first_stale = min((block.oldest + block.limit for block in blocks.values()), default=math.inf)
+        self._newest_built = max((block.built_at for block in blocks.values()), default=-math.inf)
         return rebuilt
+
+    def _nothing_to_do(self, now: float, limits: dict[str, float]) -> bool:
+        """Whether every block is known current without looking at each: while following, every result kept since
+        the last pass was written on arrival, so only time (a path going stale, the clock going back), a staleness
+        limit or the inventory (the store's servers and counters replaced) can have moved anything. A new (relay,
+        agent) sets `_pass_due`, for the blocks' order."""
+        if self._pass_due or self.kept not in self.store.on_kept or self._passed_over is None:
+            return False
+        servers, packets, held_limits = self._passed_over
+        # A margin below the first path's staleness: its own test (`valid`) is `now - oldest > limit`, which rounds
+        # differently from `now > oldest + limit`; the pass makes the exact test.
+        return (
+            servers is self.store.servers
+            and packets is self.store.packets
+            and held_limits == limits
+            and self._newest_built <= now < self._first_stale - _STALE_MARGIN
+        )
 
     def render(self) -> bytes:
         store = self.store
