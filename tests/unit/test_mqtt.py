@@ -7,12 +7,19 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 from aiomqtt.exceptions import MqttConnectError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -140,7 +147,8 @@ class PahoReads:
         """What aiomqtt's reader callback does when the socket is readable: a packet, again while pending()."""
         got = []
         while True:
-            with contextlib.suppress(BlockingIOError):  # paho's loop_read: "try again later"
+            # paho's loop_read: "try again later" (its _sock_recv turns ssl.SSLWantReadError into BlockingIOError)
+            with contextlib.suppress(BlockingIOError, ssl.SSLWantReadError):
                 got.append(self.packet())
             if not self.sock.pending():
                 return got
@@ -199,6 +207,59 @@ def test_one_read_from_the_socket_per_wait_for_it() -> None:
         sender.join()
         assert got == [body] * 2000  # packets cut between two reads are whole
         assert turns >= len(data) // READ_SIZE
+
+
+def _tls_pair(tmp_path: Path) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Two ends of a real TLS connection over a socketpair (a self-signed certificate for broker.test)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("broker.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    client_context = ssl.create_default_context(cafile=str(cert_file))
+    near, far = socket.socketpair()
+    server: list[ssl.SSLSocket] = []
+    handshake = threading.Thread(target=lambda: server.append(server_context.wrap_socket(far, server_side=True)))
+    handshake.start()
+    client = client_context.wrap_socket(near, server_hostname="broker.test")
+    handshake.join(HANG_GUARD)
+    return client, server[0]
+
+
+def test_buffered_reads_over_tls_neither_stall_nor_spin(tmp_path: Path) -> None:
+    """Over a real TLS connection (records of up to 16 KiB, each read from the socket decrypting one), a burst
+    arrives whole and in order, the reader never waiting on a socket with everything already read."""
+    client, server = _tls_pair(tmp_path)
+    with client, server:
+        client.setblocking(False)
+        sock = BufferedReads(client)
+        reader = PahoReads(sock)
+        bodies = [bytes([n % 251]) * (n % 127 + 1) for n in range(3000)]
+        sender = threading.Thread(target=server.sendall, args=(_packets(*bodies),))
+        sender.start()
+        got: list[bytes] = []
+        while len(got) < len(bodies):
+            readable, _, _ = select.select([client], [], [], HANG_GUARD)
+            assert readable or sock.pending(), f"stalled after {len(got)} packets"
+            got += reader.turn()
+        sender.join()
+        assert got == bodies
 
 
 def test_pending_includes_what_the_tls_layer_holds() -> None:
