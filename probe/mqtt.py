@@ -170,6 +170,89 @@ def _cancelled_meanwhile() -> None:
         raise asyncio.CancelledError
 
 
+# -- buffered reads --------------------------------------------------------------------------------------------------
+
+READ_SIZE = 64 * 1024  # bytes asked of the kernel per read: a few dozen results, or thousands of PUBACKs
+
+
+class BufferedReads:
+    """paho's socket, with reads served from a buffer filled up to READ_SIZE bytes at a time.
+
+    paho reads each packet as recv(1) for its type, recv(1) per byte of its length and recv(n) for the rest: three
+    or four system calls per message, which at thousands of messages a second (the aggregator's results, the
+    agent's PUBACKs) cost more than parsing them. Here one recv takes whatever the kernel holds (up to READ_SIZE)
+    and paho's small reads are answered from it.
+
+    Safe with paho's and aiomqtt's read loops because of `pending()`, the method an ssl.SSLSocket has for bytes it
+    has already read but not handed out: paho's own select loop does not wait while `pending()` is above zero, and
+    aiomqtt's reader callback calls `loop_read` again while it is (both for TLS, which buffers the same way). So
+    nothing is left in the buffer waiting for the socket to become readable again.
+
+    One read from the socket per wait for it: once the buffer is used up, a read that would go to the socket again
+    before `pending()` has said "nothing left" (the reader going back to waiting) raises BlockingIOError, as an
+    empty socket does; paho keeps the part of a packet it has, and the event loop calls the reader again at once
+    if the socket has more. Otherwise the reader callback would refill and go on for as long as the broker sends,
+    and during a burst nothing else would run: not the consumer, not a /metrics scrape.
+
+    Reads otherwise behave as the socket's own: never more than asked, BlockingIOError (or ssl.SSLWantReadError)
+    when the socket has nothing, b"" at the end of the stream once the buffer is empty. Everything else is the
+    socket's.
+    """
+
+    __slots__ = ("_buffer", "_may_read", "_offset", "_sock", "reads")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+        self._may_read = True
+        self.reads = 0  # recv calls on the socket itself (tests and benchmarks)
+
+    def recv(self, size: int) -> bytes:
+        buffer, start = self._buffer, self._offset
+        if start >= len(buffer):
+            if not self._may_read and not self._below():
+                raise BlockingIOError("read once since the last wait")
+            data: bytes = self._sock.recv(max(size, READ_SIZE))
+            self.reads += 1
+            self._may_read = False
+            if len(data) <= size:
+                return data
+            self._buffer, self._offset = buffer, start = data, 0
+        end = start + size
+        self._offset = end
+        return buffer[start:end]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed out: here, and in the TLS layer below. When nothing is, the
+        caller goes back to waiting for the socket, and the next read may go to it."""
+        pending = max(0, len(self._buffer) - self._offset) + self._below()
+        if not pending:
+            self._may_read = True
+        return pending
+
+    def _below(self) -> int:
+        below = getattr(self._sock, "pending", None)
+        return int(below()) if below is not None else 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: paho.Client) -> None:
+    """Make every socket `client` opens a BufferedReads. paho opens its socket in `_create_socket` and uses only
+    what it returns (setblocking, fileno, recv, send, pending, close); wrapped there, paho, aiomqtt's callbacks and
+    select see the one object. If a paho release renames it, reads stay unbuffered (tests/unit/test_mqtt.py says)."""
+    create = getattr(client, "_create_socket", None)
+    if create is None:
+        return
+
+    def buffered() -> BufferedReads:
+        return BufferedReads(create())
+
+    client._create_socket = buffered  # type: ignore[method-assign]
+
+
 # -- the connection --------------------------------------------------------------------------------------------------
 
 
@@ -242,6 +325,7 @@ class Connection:
 
         self._paho.on_publish = on_publish
         self._paho.on_message = on_message
+        _buffer_reads(self._paho)
 
     def _start(self) -> None:
         self._pump = asyncio.get_running_loop().create_task(self._watch())

@@ -68,6 +68,35 @@ def result_topic_names(topic: str) -> tuple[str, str] | None:
     return (agent, server) if agent and server else None
 
 
+_ID_KEY = b'"result_id":"'
+_ID_BYTES = 64 * 4  # ResultMessage.result_id is at most 64 characters, of at most 4 bytes each in UTF-8
+
+
+def claimed_result_id(payload: bytes | bytearray) -> str | None:
+    """The result_id a result payload appears to carry, read without parsing it, or None when it cannot be read
+    that way (then only the parsed message says).
+
+    The last `"result_id":"` in the payload: agents write result_id after the paths and labels (the model's field
+    order), and inside a JSON string every quote is escaped, so neither a detail text nor a label holding these
+    words comes after it. An id with an escape in it is left to the parser. What this returns is only a claim:
+    it is used to drop a re-send cheaply, never to accept anything.
+    """
+    start = payload.rfind(_ID_KEY)
+    if start < 0:
+        return None
+    start += len(_ID_KEY)
+    end = payload.find(b'"', start, start + _ID_BYTES + 1)
+    if end < 0:
+        return None
+    raw = payload[start:end]
+    if b"\\" in raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def status_topic_agent(topic: str) -> str | None:
     """<agent> of wgprobe/v1/agents/<agent>/status, else None."""
     parts = topic.split("/")

@@ -11,6 +11,7 @@ staleness itself can be alerted on. Importing this module imports prometheus_cli
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from probe.aggregator.store import ResultStore
 from probe.results import STAGE_ORDER
 
 STAGE_NAMES = tuple(stage.value for stage in STAGE_ORDER)
+log = logging.getLogger("wgprobe.aggregator.metrics")
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def exposition(registry: CollectorRegistry) -> bytes:
 # prometheus_client's own number format (Go's), so both paths print the same; typed here, untyped there.
 _float_text: Callable[[float], str] = floatToGoString
 _ZERO_ONE = ("0.0", "1.0")
+_STALE_MARGIN = 0.001  # seconds
 
 
 def _number(value: float) -> str:
@@ -328,8 +331,11 @@ class MetricsRenderer:
     ages, agents, message counts) is written every time: a few thousand lines.
 
     `update()` does the rewriting without judging anything; `render()` judges (store.refresh), updates and joins.
-    Calling `update()` on a timer between scrapes (the aggregator's HTTP app does, every second) rewrites each
-    block soon after its result arrives, a few hundred a second, so a scrape finds them ready.
+    A renderer that `follow`s the store (the aggregator's HTTP app's, while it serves) also rewrites a (relay,
+    agent)'s blocks the moment the store keeps its result (the store's `on_kept`), ~40 us each, so a scrape right
+    after a whole round finds every block written; `update()` on a timer between scrapes (the app's, every second)
+    still rewrites what time alone moved (paths gone stale). Without following, a scrape after a round of 3,000
+    results writes 3,000 blocks itself (~0.15 s).
 
     Whether a block is current needs no version counter in the store: the store replaces its path records
     (immutable tuples) when results arrive, so a block keeps the records it was built from and compares them, an
@@ -346,12 +352,56 @@ class MetricsRenderer:
         self._agents: dict[tuple[str, str], _AgentBlock] = {}
         self._counters: dict[tuple[str, str], _CounterBlock] = {}
         self.rebuilt = 0  # (relay, agent) blocks rewritten by the last update: for tests and benchmarks
+        self.written_on_arrival = 0  # (relay, agent) blocks rewritten by `kept`, since the start
+        # What lets `update` skip its pass over every block while following (see `_nothing_to_do`).
+        self._pass_due = True
+        self._passed_over: tuple[object, object, dict[str, float]] | None = None  # servers, packets, limits
+        self._first_stale = -math.inf  # before this moment no block shown has a path going stale
+        self._newest_built = math.inf  # the latest built_at of a block: the clock going back below it moves paths
+
+    def follow(self) -> None:
+        """Write each result's lines as the store keeps it (see `kept`), until `unfollow`."""
+        if self.kept not in self.store.on_kept:
+            self.store.on_kept.append(self.kept)
+            self._pass_due = True  # results kept before now were not written on arrival
+
+    def unfollow(self) -> None:
+        if self.kept in self.store.on_kept:
+            self.store.on_kept.remove(self.kept)
+
+    def kept(self, name: str, agent: str, record: AgentRecord) -> None:
+        """The store's `on_kept`: write this (relay, agent)'s lines now. Never raises into the store's ingest: a bug
+        here is logged once and the renderer stops following (scrapes then write the blocks themselves)."""
+        try:
+            key = (name, agent)
+            store = self.store
+            block = self._agents.get(key)
+            labels = block.labels if block is not None else _AgentLabels(name, agent)
+            paths = tuple(record.paths.values())
+            # A new key is inserted where it lands: `update` then puts every block back in the store's order before a
+            # render joins them.
+            written = _agent_block(labels, record, paths, store.stale_after(agent), store.now())
+            self._agents[key] = written
+            self._first_stale = min(self._first_stale, written.oldest + written.limit)
+            self._newest_built = max(self._newest_built, written.built_at)
+            counts = store.packets.get(key)
+            if counts is not None:
+                self._pass_due = self._pass_due or key not in self._counters
+                self._counters[key] = _counter_block(key, counts)
+            self._pass_due = self._pass_due or block is None
+            self.written_on_arrival += 1
+        except Exception:
+            log.exception("writing the metrics of a new result failed; they will be written at scrape time")
+            self.unfollow()
 
     def update(self) -> int:
         """Rewrite the blocks whose inputs changed, in the store's order; how many (relay, agent) blocks were."""
         store = self.store
         now = store.now()
         limits = {agent: store.stale_after(agent) for agent in store.agents}
+        if self._nothing_to_do(now, limits):
+            self.rebuilt = 0
+            return 0
         held = self._agents
         blocks: dict[tuple[str, str], _AgentBlock] = {}
         rebuilt = 0
@@ -368,7 +418,28 @@ class MetricsRenderer:
         self._agents = blocks
         self._update_counters()
         self.rebuilt = rebuilt
+        self._pass_due = False
+        self._passed_over = (store.servers, store.packets, limits)
+        self._first_stale = min((block.oldest + block.limit for block in blocks.values()), default=math.inf)
+        self._newest_built = max((block.built_at for block in blocks.values()), default=-math.inf)
         return rebuilt
+
+    def _nothing_to_do(self, now: float, limits: dict[str, float]) -> bool:
+        """Whether every block is known current without looking at each: while following, every result kept since
+        the last pass was written on arrival, so only time (a path going stale, the clock going back), a staleness
+        limit or the inventory (the store's servers and counters replaced) can have moved anything. A new (relay,
+        agent) sets `_pass_due`, for the blocks' order."""
+        if self._pass_due or self.kept not in self.store.on_kept or self._passed_over is None:
+            return False
+        servers, packets, held_limits = self._passed_over
+        # A margin below the first path's staleness: its own test (`valid`) is `now - oldest > limit`, which rounds
+        # differently from `now > oldest + limit`; the pass makes the exact test.
+        return (
+            servers is self.store.servers
+            and packets is self.store.packets
+            and held_limits == limits
+            and self._newest_built <= now < self._first_stale - _STALE_MARGIN
+        )
 
     def render(self) -> bytes:
         store = self.store

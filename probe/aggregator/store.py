@@ -13,6 +13,10 @@ What is kept, all bounded by the inventory and the agents: per relay and agent t
 port slot and family the newest path, per relay its health, since when, a short history and its last failure; per
 agent its status; packet counters per relay, agent and stage; and the last `seen_ids` result ids, to drop re-sends.
 
+`on_kept` holds callbacks told of every result kept, `(relay, agent, record)`, once the record and the packet
+counters hold it: the HTTP app's metrics renderer writes that (relay, agent)'s lines then, on arrival, so a scrape
+finds them written. They run inside `ingest_result` and must not raise (nor judge: that is `refresh`'s job).
+
 A port slot is the inventory's name for a path's port: the main port ("51820"), or the range a rotated port was
 taken from ("4000-33433"). Agents rotate through the ports of a range from round to round; keyed by slot, one
 range is one path here and one series in Prometheus rather than a new one every round.
@@ -33,6 +37,7 @@ from probe.aggregator.intake import (
     MAX_PAYLOAD,
     Ingested,
     Outcome,
+    claimed_result_id,
     classify,
     printable,
     result_topic_names,
@@ -83,6 +88,7 @@ class _Refused(Exception):
 
 _M = TypeVar("_M", ResultMessage, AgentStatus)
 CHANGES_KEPT = 10_000
+KeptHook = Callable[[str, str, AgentRecord], None]  # (relay, agent, the agent's record of it), after a result is kept
 
 
 class ResultStore:
@@ -110,6 +116,7 @@ class ResultStore:
         # Every change `refresh` found, whoever called it (a scrape, a page, the shell), until the shell drains them
         # for its log: bounded, the oldest go first if nobody drains.
         self._changes: deque[Change] = deque(maxlen=CHANGES_KEPT)
+        self.on_kept: list[KeptHook] = []
         self.inventory = inventory
         self.set_inventory(inventory)
 
@@ -190,9 +197,16 @@ class ResultStore:
         return Ingested(Outcome.accepted, sender=sender)
 
     def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> ResultMessage:
+        self._check_size(payload)
         if names is None:
-            self._check_size(payload)
             raise _Refused(Outcome.topic_mismatch, f"not a results topic: {printable(topic, 120)}")
+        # A re-send (QoS 1 redelivery, the retained results on every resubscribe) is dropped before it costs a parse
+        # (~12 us rather than ~200 us). The id is only read, not validated, so a malformed payload carrying an id
+        # its agent already sent is counted as a duplicate, not as malformed: either way it is dropped, and only that
+        # agent (the topic's, whom the broker's ACL lets publish there) can send it.
+        claimed = claimed_result_id(payload)
+        if claimed is not None and (names[0], claimed) in self._seen:
+            raise _Refused(Outcome.duplicate, f"result_id {printable(claimed, 64)}")
         message = self._parse(ResultMessage, payload)
         if names != (message.agent, message.server):
             detail = f"payload is from {printable(message.agent, 64)} on {printable(message.server, 64)}"
@@ -288,6 +302,8 @@ class ResultStore:
             for path in paths:
                 counts.add(path.stages)
             self._note_failure(server, message.agent, paths, taken_at)
+        for hook in self.on_kept:
+            hook(message.server, message.agent, record)
 
     def _note_failure(self, server: ServerRecord, agent: str, paths: tuple[PathRecord, ...], taken_at: float) -> None:
         if server.last_failure is not None and taken_at <= server.last_failure.at:

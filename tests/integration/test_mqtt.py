@@ -10,7 +10,7 @@ import pytest
 
 from probe.errors import UnavailableError
 from probe.messages import result_topic, status_topic
-from probe.mqtt import BrokerRefused, BrokerUnavailable, LastWill, connect
+from probe.mqtt import BrokerRefused, BrokerUnavailable, BufferedReads, LastWill, connect
 from probe.service_config import MqttSection, load_mqtt_secrets
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD
@@ -107,3 +107,28 @@ async def test_a_clean_disconnect_sends_no_will(broker: Mosquitto) -> None:
         first = await reader.receive(HANG_GUARD)
         assert first is not None and first.payload == b'{"online": true}'
         assert await reader.receive(1.0) is None
+
+
+@pytest.mark.asyncio
+async def test_a_burst_arrives_whole_and_in_order_through_buffered_reads(broker: Mosquitto) -> None:
+    """Hundreds of messages and PUBACKs sent at once: each side reads many packets per system call, and none is
+    left in a buffer waiting for the socket to become readable again (every publish acknowledged, every message
+    received, in order)."""
+    count = 500
+    async with connect(broker.section(AGGREGATOR_USER), "test-reader") as reader:
+        await reader.subscribe(["wgprobe/v1/results/+/+"])
+        async with connect(broker.section("agent-a"), "test-agent-a") as agent:
+            topic = result_topic("agent-a", "se-got-wg-001")
+            acks = [agent.publish_nowait(topic, b"%d" % n + b"." * (n % 300)) for n in range(count)]
+            done, _ = await asyncio.wait(acks, timeout=HANG_GUARD)
+            assert len(done) == count and all(ack.exception() is None for ack in done)
+            got: list[int] = []
+            while len(got) < count:
+                message = await reader.receive(HANG_GUARD)
+                assert message is not None, len(got)
+                got.append(int(message.payload.split(b".")[0]))
+            assert got == list(range(count))
+            agent_socket, reader_socket = agent._paho.socket(), reader._paho.socket()
+            assert isinstance(agent_socket, BufferedReads) and isinstance(reader_socket, BufferedReads)
+            assert agent_socket.reads < count  # PUBACKs: several per read
+            assert reader_socket.reads < count  # messages: several per read

@@ -340,7 +340,29 @@ def test_the_page_loads_nothing_from_outside_and_never_parses_api_text_as_html()
 
 
 @pytest.mark.asyncio
-async def test_the_update_task_writes_new_results_between_scrapes() -> None:
+async def test_while_serving_each_result_is_written_as_it_arrives() -> None:
+    clock = FakeClock()
+    store = scenario(clock)
+    app = make_app(store, metrics_update_seconds=None)
+    renderer = app[RENDERER]
+    async with serving(app, LOOPBACK) as bound, aiohttp.ClientSession(base_url=f"http://{bound}") as client:
+        async with client.get("/metrics") as response:
+            await response.read()
+        send(store, make_result(UP, "agent-a", taken_at=clock(), fail=StageName.mtu))
+        assert renderer.written_on_arrival == 1  # at once, in the store's ingest: no task, no scrape needed
+        async with client.get("/metrics") as response:
+            body = (await response.read()).decode()
+        assert renderer.rebuilt == 0  # the scrape found it written
+        line = f'wgprobe_stage_success{{agent="agent-a",server="{UP}",stage="mtu"}} 0.0'
+        assert line in body.splitlines()
+        assert body.encode() == exposition(make_registry(store))
+    assert store.on_kept == []  # an app that stopped serving no longer follows the store
+    send(store, make_result(UP, "agent-b", taken_at=clock()))
+    assert renderer.written_on_arrival == 1
+
+
+@pytest.mark.asyncio
+async def test_the_update_task_writes_what_time_moved_between_scrapes() -> None:
     clock = FakeClock()
     store = scenario(clock)
     app = make_app(store, metrics_update_seconds=0.02)
@@ -348,17 +370,35 @@ async def test_the_update_task_writes_new_results_between_scrapes() -> None:
     async with serving(app, LOOPBACK) as bound, aiohttp.ClientSession(base_url=f"http://{bound}") as client:
         async with client.get("/metrics") as response:
             await response.read()
-        send(store, make_result(UP, "agent-a", taken_at=clock(), fail=StageName.mtu))
+        clock.advance(46)  # every path goes stale (after 45 s): their lines leave
         for _ in range(200):  # hang guard: the task runs every 20 ms
             await asyncio.sleep(0.02)
             if renderer.rebuilt:
                 break
-        assert renderer.rebuilt == 1  # the one (relay, agent) block that changed, written by the task
+        assert renderer.rebuilt == len(AGENTS) * 3  # every (relay, agent) block, written by the task
         async with client.get("/metrics") as response:
             body = (await response.read()).decode()
-        assert renderer.rebuilt == 0  # the scrape found it written
-        line = f'wgprobe_stage_success{{agent="agent-a",server="{UP}",stage="mtu"}} 0.0'
-        assert line in body.splitlines()
+        assert renderer.rebuilt == 0  # the scrape found them written
+        assert "wgprobe_probe_success{" not in body
+
+
+def test_a_bug_in_writing_on_arrival_never_reaches_the_store(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    store = scenario(clock)
+    renderer = MetricsRenderer(store)
+    renderer.follow()
+
+    class Boom(dict[tuple[str, str], Any]):
+        def get(self, *args: Any) -> Any:
+            raise RuntimeError("a bug")
+
+    renderer._agents = Boom()
+    with caplog.at_level(logging.ERROR, logger="wgprobe.aggregator.metrics"):
+        send(store, make_result(UP, "agent-a", taken_at=clock()))  # accepted all the same
+    assert "written at scrape time" in caplog.text
+    assert store.on_kept == []  # it stopped following, rather than failing on every result
+    renderer._agents = {}
+    assert renderer.render() == exposition(make_registry(store))
 
 
 Op = tuple[Any, ...]
@@ -399,15 +439,17 @@ def _apply(store: ResultStore, clock: FakeClock, op: Op, renderer: MetricsRender
         renderer.update()
 
 
-@given(st.lists(_ops, min_size=1, max_size=30))
-@settings(max_examples=60, deadline=None)
-def test_the_kept_blocks_always_equal_a_fresh_exposition(ops: list[Op]) -> None:
+@given(st.lists(_ops, min_size=1, max_size=30), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_the_kept_blocks_always_equal_a_fresh_exposition(ops: list[Op], following: bool) -> None:
     """Whatever happens between scrapes (new and replayed results, time passing or stepping back, staleness limits
-    changing, relays leaving and coming back), a renderer that keeps its blocks writes what prometheus_client
-    writes from scratch."""
+    changing, relays leaving and coming back), a renderer that keeps its blocks, whether it writes them on arrival
+    (following the store) or at the scrape, writes what prometheus_client writes from scratch."""
     clock = FakeClock()
     store = scenario(clock)
     renderer = MetricsRenderer(store)
+    if following:
+        renderer.follow()
     for op in ops:
         _apply(store, clock, op, renderer)
         assert renderer.render() == exposition(make_registry(store)), op

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import probe.aggregator
-from probe.aggregator.intake import MAX_PAYLOAD, Outcome
-from probe.aggregator.records import port_slot
+from probe.aggregator.intake import MAX_PAYLOAD, Outcome, claimed_result_id
+from probe.aggregator.records import AgentRecord, port_slot
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_path, make_result, make_status, payload
 from probe.messages import ResultMessage, result_topic, status_topic
@@ -155,6 +155,69 @@ def test_a_re_sent_result_is_a_duplicate_and_counts_once(store: ResultStore, clo
     # Ids are per agent: another agent's result with the same id is not a re-send.
     other = make_result(RELAYS[0], B, taken_at=clock(), result_id=message.result_id)
     assert ingest(store, other) is Outcome.accepted
+
+
+def test_a_re_send_is_dropped_by_its_id_before_it_is_parsed(store: ResultStore, clock: FakeClock) -> None:
+    message = make_result(RELAYS[0], A, taken_at=clock())
+    assert ingest(store, message) is Outcome.accepted
+    data = payload(message)
+    # Decision: the id is read before the payload is parsed, so a broken payload carrying an id its agent already
+    # sent is a duplicate, not malformed (it is dropped either way).
+    cut = data[:-1]  # not JSON any more
+    ingested = store.ingest_result(cut, result_topic(A, RELAYS[0]))
+    assert ingested.outcome is Outcome.duplicate and message.result_id in ingested.detail
+    # Spelled another way, the id is only found by parsing: still a duplicate.
+    spaced = json.dumps(json.loads(data), indent=1).encode()
+    assert store.ingest_result(spaced, result_topic(A, RELAYS[0])).outcome is Outcome.duplicate
+    assert store.messages[Outcome.duplicate] == 2
+    assert store.messages[Outcome.malformed] == 0
+
+
+def test_only_the_result_s_own_id_is_taken_for_the_pre_check(store: ResultStore, clock: FakeClock) -> None:
+    first = make_result(RELAYS[0], A, taken_at=clock())
+    assert ingest(store, first) is Outcome.accepted
+    # The words in a label, or in a detail text (escaped there), before the result's own id: not the id.
+    data = good(clock, labels={"result_id": first.result_id, "note": f'"result_id":"{first.result_id}"'})
+    data["result_id"] = "a-new-one"
+    assert store.ingest_result(_json(data), result_topic(A, RELAYS[0])).accepted
+    # Another agent's topic: ids are per agent, even before parsing.
+    other = make_result(RELAYS[0], B, taken_at=clock(), result_id=first.result_id)
+    assert ingest(store, other) is Outcome.accepted
+
+
+@pytest.mark.parametrize(
+    ("data", "claimed"),
+    [
+        (b'{"result_id":"abc"}', "abc"),
+        (b'{"labels":{"result_id":"x"},"result_id":"abc","round":1}', "abc"),
+        (b'{"result_id":"a\\"b"}', None),  # an escape: left to the parser
+        (b'{"result_id":"' + b"x" * 300 + b'"}', None),  # longer than any valid id
+        (b'{"result_id":"abc', None),  # cut off
+        (b'{"result_id":"\xff"}', None),
+        (b'{"result_id": "abc"}', None),  # spaced: left to the parser
+        (b"garbage", None),
+    ],
+)
+def test_claimed_result_id(data: bytes, claimed: str | None) -> None:
+    assert claimed_result_id(data) == claimed
+
+
+def test_on_kept_is_told_of_every_result_kept_and_of_nothing_dropped(store: ResultStore, clock: FakeClock) -> None:
+    told: list[tuple[str, str, int, tuple[int, int] | None]] = []
+
+    def hook(name: str, agent: str, record: AgentRecord) -> None:
+        counts = store.packets.get((name, agent))
+        told.append((name, agent, record.newest.round, counts.for_stage(StageName.tunnel) if counts else None))
+
+    store.on_kept.append(hook)
+    newer = make_result(RELAYS[0], A, taken_at=clock() + 15, round=2, sent=3, received=3)
+    older = make_result(RELAYS[0], A, taken_at=clock(), round=1, sent=3, received=3)
+    assert ingest(store, newer) is Outcome.accepted
+    assert ingest(store, newer) is Outcome.duplicate
+    assert store.ingest_result(b"garbage", result_topic(A, RELAYS[1])).outcome is Outcome.malformed
+    assert ingest(store, older) is Outcome.accepted  # a late replay is kept too (it may fill slots)
+    # Told after the record and the counters hold the result: the newest stays round 2, both results' packets count.
+    assert told == [(RELAYS[0], A, 2, (6, 6)), (RELAYS[0], A, 2, (12, 12))]
 
 
 def test_seen_ids_are_bounded_and_an_evicted_re_send_never_overwrites(clock: FakeClock) -> None:
