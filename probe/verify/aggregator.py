@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from probe import __version__
 from probe.errors import ConfigError, UnavailableError
+from probe.inputs import redact_url
 from probe.inventory import Inventory, Relay
 from probe.term import clean
 from probe.verify.api import InventoryView, VerificationRequest, VerificationStarted, VerificationView
@@ -49,22 +50,45 @@ REQUEST_SECONDS = 10.0  # one HTTP request, at most
 GONE = ("offline", "silent")  # agent states that mean no answer will come
 _RETRY = (0.5, 4.0)  # first and longest wait before trying the aggregator again
 _SHOWN = 300  # characters of an error body quoted
+# The largest answer read: an inventory of thousands of relays with their labels is a few MiB. Anything larger is
+# not an aggregator's answer, and reading it whole would take the memory of the deploy pipeline's host.
+MAX_ANSWER = 32 << 20
+
+
+class AnswerTooLarge(Exception):
+    """An answer over MAX_ANSWER bytes."""
+
+
+async def _read(response: aiohttp.ClientResponse) -> bytes:
+    """The body of `response`, at most MAX_ANSWER bytes: AnswerTooLarge beyond (read no further)."""
+    if (response.content_length or 0) > MAX_ANSWER:
+        raise AnswerTooLarge
+    chunks, total = [], 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > MAX_ANSWER:
+            raise AnswerTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def aggregator_url(text: str) -> str:
     """The base URL of an aggregator (http or https, a host, an optional path prefix); ConfigError otherwise."""
+    shown = clean(redact_url(text[:100]))  # a password given in the URL never appears in a message
     try:
         parts = urlsplit(text.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as e:
-        raise ConfigError(f"--aggregator {clean(text[:100])!r}: not a URL ({e})") from None
+        raise ConfigError(f"--aggregator {shown!r}: not a URL ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--aggregator {clean(text[:100])!r}: give http://HOST:PORT or https://HOST:PORT")
+        raise ConfigError(f"--aggregator {shown!r}: give http://HOST:PORT or https://HOST:PORT")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError(f"--aggregator {clean(text[:100])!r}: no credentials, query or fragment")
+        raise ConfigError(f"--aggregator {shown!r}: no credentials, query or fragment")
     return text.strip().rstrip("/")
 
 
+# Every request says allow_redirects=False: an aggregator answers itself, so a 3xx is an answer like any other, named
+# as such, rather than a request the deploy pipeline's host sends on to wherever it points.
 def _session(timeout: float) -> aiohttp.ClientSession:
     import aiohttp
 
@@ -80,9 +104,12 @@ async def fetch_inventory(base: str, *, timeout: float = REQUEST_SECONDS) -> Inv
 
     url = f"{base}/api/v1/inventory"
     try:
-        async with _session(timeout) as http, http.get(url) as response:
-            body = await response.read()
+        async with _session(timeout) as http, http.get(url, allow_redirects=False) as response:
+            body = await _read(response)
             status = response.status
+    except AnswerTooLarge:
+        too_large = f"{clean(url)} answered more than {MAX_ANSWER >> 20} MiB: is it a wgprobe aggregator?"
+        raise ConfigError(too_large) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         raise UnavailableError(f"the aggregator at {clean(base)} cannot be reached: {_why(e)}") from None
     if status >= 500:
@@ -223,14 +250,21 @@ class _Pass:
         while True:
             try:
                 async with self.http.post(
-                    url, data=body.model_dump_json(), headers={"Content-Type": "application/json"}
+                    url,
+                    data=body.model_dump_json(),
+                    headers={"Content-Type": "application/json"},
+                    allow_redirects=False,
                 ) as response:
-                    text, status = await response.read(), response.status
+                    text, status = await _read(response), response.status
                     retry_after = response.headers.get("Retry-After", "")
+            except AnswerTooLarge:
+                too_large = f"the aggregator at {self.source.base}: an answer over {MAX_ANSWER >> 20} MiB"
+                self.accept.give_up(None, too_large)
+                return None
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 problem = f"cannot be reached: {_why(e)}"
             else:
-                if status == 202:
+                if status in (200, 201, 202):  # 202 from wgprobe; a proxy in front may say 200 or 201
                     try:
                         return VerificationStarted.model_validate_json(text)
                     except ValidationError:
@@ -255,8 +289,10 @@ class _Pass:
 
         url = f"{self.source.base}/api/v1/verifications/{request_id}"
         try:
-            async with self.http.get(url, params={"after": str(after)}) as response:
-                text, status = await response.read(), response.status
+            async with self.http.get(url, params={"after": str(after)}, allow_redirects=False) as response:
+                text, status = await _read(response), response.status
+        except AnswerTooLarge:
+            return None, f"the aggregator's answer is over {MAX_ANSWER >> 20} MiB"
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return None, f"the aggregator cannot be reached: {_why(e)}"
         if status == 404:

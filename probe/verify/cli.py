@@ -49,10 +49,20 @@ exit codes:
      online, no quorum of agents answered within --timeout, the aggregator unreachable); never a pass"""
 
 
-def _positive(text: str) -> int:
-    if not text.isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+def _positive(text: str, *, most: int = 1000) -> int:
+    # An upper bound too: --rounds 10**20 was taken and then verified a healthy server for ever.
+    if not text.isdecimal() or not 1 <= int(text) <= most:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {most}, got {text[:40]!r}")
     return int(text)
+
+
+def _rounds(text: str) -> int:
+    return _positive(text, most=MOST_ROUNDS)
+
+
+MOST_ROUNDS = 100
+LONGEST_SOAK = 7 * 86400.0  # a week: a longer soak is a typo, and its report would wait that long
+LONGEST_TIMEOUT = 3600.0
 
 
 def register(commands: Commands) -> None:
@@ -79,11 +89,9 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--timeout", metavar="DURATION", help="with --aggregator: how long a pass waits for the agents (30s)"
     )
+    parser.add_argument("--rounds", type=_rounds, default=3, metavar="N", help="rounds per server at most (default 3)")
     parser.add_argument(
-        "--rounds", type=_positive, default=3, metavar="N", help="rounds per server at most (default 3)"
-    )
-    parser.add_argument(
-        "--fail-rounds", type=_positive, default=2, metavar="N", help="failed rounds that fail a server (2)"
+        "--fail-rounds", type=_rounds, default=2, metavar="N", help="failed rounds that fail a server (2)"
     )
     parser.add_argument("--soak", metavar="DURATION", help="keep verifying for this long (90s, 10m, 24h)")
     parser.add_argument("--every", metavar="INTERVAL", help="between the passes of a soak (default 60s)")
@@ -91,8 +99,8 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--control-size", type=_positive, default=10, metavar="N", help="servers in the control group (10)"
     )
-    parser.add_argument("--max-rtt-increase", default="20ms", metavar="DURATION", help="baseline: default 20ms")
-    parser.add_argument("--max-success-drop", default="0.05", metavar="SHARE", help="baseline: default 0.05 (5%%)")
+    parser.add_argument("--max-rtt-increase", metavar="DURATION", help="baseline: default 20ms")
+    parser.add_argument("--max-success-drop", metavar="SHARE", help="baseline: default 0.05 (5%%)")
     parser.add_argument("--keep-going", action="store_true", help="judge every server even after one failed")
     concurrency_help = "servers probed at once (16; 4 at most with --baseline)"
     parser.add_argument("--concurrency", type=_positive, default=16, metavar="N", help=concurrency_help)
@@ -120,14 +128,21 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ConfigError("--config is for verifying from this host; --aggregator uses the aggregator's inventory")
     soak = None
     if args.soak is not None:
-        duration = parse_duration(args.soak, what="--soak")
-        every = parse_duration(args.every or "60s", what="--every")
-        soak = Soak(duration, min(every, duration))
+        duration = parse_duration(args.soak, what="--soak", longest=LONGEST_SOAK)
+        if args.every is None:
+            every = min(60.0, duration)
+        else:
+            every = parse_duration(args.every, what="--every", longest=duration)
+        soak = Soak(duration, every)
     thresholds = None
+    if args.baseline != "control" and (args.max_rtt_increase is not None or args.max_success_drop is not None):
+        raise ConfigError(
+            "--max-rtt-increase and --max-success-drop judge the canary comparison: give --baseline control too"
+        )
     if args.baseline == "control":
         thresholds = Thresholds(
-            max_rtt_increase=parse_duration(args.max_rtt_increase, what="--max-rtt-increase"),
-            max_success_drop=parse_ratio(args.max_success_drop, what="--max-success-drop"),
+            max_rtt_increase=parse_duration(args.max_rtt_increase or "20ms", what="--max-rtt-increase"),
+            max_success_drop=parse_ratio(args.max_success_drop or "0.05", what="--max-success-drop"),
         )
     if args.junit is not None:
         from probe.verify.junit import check_writable
@@ -137,7 +152,9 @@ def options_from(args: argparse.Namespace) -> Options:
     if args.aggregator is not None:
         from probe.verify.aggregator import DEFAULT_TIMEOUT
 
-        timeout = parse_duration(args.timeout, what="--timeout") if args.timeout else DEFAULT_TIMEOUT
+        timeout = (
+            parse_duration(args.timeout, what="--timeout", longest=LONGEST_TIMEOUT) if args.timeout else DEFAULT_TIMEOUT
+        )
     return Options(
         rules=Rules(rounds=args.rounds, fail_rounds=args.fail_rounds),
         timeout=timeout,

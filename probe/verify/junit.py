@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,12 +26,33 @@ SUITE = "probe verify"
 
 
 def check_writable(path: Path) -> None:
-    """Refuse a --junit FILE that cannot be written before verifying, not after."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    """Refuse a --junit FILE that cannot be written before verifying, not after.
+
+    A symlink is followed (the report goes where it points); an existing FIFO or character device (/dev/stdout, a
+    named pipe a CI step reads) is written into as it is, never replaced: renaming a file over it would, as root,
+    destroy the device node. Anything else that is not a regular file is refused."""
+    target = _target(path)
+    if target.is_dir():
         raise ConfigError(f"--junit {clean(path)}: is a directory")
+    if target.exists() and not target.is_file():
+        if _streamed(target):
+            if not os.access(target, os.W_OK):
+                raise ConfigError(f"--junit {clean(path)}: not writable")
+            return
+        raise ConfigError(f"--junit {clean(path)}: not a regular file, a FIFO or a character device")
+    parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ConfigError(f"--junit {clean(path)}: cannot write in {clean(parent)} (missing or not writable)")
+
+
+def _target(path: Path) -> Path:
+    """Where the report goes: the end of a symlink chain (a dangling link's target is created)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _streamed(target: Path) -> bool:
+    mode = target.stat().st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _seconds(server: ServerReport, report: VerifyReport) -> str:
@@ -113,15 +135,21 @@ def to_xml(report: VerifyReport) -> bytes:
 
 
 def write_junit(path: Path, report: VerifyReport) -> None:
-    """Written whole or not at all: a temporary file beside it, renamed over it."""
+    """Written whole or not at all: a temporary file beside it, renamed over it. A FIFO or character device is
+    written into as it is (see `check_writable`)."""
     data = to_xml(report)
+    target = _target(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+        if target.exists() and _streamed(target):
+            with target.open("wb") as out:
+                out.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

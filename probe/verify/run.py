@@ -120,12 +120,23 @@ async def execute(
         max_rtt_increase=thresholds.max_rtt_increase if thresholds else None,
         max_success_drop=thresholds.max_success_drop if thresholds else None,
     )
+    junit_error = None
+    if options.junit is not None:
+        from probe.errors import EXIT_OK, EXIT_USAGE, ConfigError
+        from probe.verify.junit import write_junit
+
+        try:
+            write_junit(options.junit, report)
+        except ConfigError as exc:
+            # The verdict must still decide the exit: a failed or inconclusive run stays 1 or 3 (a pipeline must
+            # stop), a verified one becomes a usage error (the CI asked for a file it does not get).
+            junit_error = exc
+            if report.exit_code == EXIT_OK:
+                report = report.model_copy(update={"exit_code": EXIT_USAGE})
     if options.json_out:
         print(report.model_dump_json(), file=out, flush=True)
     else:
         print(render(report, source.describe()), file=out, flush=True)
-    if options.junit is not None:
-        from probe.verify.junit import write_junit
-
-        write_junit(options.junit, report)
+    if junit_error is not None:
+        print(f"error: {junit_error}", file=err, flush=True)
     return report

@@ -4,6 +4,7 @@ that name every bad value at once, with close names suggested, so a pipeline's t
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
-def parse_duration(text: str, *, what: str) -> float:
-    """Seconds from "90s", "10m", "1h30m", "250ms", "1d" (or plain seconds, "30")."""
+def parse_duration(text: str, *, what: str, longest: float = float("inf")) -> float:
+    """Seconds from "90s", "10m", "1h30m", "250ms", "1d" (or plain seconds, "30"), at most `longest`."""
     stripped = text.strip().lower()
     try:
         seconds = float(stripped)
@@ -30,9 +31,20 @@ def parse_duration(text: str, *, what: str) -> float:
                 f"{what}: {clean(text[:40])!r} is not a duration (as 90s, 10m, 1h, 1h30m, 250ms)"
             ) from None
         seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
-    if not 0 < seconds < float("inf"):
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what}: {clean(text[:40])!r} is not a finite duration")
+    if seconds <= 0:
         raise ConfigError(f"{what}: must be longer than 0, got {clean(text[:40])!r}")
+    if seconds > longest:
+        raise ConfigError(f"{what}: {clean(text[:40])!r} is longer than the {_spoken(longest)} it may be here")
     return seconds
+
+
+def _spoken(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_ratio(text: str, *, what: str) -> float:

@@ -8,6 +8,7 @@ real broker are in tests/integration/test_verify_aggregator.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -29,7 +30,7 @@ from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import make_inventory, make_result, make_status, payload
 from probe.aggregator.verifications import Tagged, Verifications
 from probe.cli import run
-from probe.errors import UnavailableError
+from probe.errors import ConfigError, UnavailableError
 from probe.http import serving
 from probe.messages import Command, result_topic, status_topic
 from probe.results import StageName
@@ -201,6 +202,42 @@ async def test_an_aggregator_that_cannot_be_reached_is_unavailable_and_the_comma
         await fetch_inventory(base)
     code = await asyncio.to_thread(run, ["verify", RELAYS[0], "--aggregator", base])
     assert code == 3 and "cannot be reached" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_an_endless_answer_is_cut_off_and_a_redirect_is_not_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp import web
+
+    import probe.verify.aggregator as client
+
+    monkeypatch.setattr(client, "MAX_ANSWER", 1 << 20)
+    followed: list[str] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:  # a server that never stops answering: read whole, it took 4 GB of memory
+                await response.write(b"x" * 65536)
+        return response
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/elsewhere/api/v1/inventory")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.path)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/endless/api/v1/inventory", endless)
+    app.router.add_get("/moved/api/v1/inventory", moved)
+    app.router.add_get("/elsewhere/api/v1/inventory", elsewhere)
+    async with serving(app, LOOPBACK) as bound:
+        with pytest.raises(ConfigError, match="answered more than 1 MiB"):
+            await asyncio.wait_for(fetch_inventory(f"http://{bound}/endless"), HANG_GUARD)
+        with pytest.raises(ConfigError, match="HTTP 302"):
+            await fetch_inventory(f"http://{bound}/moved")
+    assert followed == []
 
 
 async def until_agent_ok(base: str) -> None:

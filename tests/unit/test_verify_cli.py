@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -177,6 +178,17 @@ def test_usage_errors_exit_2_and_name_the_problem(sim: Sim, tmp_path: Path, caps
         (["se-got-wg-001", "--config", config, "--baseline", "control", "--max-success-drop", "2"], ["between 0"]),
         (["se-got-wg-001", "--config", config, "--junit", str(tmp_path / "no" / "such" / "dir.xml")], ["--junit"]),
         (["se-got-wg-001", "--config", config, "--rounds", "0"], ["--rounds"]),
+        # Bounded, so a typo cannot verify for ever; infinity is named as such, not as "not longer than 0".
+        (["se-got-wg-001", "--config", config, "--rounds", "99999999999999999999"], ["--rounds", "1 to 100"]),
+        (["se-got-wg-001", "--config", config, "--soak", "99999999999h"], ["--soak", "longer than the 7d"]),
+        (["se-got-wg-001", "--config", config, "--soak", "1e309"], ["--soak", "not a finite duration"]),
+        (["se-got-wg-001", "--config", config, "--soak", "5s", "--every", "10s"], ["--every", "longer than the 5s"]),
+        # The canary thresholds are refused without the comparison they judge, not silently ignored.
+        (["se-got-wg-001", "--config", config, "--max-success-drop", "nan"], ["--baseline control"]),
+        (["se-got-wg-001", "--config", config, "--max-rtt-increase", "5ms"], ["--baseline control"]),
+        (["se-got-wg-001", "--config", config, "--baseline", "control", "--max-success-drop", "nan"], ["between 0"]),
+        # JUnit never replaces what is not a regular file (as root, renaming over /dev/full destroyed the device).
+        (["se-got-wg-001", "--config", config, "--junit", str(tmp_path)], ["--junit", "is a directory"]),
     ):
         code: int | str | None
         try:
@@ -187,6 +199,43 @@ def test_usage_errors_exit_2_and_name_the_problem(sim: Sim, tmp_path: Path, caps
         assert code == 2, (args, out, err)
         assert all(word in err for word in words), (args, err)
         assert "Traceback" not in err and "verifying" not in out  # refused before probing
+
+
+def test_a_password_in_the_aggregator_url_is_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(["verify", "se-got-wg-001", "--aggregator", "http://user:hunter2@127.0.0.1:9/"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no credentials" in err
+    assert "hunter2" not in err and "user" not in err
+
+
+def test_junit_goes_through_a_symlink_and_into_a_fifo_without_replacing_either(sim: Sim, tmp_path: Path) -> None:
+    target = tmp_path / "target.xml"
+    target.write_text("old")
+    link = tmp_path / "link.xml"
+    link.symlink_to(target)
+    done = probe("verify", "se-got-wg-001", "--config", str(sim.config), "--junit", str(link))
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and check_junit(target)["se-got-wg-001"] is not None
+
+    fifo = tmp_path / "junit.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    done = probe("verify", "se-got-wg-001", "--config", str(sim.config), "--junit", str(fifo))
+    data, _ = reader.communicate(timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the FIFO, not a file renamed over it
+    assert ET.fromstring(data).tag == "testsuites"  # noqa: S314 - our own output
+
+
+def test_a_junit_file_that_cannot_be_written_keeps_the_verdicts_exit(sim: Sim) -> None:
+    # /dev/full takes the open and refuses the write (ENOSPC): after the verdict, which must still decide the exit.
+    done = probe("verify", "se-got-wg-001", "--config", str(sim.config), "--json", "--junit", "/dev/full")
+    assert done.returncode == 2 and "--junit /dev/full: cannot write" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 2
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # the device is still a device
+    sim.fault("se-got-wg-002", "nat")
+    done = probe("verify", "se-got-wg-002", "--config", str(sim.config), "--junit", "/dev/full")
+    assert done.returncode == 1 and "FAILED" in done.stdout and "cannot write" in done.stderr
 
 
 def test_an_agent_whose_own_network_is_down_exits_3(sim: Sim) -> None:
