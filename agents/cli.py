@@ -71,6 +71,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     from agents.agent import Agent, run_agent
     from agents.outbox import MqttOutbox
     from agents.spool import Spool
+    from probe import signals
     from probe.inventory.configured import ConfiguredInventory
 
     assert config.mqtt is not None
@@ -78,6 +79,8 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    if signals.take(signal.SIGTERM, signal.SIGINT):  # a stop asked for while the process started
+        stopping.set()
     source = ConfiguredInventory(config.inventory)
     inventory = await _first_inventory(source, log, stopping)
     if inventory is None:
@@ -87,6 +90,8 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         agent = Agent(config, inventory, outbox=outbox, load_inventory=source.load, log=log, http=_http(config))
         outbox.on_command = agent.take_command  # `probe verify --aggregator`: relays probed now, on command
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        if signals.take(signal.SIGHUP):  # a reload asked for while starting
+            agent.reload()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, agent.stop)
         if stopping.is_set():

@@ -177,17 +177,20 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.handler(args)
-    except WgProbeError as exc:
-        exit_code, prefix = next((code, prefix) for kind, code, prefix in ERRORS if isinstance(exc, kind))
-        print(f"{prefix}: {clean_lines(exc)}", file=sys.stderr)
-        return exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`probe sweep --json | head`): not an error, and nothing more can be written.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except Exception as exc:  # a bug: say so in one line; the traceback only on request
+    except Exception as exc:
+        # A refusal comes directly or out of a service's task group, where the first error is the cause (any others
+        # followed from it): an `[http] listen` already in use was reported as a bug (70), and the units'
+        # RestartPreventExitStatus=2 never saw the config error it was. Anything else is a bug: one line, the
+        # traceback only on request.
+        cause = _first(exc)
+        if isinstance(cause, WgProbeError):
+            return _refused(cause)
         print(f"internal error (a bug in wgprobe): {type(exc).__name__}: {clean_lines(exc)}", file=sys.stderr)
         if os.environ.get("WGPROBE_DEBUG"):
             import traceback
@@ -206,7 +209,30 @@ def run(argv: Sequence[str] | None = None) -> int:
 QUICK_EXIT = frozenset({"server", "sweep", "servers"})
 
 
+def _first(exc: BaseException) -> BaseException:
+    """The first error in `exc`, however deeply task groups nested it."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _refused(exc: WgProbeError) -> int:
+    from probe.term import clean_lines
+
+    exit_code, prefix = next((code, prefix) for kind, code, prefix in ERRORS if isinstance(exc, kind))
+    print(f"{prefix}: {clean_lines(exc)}", file=sys.stderr)
+    return exit_code
+
+
+# The long-running services: signals that arrive while they start are held for them (probe/signals.py).
+SERVICES = frozenset({"agent", "aggregator", "serve"})
+
+
 def main() -> NoReturn:
+    if command_of(sys.argv[1:]) in SERVICES:
+        from probe import signals
+
+        signals.hold()
     code = run()
     if command_of(sys.argv[1:]) in QUICK_EXIT:
         os._exit(flushed(code))

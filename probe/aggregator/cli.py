@@ -80,6 +80,7 @@ def run_aggregator(args: argparse.Namespace) -> int:
 
 
 async def _aggregator(config: AggregatorConfig, log: Log) -> None:
+    from probe import signals
     from probe.aggregator.http import make_app
     from probe.aggregator.service import AggregatorShell, first_inventory
     from probe.aggregator.store import ResultStore
@@ -98,6 +99,8 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
     subscriber = Subscriber(config.mqtt, config.aggregator.name, Tagged(store, verifications), log=log.event)
     shell = AggregatorShell(store, source, log)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, shell.reload)
+    if signals.take(signal.SIGHUP):  # a reload asked for while starting
+        shell.reload()
     app = make_app(
         store,
         ready=lambda: None if subscriber.connected else "not connected to the broker",
@@ -136,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(config: AgentConfig, log: Log) -> None:
     from agents.agent import Agent, run_agent
     from agents.http import agent_http
+    from probe import signals
     from probe.aggregator.config import HealthSection
     from probe.aggregator.http import make_app
     from probe.aggregator.service import AggregatorShell, first_inventory
@@ -167,6 +171,8 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         shell.reload()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if signals.take(signal.SIGHUP):  # a reload asked for while starting
+        reload()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.stop)
     if stopping.is_set():
@@ -210,10 +216,15 @@ def _local_commands(agent: Agent) -> Callable[[str, bytes], Awaitable[None]]:
 
 
 def _stop_on_signals() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT, including one that came while the process started (probe/signals.py)."""
+    from probe import signals
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    if signals.take(signal.SIGTERM, signal.SIGINT):
+        stopping.set()
     return stopping
 
 

@@ -1,0 +1,108 @@
+"""A service (`probe serve` here) as systemd starts and stops it, in the moments before it is up: signals that arrive
+while it starts, and a config error only met when it binds [http] listen. Processes against a `probe sim up`
+fleet on loopback, no root."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from probe import cli
+from probe.errors import ConfigError
+from tests.unit.test_verify_cli import Sim, sim_fleet
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    with sim_fleet(tmp_path_factory.mktemp("sim"), relays=2) as fleet:
+        yield fleet
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port: int = probe_socket.getsockname()[1]
+        return port
+
+
+def serve_config(sim: Sim, listen: str, inventory: str | None = None) -> Path:
+    text = (sim.directory / "agent.toml").read_text()
+    if inventory is not None:
+        text = text.replace('source = "relays.json"', f'source = "{inventory}"')
+    config = sim.directory / f"serve-{listen.rsplit(':', 1)[1]}.toml"
+    config.write_text(text + f'\n[http]\nlisten = "{listen}"\n')
+    return config
+
+
+def serve(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "probe", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_listen_address_in_use_is_a_config_error_not_a_bug(sim: Sim) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "probe", "serve", "--config", str(serve_config(sim, f"127.0.0.1:{port}"))],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "already in use" in done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_refusal_inside_a_task_group_is_reported_as_itself(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the services' task groups raise: the refusal wrapped (twice here) is exit 2 with its message, never
+    # "a bug in wgprobe"; a real bug wrapped the same way stays one.
+    def refused(args: argparse.Namespace) -> int:
+        raise ExceptionGroup("outer", [ExceptionGroup("inner", [ConfigError("[http] listen: in use")])])
+
+    def bug(args: argparse.Namespace) -> int:
+        raise ExceptionGroup("outer", [ValueError("a real bug")])
+
+    for handler, code, words in ((refused, 2, "error: [http] listen: in use"), (bug, 70, "internal error")):
+        parser = argparse.ArgumentParser()
+        parser.set_defaults(handler=handler)
+        monkeypatch.setattr(cli, "build_parser", lambda argv, parser=parser: parser)
+        assert cli.run([]) == code
+        assert words in capsys.readouterr().err
+
+
+def test_sighup_and_sigterm_while_starting_neither_kill_nor_lose_the_stop(sim: Sim) -> None:
+    # The first inventory cannot be fetched (nothing listens on port 1): the service waits for it, with backoff.
+    # SIGHUP's default action used to end it there (129, no word in the log); SIGTERM then stops it cleanly.
+    proc = serve(serve_config(sim, f"127.0.0.1:{free_port()}", inventory="http://127.0.0.1:1/relays.json"))
+    try:
+        time.sleep(1.5)  # past the interpreter's start (the hold is set when `probe` first runs)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        assert "inventory_unavailable" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
