@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
     from probe.config import AgentConfig
     from probe.inventory import Inventory, Relay
+    from probe.messages import ControlCheck
     from probe.results import ServerResult, StageResult
+    from probe.runner import Prober
     from probe.term import Style
 
 FAMILIES = ("ipv4", "ipv6")
@@ -117,10 +119,42 @@ def could_not_judge(results: list[ServerResult]) -> bool:
     return bool(paths) and all(path.reason is Reason.socket_error for path in paths)
 
 
-def exit_code(results: list[ServerResult]) -> int:
+def exit_code(results: list[ServerResult], control: ControlCheck | None = None) -> int:
     if all(result.ok for result in results):
         return EXIT_OK
-    return EXIT_UNJUDGED if could_not_judge(results) else EXIT_FAILED
+    if could_not_judge(results) or (control is not None and not control.ok):
+        return EXIT_UNJUDGED
+    return EXIT_FAILED
+
+
+def blames_relays(results: list[ServerResult]) -> bool:
+    """Whether a path failed for what would be a relay's reason (not this host's socket, not a bug in wgprobe)."""
+    from probe.results import Reason
+
+    mine = (Reason.socket_error, Reason.internal_error)
+    return any(not path.ok and path.reason not in (None, *mine) for result in results for path in result.paths)
+
+
+async def own_reach(prober: Prober, results: list[ServerResult]) -> ControlCheck | None:
+    """The control check (probe/control.py), asked only when a relay would be blamed: a failure seen while this
+    host cannot reach the outside itself says nothing about the relay (README: exit 3, as the agent and `probe
+    verify` judge it). Nothing is asked when every path passed, so a healthy run costs no extra packet."""
+    if not blames_relays(results):
+        return None
+    from probe.control import control_check
+
+    return await control_check(prober.settings)
+
+
+def say_unjudged(control: ControlCheck | None) -> None:
+    from probe.term import clean
+
+    if control is not None and not control.ok:
+        print(
+            "could not judge: this host cannot reach the outside itself, through no relay (control check: "
+            f"{clean(control.detail or 'failed')}); the failures above are not the relays' to answer for",
+            file=sys.stderr,
+        )
 
 
 def server(args: argparse.Namespace) -> int:
@@ -134,14 +168,20 @@ def server(args: argparse.Namespace) -> int:
     if args.family == "ipv6" and relay.ipv6_addr_in is None:
         raise ConfigError(f"{relay.name} has no IPv6 entry address in the inventory")
     prober = Prober(config, inventory)
-    result = asyncio.run(prober.probe_relay(relay, only_port=args.port, family=args.family))
+
+    async def probe_once() -> tuple[ServerResult, ControlCheck | None]:
+        result = await prober.probe_relay(relay, only_port=args.port, family=args.family)
+        return result, await own_reach(prober, [result])
+
+    result, control = asyncio.run(probe_once())
     if args.json_out:
         print(result.model_dump_json())
     else:
         print(render_server(result))
     if could_not_judge([result]):
         print("could not judge: the agent could not send on any path (its own network is down)", file=sys.stderr)
-    return exit_code([result])
+    say_unjudged(control)
+    return exit_code([result], control)
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -157,7 +197,7 @@ def sweep(args: argparse.Namespace) -> int:
     base = rotation_now()
     progress = Progress(args.rounds * len(inventory.relays), "probing")
 
-    async def run_rounds() -> None:
+    async def run_rounds() -> ControlCheck | None:
         # One event loop for every round: the prober's per-key locks belong to the loop they were made in.
         gate = asyncio.Semaphore(args.concurrency)
 
@@ -171,14 +211,16 @@ def sweep(args: argparse.Namespace) -> int:
 
         for number in range(args.rounds):
             await asyncio.gather(*(one(relay, number) for relay in inventory.relays))
+        return await own_reach(prober, results)
 
     try:
-        asyncio.run(run_rounds())
+        control = asyncio.run(run_rounds())
     finally:
         progress.close()
     if not args.json_out:
         print(render_sweep(results, inventory))
-    return exit_code(results)
+    say_unjudged(control)
+    return exit_code(results, control)
 
 
 def servers(args: argparse.Namespace) -> int:

@@ -36,7 +36,8 @@ def write_setup(tmp_path: Path, relays: str, *, probe: str = "", agent: str = ""
         f'[agent]\nname = "test-agent"\n{agent}\n'
         '[[identities]]\nprivate_key_file = "keys/agent.key"\nipv4 = "10.64.0.2"\n'
         '[inventory]\nsource = "fleet.toml"\n'
-        '[checks]\nforward_target = "198.51.100.7"\n'
+        # Loopback: a failing `probe server` asks its control check, which pings the forward target from this host.
+        '[checks]\nforward_target = "127.0.0.1"\n'
         f"[probe]\ntimeout = 0.2\nhandshake_timeout = 0.1\nhandshake_attempts = 1\n{probe}"
     )
     return config

@@ -247,6 +247,21 @@ def test_an_agent_whose_own_network_is_down_exits_3(sim: Sim) -> None:
     assert {s["verdict"] for s in report["servers"]} == {"inconclusive"}
 
 
+def test_probe_server_and_sweep_do_not_blame_the_relays_when_this_host_cannot_reach_the_outside(sim: Sim) -> None:
+    # The same rule as the agent's and verify's: a failure seen while the control check fails is exit 3, not 1.
+    request(sim.directory, {"op": "outside", "up": False})
+    for command in (["server", "se-got-wg-001"], ["sweep"]):
+        done = probe(*command, "--config", str(sim.config))
+        assert done.returncode == 3, (command, done.stdout, done.stderr)
+        assert "could not judge: this host cannot reach the outside itself" in done.stderr
+    # With the outside back, a relay's own fault is the relay's again (the control check holds).
+    healed(sim)
+    sim.fault("se-got-wg-002", "nat")
+    done = probe("server", "se-got-wg-002", "--config", str(sim.config), "--json")
+    assert done.returncode == 1, done.stderr
+    assert "could not judge" not in done.stderr
+
+
 def test_a_host_that_cannot_send_at_all_exits_3(tmp_path: Path) -> None:
     # A UDP socket may not send to the broadcast address without SO_BROADCAST: connect() fails locally, as when this
     # host's own network is down (socket_error). Nothing leaves the machine; no control check is needed for it.
