@@ -37,7 +37,7 @@ class CommandOutcome(StrEnum):
     unknown_schema = "unknown_schema"
     wrong_topic = "wrong_topic"  # not this agent's command topic
     duplicate = "duplicate"  # a request id already taken
-    expired = "expired"  # issued more than MAX_AGE_SECONDS ago
+    expired = "expired"  # issued more than MAX_AGE_SECONDS ago, or dated that far ahead
     no_known_server = "no_known_server"  # names no relay of this agent's inventory
     busy = "busy"  # would queue more than MAX_QUEUED command probes
 
@@ -89,6 +89,10 @@ class CommandIntake:
         age = now - command.issued_at.timestamp()
         if age > self.max_age:
             return Admitted(CommandOutcome.expired, command, detail=f"request {request} issued {age:.0f} s ago")
+        if -age > self.max_age:
+            # Dated ahead it would never expire: replayable for ever once its id is no longer remembered.
+            detail = f"request {request} dated {-age:.0f} s ahead of this agent's clock"
+            return Admitted(CommandOutcome.expired, command, detail=detail)
         known = tuple(dict.fromkeys(name for name in command.servers if name in inventory))
         unknown = tuple(printable(name, 64) for name in dict.fromkeys(command.servers) if name not in inventory)
         if not known:

@@ -55,6 +55,8 @@ def test_what_a_command_must_be_to_be_taken() -> None:
     assert admit(command("se-got-wg-001"), on=command_topic("other-agent")) is CommandOutcome.wrong_topic
     assert admit(command(*(f"relay-{n:05d}" for n in range(300)))) is CommandOutcome.oversized
     assert admit(command("se-got-wg-001", issued=T0 - 3600)) is CommandOutcome.expired
+    assert admit(command("se-got-wg-001", issued=T0 + 3600)) is CommandOutcome.expired  # would never expire
+    assert admit(command("se-got-wg-001", issued=T0 + 60)) is CommandOutcome.accepted  # clocks a little apart
     assert admit(command("elsewhere-wg-001")) is CommandOutcome.no_known_server
     assert admit(command("se-got-wg-001", "se-got-wg-002"), queued=MAX_QUEUED - 1) is CommandOutcome.busy
 
