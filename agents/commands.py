@@ -87,12 +87,10 @@ class CommandIntake:
         if command.request_id in self._seen:
             return Admitted(CommandOutcome.duplicate, command, detail=f"request {request} taken already")
         age = now - command.issued_at.timestamp()
-        if age > self.max_age:
-            return Admitted(CommandOutcome.expired, command, detail=f"request {request} issued {age:.0f} s ago")
-        if -age > self.max_age:
-            # Dated ahead it would never expire: replayable for ever once its id is no longer remembered.
-            detail = f"request {request} dated {-age:.0f} s ahead of this agent's clock"
-            return Admitted(CommandOutcome.expired, command, detail=detail)
+        # Dated ahead, a command would never expire: replayable for ever once its id is no longer remembered.
+        if abs(age) > self.max_age:
+            when = f"issued {age:.0f} s ago" if age > 0 else f"dated {-age:.0f} s ahead of this agent's clock"
+            return Admitted(CommandOutcome.expired, command, detail=f"request {request} {when}")
         known = tuple(dict.fromkeys(name for name in command.servers if name in inventory))
         unknown = tuple(printable(name, 64) for name in dict.fromkeys(command.servers) if name not in inventory)
         if not known:
