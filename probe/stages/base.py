@@ -172,6 +172,7 @@ class Exchange:
         self.corrupt = 0  # answers that authenticated but did not parse as IP
         self.started: float | None = None
         self.finished: float | None = None
+        self.done = False  # finished is set: read for every packet and every resend, so a plain attribute
         self.failure: tuple[Reason, str] | None = None  # a send error or a bug: overrides the verdict
 
     def build(self, seq: int) -> bytes:
@@ -186,10 +187,6 @@ class Exchange:
 
     def close(self) -> None:
         """Give back what the exchange holds (identifiers, ports)."""
-
-    @property
-    def done(self) -> bool:
-        return self.finished is not None
 
     def next_probe(self, now: float) -> bytes:
         self.sequence += 1
@@ -235,6 +232,7 @@ class Exchange:
     def end(self, at: float) -> None:
         if self.finished is None:
             self.finished = at
+            self.done = True
 
     def fail(self, reason: Reason, detail: str, at: float) -> None:
         self.failure = (reason, detail)
