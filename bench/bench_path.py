@@ -13,6 +13,7 @@ and 5.0x in one session), so two code versions are compared in the same run, the
     .venv/bin/python -m bench.bench_path --ab /some/checkout  # any directory holding a probe/ package as A
     .venv/bin/python -m bench.bench_path --profile path.prof  # cProfile of this tree's paths, grouped by part
     .venv/bin/python -m bench.bench_path --what probe         # one probe (handshake + one echo) instead
+    .venv/bin/python -m bench.bench_path --ab main --instructions --rounds 5   # instructions, under valgrind
 
 `--ab` against a git ref exports that commit with `git archive` into a temporary directory; the worker code below
 uses only `Prober`, `Tunnel` and the packet builders, which every version since the sim has. The worker checks it
@@ -164,13 +165,24 @@ def export(ref: str, into: Path) -> Path:
     return into
 
 
-def run_worker(tree: Path, sim_dir: Path, args: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
+def run_worker(
+    tree: Path,
+    sim_dir: Path,
+    args: argparse.Namespace,
+    profile: str | None = None,
+    *,
+    rounds: int | None = None,
+    under_valgrind: bool = False,
+) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--sim-dir", str(sim_dir)]
-    command += ["--what", args.what, "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+    command += ["--what", args.what, "--rounds", str(rounds or args.rounds), "--warmup", str(args.warmup)]
     command += ["--floor-samples", str(args.floor_samples)]
     if profile:
         command += ["--profile", profile]
     env = dict(os.environ, PYTHONPATH=str(tree))
+    if under_valgrind:
+        command = [*_VALGRIND, *command]
+        env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run: counts differ only by the work done
     with tempfile.TemporaryDirectory(prefix="wgprobe-bench-path-") as cwd:  # evidence of a failure lands here
         done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -178,6 +190,57 @@ def run_worker(tree: Path, sim_dir: Path, args: argparse.Namespace, profile: str
     figures: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     if not Path(figures["probe"]).resolve().is_relative_to(tree.resolve()):
         sys.exit(f"worker imported {figures['probe']}, not the tree {tree}")
+    if under_valgrind:
+        figures["instructions"] = _collected(done.stderr)
+    return figures
+
+
+# Instructions retired in user space, counted by callgrind: slow (about 50x) but the same from run to run whatever
+# else the machine is doing, so a change of a few percent shows that the CPU-time A/B cannot resolve. Not time:
+# the X25519 assembly retires instructions several times faster than the interpreter does.
+_VALGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+_FLOOR_SCRIPT = """
+import sys
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate().public_key()
+for _ in range(int(sys.argv[1])):
+    a.exchange(b)
+"""
+
+
+def _collected(stderr: str) -> int:
+    found = [line for line in stderr.splitlines() if "Collected :" in line]
+    if not found:
+        sys.exit(f"no instruction count from valgrind:\n{stderr[-2000:]}")
+    return int(found[-1].rsplit(":", 1)[1].strip())
+
+
+def instructions(versions: dict[str, Path], sim_dir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """Instructions per path (or probe) of each version, from the difference of two runs of different lengths
+    (start-up cancels out), and of four X25519 operations the same way."""
+    per_path: dict[str, float] = {}
+    for version, tree in versions.items():
+        short = run_worker(tree, sim_dir, args, rounds=1, under_valgrind=True)
+        long = run_worker(tree, sim_dir, args, rounds=1 + args.rounds, under_valgrind=True)
+        name = "this" if version == "B" else "a"
+        per_path[name] = (long["instructions"] - short["instructions"]) / (long["paths"] - short["paths"])
+    counts = []
+    for exchanges in (100, 100 + 400):
+        done = subprocess.run(
+            [*_VALGRIND, sys.executable, "-c", _FLOOR_SCRIPT, str(exchanges)],
+            env=dict(os.environ, PYTHONHASHSEED="0"),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        counts.append(_collected(done.stderr))
+    floor = (counts[1] - counts[0]) / 100  # 400 more operations: 100 more floors of four
+    figures: dict[str, object] = {"what": args.what, "floor_instructions": round(floor)}
+    for name, count in per_path.items():
+        figures[f"{name}_instructions"] = round(count)
+        figures[f"{name}_instructions_over_floor"] = count / floor
+    if "a" in per_path:
+        figures["this_over_a_instructions"] = per_path["this"] / per_path["a"]
     return figures
 
 
@@ -238,7 +301,7 @@ def alternate(versions: dict[str, Path], sim_dir: Path, args: argparse.Namespace
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", choices=("path", "probe"), default="path")
     parser.add_argument("--relays", type=int, default=4)
@@ -249,10 +312,17 @@ def main() -> None:
     parser.add_argument("--ab", metavar="REF|DIR", help="compare this version (A) against this tree (B)")
     parser.add_argument("--profile", metavar="FILE", help="one profiled run of this tree, grouped by part")
     parser.add_argument("--top", type=int, default=30, help="functions listed with --profile")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under valgrind instead (slow, exact)"
+    )
     parser.add_argument("--json", metavar="NAME", help="also write bench/results/NAME.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sim-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         worker(args)
         return
@@ -272,9 +342,15 @@ def main() -> None:
             if args.ab:
                 (Path(tmp) / "a").mkdir()
                 versions = {"A": export(args.ab, Path(tmp) / "a"), "B": ROOT}
-            rows = alternate(versions, sim.directory, args)
+            if args.instructions:
+                counted = instructions(versions, sim.directory, args)
+            else:
+                rows = alternate(versions, sim.directory, args)
         finally:
             sim.stop()
+    if args.instructions:
+        show(counted, args.json, report)
+        return
     figures: dict[str, object] = {"what": args.what, "relays": args.relays, "runs": args.runs}
     for version, found in rows.items():
         name = "this" if version == "B" else "a"
@@ -288,8 +364,12 @@ def main() -> None:
         pairs = [b["cpu_ms"] / a["cpu_ms"] for a, b in zip(rows["A"], rows["B"], strict=True)]
         figures["a_ref"] = args.ab
         figures["this_over_a_paired_median"] = statistics.median(pairs)
-    if args.json:
-        report(args.json, figures)
+    show(figures, args.json, report)
+
+
+def show(figures: dict[str, object], name: str | None, report: Any) -> None:
+    if name:
+        report(name, figures)
     else:
         for key, value in figures.items():
             print(f"{key:<28} {value:.4g}" if isinstance(value, float) else f"{key:<28} {value}")
