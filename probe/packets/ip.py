@@ -162,13 +162,15 @@ def plain_payload_at(packet: bytes, proto: int, addresses: bytes) -> tuple[int, 
     if len(addresses) == 8:
         if len(packet) < IPV4_HEADER_LEN or packet[0] != 0x45 or packet[9] != proto or packet[6] & 0x3F or packet[7]:
             return None  # options, another protocol, or a fragment (MF set or an offset)
-        end = int.from_bytes(packet[2:4], "big")
+        end = packet[2] << 8 | packet[3]
         if not IPV4_HEADER_LEN <= end <= len(packet) or packet[12:20] != addresses:
             return None
-        return (IPV4_HEADER_LEN, end) if verifies(int.from_bytes(packet[:IPV4_HEADER_LEN], "big")) else None
+        # `verifies` written out: this runs for every answer, and a call costs as much as the sum itself.
+        header_sum = int.from_bytes(packet[:IPV4_HEADER_LEN], "big")
+        return (IPV4_HEADER_LEN, end) if header_sum and header_sum % 0xFFFF == 0 else None
     if len(packet) < IPV6_HEADER_LEN or packet[0] >> 4 != 6 or packet[6] != proto or packet[8:40] != addresses:
         return None
-    end = IPV6_HEADER_LEN + int.from_bytes(packet[4:6], "big")
+    end = IPV6_HEADER_LEN + (packet[4] << 8 | packet[5])
     return (IPV6_HEADER_LEN, end) if end <= len(packet) else None
 
 

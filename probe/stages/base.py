@@ -243,9 +243,14 @@ class Exchange:
         ended = self.finished if self.finished is not None else 0.0
         slowest = max(self.answered.values(), default=0.0)
         horizon = ended - max(slowest * IN_FLIGHT_RTTS, MIN_IN_FLIGHT)
-        settled = [seq for seq, at in self.sent.items() if at <= horizon or seq in self.answered]
-        received = sum(1 for seq in settled if seq in self.answered)
-        return len(settled), received, (1 - received / len(settled)) if settled else 0.0
+        settled = received = 0
+        for seq, at in self.sent.items():
+            if seq in self.answered:
+                settled += 1
+                received += 1
+            elif at <= horizon:
+                settled += 1
+        return settled, received, (1 - received / settled) if settled else 0.0
 
     def verdict(self) -> tuple[Reason | None, str | None]:
         """The reason (None: passed) and one line of detail. Errors first (a definite answer), then invalid
