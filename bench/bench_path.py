@@ -280,9 +280,20 @@ def breakdown(profile: str, top: int) -> dict[str, float]:
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
     parts: dict[str, float] = {}
-    for (filename, _line, name), entry in raw.items():
+
+    def part_of(filename: str, name: str) -> str:
         where = f"{filename}:{name}"
-        part = next((label for label, keys in _PARTS if any(k in where for k in keys)), "other")
+        return next((label for label, keys in _PARTS if any(k in where for k in keys)), "other")
+
+    for (filename, _line, name), entry in raw.items():
+        part = part_of(filename, name)
+        if part == "other" and filename == "~":
+            # A built-in of no part of its own (len, int.from_bytes, struct packing): its time goes to the parts
+            # of the functions that called it, as each of them spent it.
+            for (caller_file, _caller_line, caller_name), caller_entry in entry[4].items():
+                caller_part = part_of(caller_file, caller_name)
+                parts[caller_part] = parts.get(caller_part, 0.0) + caller_entry[2]
+            continue
         parts[part] = parts.get(part, 0.0) + entry[2]
     shares = {label: own / total for label, own in sorted(parts.items(), key=lambda kv: -kv[1])}
     for label, share in shares.items():
