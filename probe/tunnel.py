@@ -200,10 +200,11 @@ class Record:
     wall: Clock = time.time
 
     def add(self, direction: str, packet: bytes) -> None:
-        if self.size + len(packet) > self.max_bytes:
+        size = self.size + len(packet)
+        if size > self.max_bytes:
             self.dropped += 1
             return
-        self.size += len(packet)
+        self.size = size
         self.packets.append((self.wall(), direction, packet))
 
 

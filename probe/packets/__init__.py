@@ -32,7 +32,7 @@ from probe.packets.ip import (
     packed,
     parse_ip,
 )
-from probe.packets.udp import Udp, build_udp, parse_udp
+from probe.packets.udp import Udp, UdpFlow, build_udp, parse_udp
 from probe.packets.verify import (
     Mismatch,
     Verdict,
@@ -62,6 +62,7 @@ __all__ = [
     "PacketError",
     "Quoted",
     "Udp",
+    "UdpFlow",
     "Verdict",
     "build_icmp_echo",
     "build_icmp_error",

@@ -26,6 +26,7 @@ from probe.packets.ip import (
     address_pair,
     build_ip,
     next_ip_id,
+    plain_payload_at,
 )
 
 ECHO_REQUEST_V4: Final = 8
@@ -268,7 +269,19 @@ class EchoTemplate:
     `build_icmp_echo(src, dst, identifier, seq, payload(seq), df=df)` byte for byte (a test holds it).
     """
 
-    __slots__ = ("_head", "_icmp_sum", "_ip_sum", "_pad", "_prefix", "dst", "identifier", "src", "version")
+    __slots__ = (
+        "_head",
+        "_icmp_sum",
+        "_ip_sum",
+        "_pad",
+        "_prefix",
+        "_reply_addresses",
+        "_reply_total",
+        "dst",
+        "identifier",
+        "src",
+        "version",
+    )
 
     def __init__(self, src: Address, dst: Address, identifier: int, head: bytes, *, pad: int = 0, df: bool = False):
         s, d = address_pair(src, dst)
@@ -278,6 +291,9 @@ class EchoTemplate:
         self.version = 4 if len(s) == 4 else 6
         self._head, self._pad = head, bytes(pad)
         length = _ICMP_HEADER_LEN + len(head) + 2 + pad
+        # What a reply's IP header must say for `reply_sequence`: from the target to us, this long.
+        self._reply_addresses = d + s
+        self._reply_total = (IPV4_HEADER_LEN if self.version == 4 else IPV6_HEADER_LEN) + length
         icmp_type = ECHO_REQUEST_V4 if self.version == 4 else ECHO_REQUEST_V6
         # The sequence is summed twice per packet (header field and payload word), in `build`.
         self._icmp_sum = (icmp_type << 8) + identifier + word_sum(head)
@@ -303,6 +319,28 @@ class EchoTemplate:
         checksum = finish(self._icmp_sum + 2 * seq - ((request_type - reply_type) << 8))
         header = _HEADER.pack(reply_type, 0, checksum, self.identifier, seq)
         return header + self._head + seq.to_bytes(2, "big") + self._pad
+
+    def reply_sequence(self, packet: bytes) -> int | None:
+        """The sequence `packet` answers when it is the correct echo reply to this template's request of that
+        sequence, checked in one pass over the raw inner packet; None for anything else.
+
+        None is not a verdict: the caller gives such a packet to the full judgement (`judge_echo_reply`), which
+        says what is wrong with it, or that it is a good reply in a form not predicted here (IPv4 options, IPv6
+        extension headers, the other one's-complement zero as ICMP checksum). Whenever this returns a sequence,
+        the full judgement of the same packet says "ok" for that sequence if it was sent (a test holds it): the IP
+        header is checked as `parse_ip` checks it (version, IHL, lengths, fragment bits, IPv4 checksum), and the
+        ICMP message must equal the predicted `reply(seq)` byte for byte, which covers type, code, checksum,
+        identifier, sequence and payload. TOS/traffic class, IPv4 identification and TTL/hop limit are the
+        replier's to choose and are not judged by the full verifier either.
+        """
+        found = plain_payload_at(packet, PROTO_ICMP if self.version == 4 else PROTO_ICMPV6, self._reply_addresses)
+        if found is None or found[1] != self._reply_total:
+            return None
+        start = found[0]
+        seq = int.from_bytes(packet[start + 6 : start + 8], "big")
+        if packet[start : self._reply_total] != self.reply(seq):
+            return None
+        return seq
 
     def build(self, seq: int) -> bytes:
         icmp = _HEADER.pack(

@@ -6,8 +6,6 @@ import os
 from ipaddress import IPv4Address, IPv6Address
 
 from probe.packets import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
     EchoTemplate,
     IcmpError,
     IcmpErrorKind,
@@ -48,7 +46,6 @@ class EchoExchange(Exchange):
         pad = max(0, size - header - _NONCE - _SEQUENCE)
         self._ours, self._target = packed(src), packed(target)
         self.template = EchoTemplate(self._ours, self._target, identifier, os.urandom(_NONCE), pad=pad, df=size > 0)
-        self._proto = PROTO_ICMP if src.version == 4 else PROTO_ICMPV6
 
     def build(self, seq: int) -> bytes:
         return self.template.build(seq)
@@ -56,14 +53,16 @@ class EchoExchange(Exchange):
     def _payload(self, seq: int) -> bytes | None:
         return self.template.payload(seq) if seq in self.sent else None
 
-    def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
+    def quick(self, packet: bytes, at: float) -> bool:
         # Almost every answer is exactly the reply we can predict: compare bytes, parse nothing. Anything else
         # (an error, a forgery, a corruption) gets the full judgement, which says what is wrong with it.
-        payload = ip.payload
-        if ip.src == self._target and ip.dst == self._ours and ip.proto == self._proto and not ip.fragmented:
-            seq = int.from_bytes(payload[6:8], "big")
-            if seq in self.sent and payload == self.template.reply(seq):
-                return seq, Verdict(None, ip.ttl, ip.src, None)
+        seq = self.template.reply_sequence(packet)
+        if seq is None or seq not in self.sent:
+            return False
+        self.answer(seq, at)
+        return True
+
+    def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
         return judge_echo_reply(
             ip, src=self._target, dst=self._ours, identifier=self.template.identifier, payload_for=self._payload
         )

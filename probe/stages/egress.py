@@ -7,7 +7,7 @@ import os
 from ipaddress import IPv4Address, IPv6Address
 
 from probe import reflector
-from probe.packets import IPPacket, Mismatch, Udp, Verdict, build_udp, judge_udp_reply, packed, source_ports
+from probe.packets import IPPacket, Mismatch, Udp, UdpFlow, Verdict, judge_udp_reply, source_ports
 from probe.results import Reason, StageName
 from probe.stages.base import ClaimKind, Exchange, PathContext
 
@@ -35,7 +35,8 @@ class ReflectorExchange(Exchange):
         self.sport = self._ports.acquire()
         super().__init__(NAME, (ClaimKind.udp, self.sport), ctx.settings.packets)
         self.src, (self.target, self.target_port) = src, found
-        self._ours, self._theirs = packed(src), packed(self.target)
+        self.flow = UdpFlow(src, self.target, self.sport, self.target_port)
+        self._ours, self._theirs = self.flow.src, self.flow.dst
         self.expected = ctx.expected_egress
         self.nonces: dict[bytes, int] = {}  # nonce -> sequence
         self.observed: dict[int, reflector.Observed] = {}
@@ -43,7 +44,24 @@ class ReflectorExchange(Exchange):
     def build(self, seq: int) -> bytes:
         nonce = os.urandom(reflector.NONCE_SIZE)
         self.nonces[nonce] = seq
-        return build_udp(self._ours, self._theirs, self.sport, self.target_port, reflector.build_request(nonce))
+        return self.flow.build(reflector.build_request(nonce))
+
+    def quick(self, packet: bytes, at: float) -> bool:
+        payload = self.flow.reply_payload(packet)
+        if payload is None:
+            return False
+        nonce = bytes(payload[_NONCE_AT])
+        seq = self.nonces.get(nonce)
+        if seq is None or seq not in self.sent:
+            return False
+        try:
+            observed = reflector.parse_response(payload, nonce)
+        except reflector.ReflectorError:
+            return False  # the full judgement says what is wrong with it
+        if seq not in self.answered:
+            self.observed[seq] = observed
+        self.answer(seq, at)
+        return True
 
     def judge(self, ip: IPPacket) -> tuple[int | None, Verdict]:
         verdict = judge_udp_reply(

@@ -29,7 +29,6 @@ from probe.wireguard.constants import (
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
-from probe.wireguard.crypto import aead_nonce
 from probe.wireguard.errors import (
     AuthenticationError,
     HandshakeStateError,
@@ -40,6 +39,7 @@ from probe.wireguard.errors import (
 from probe.wireguard.messages import TRANSPORT_HEADER
 
 _PAD: Final = bytes(PADDING_MULTIPLE)
+_NONCE_PREFIX: Final = bytes(4)
 
 
 class ReplayWindow:
@@ -139,7 +139,8 @@ class TransportSession:
         self._send_counter = counter + 1
         padded = plaintext + _PAD[: -len(plaintext) % PADDING_MULTIPLE]
         header = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, self.remote_index, counter)
-        return header + self._sender.encrypt(aead_nonce(counter), padded, None)
+        # The nonce is the header's counter field (little-endian, §5.4.6) behind four zero bytes: `aead_nonce`.
+        return header + self._sender.encrypt(_NONCE_PREFIX + header[8:], padded, None)
 
     def decrypt(self, data: bytes) -> bytes:
         """The padded plaintext of a transport message for this session (b"" for a keepalive).
@@ -157,7 +158,8 @@ class TransportSession:
         if counter >= REJECT_AFTER_MESSAGES or not self.replay_window.check(counter):
             raise ReplayError(f"transport counter {counter} replayed or outside the window")
         try:
-            plaintext = self._receiver.decrypt(aead_nonce(counter), bytes(data[TRANSPORT_HEADER_SIZE:]), None)
+            nonce = _NONCE_PREFIX + bytes(data[8:TRANSPORT_HEADER_SIZE])  # as in `encrypt`
+            plaintext = self._receiver.decrypt(nonce, bytes(data[TRANSPORT_HEADER_SIZE:]), None)
         except InvalidTag:
             raise AuthenticationError("transport message failed authentication") from None
         self.replay_window.mark(counter)

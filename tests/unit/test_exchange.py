@@ -11,7 +11,7 @@ from probe.packets import Echo, IcmpErrorKind, build_icmp_echo, build_icmp_error
 from probe.results import PathResult, Reason, StageName, StageResult, path_outcome, worst_reason
 from probe.runner import unjudged_after_failures
 from probe.stages import REGISTRY
-from probe.stages.base import ClaimKind, PathContext, Settings, claim_of, raw_claim
+from probe.stages.base import ClaimKind, Demux, PathContext, Settings, claim_of, raw_claim
 from probe.stages.echo import EchoExchange
 from probe.wireguard import CookieState, Identity, PrivateKey
 
@@ -209,3 +209,26 @@ def test_one_good_answer_passes_the_stage_and_the_rest_is_loss() -> None:
     result = ex.result()
     assert (result.ok, result.reason, result.received) == (True, None, 1)
     assert result.loss == pytest.approx(1 - 1 / result.sent) and result.sent >= 19
+
+
+def test_the_one_pass_check_books_exactly_what_the_full_judgement_books() -> None:
+    """The demultiplexer's quick path (a predicted answer recognised without parsing) against the full judgement
+    alone, over good, duplicate, corrupt, forged and unsent answers: the same booking, the same verdict."""
+
+    def run(quick: bool) -> tuple[dict[int, float], list[str], int, tuple[Reason | None, str | None]]:
+        ex = exchange(packets=3)
+        if not quick:
+            ex.quick = lambda packet, at: False  # type: ignore[method-assign]
+        probes = [ex.next_probe(0.0) for _ in range(3)]
+        good = answer(probes[0])
+        flipped = good[:-1] + bytes([good[-1] ^ 1])
+        unsent = build_icmp_echo(TARGET, INNER, ex.claim[1], 9, parse_icmp(parse_ip(good)).payload, reply=True)  # type: ignore[union-attr]
+        forged = build_icmp_echo(IPv4Address("198.51.100.8"), INNER, ex.claim[1], 2, b"x" * 10, reply=True)
+        demux = Demux([ex], lambda: 0.01, lambda: None)
+        for packet in (good, good, flipped, good[:30], unsent, forged, answer(probes[1]) + bytes(10)):
+            demux.dispatch(packet)
+        return ex.answered, [str(v.mismatch) for v in ex.invalid], ex.corrupt, ex.verdict()
+
+    assert run(quick=True) == run(quick=False)
+    answered, invalid, corrupt, _verdict = run(quick=True)
+    assert sorted(answered) == [1, 2] and corrupt == 1 and len(invalid) == 3

@@ -552,7 +552,12 @@ async def test_a_judge_that_raises_fails_its_own_stage_only() -> None:
         def judge(ip: IPPacket) -> tuple[int | None, object]:
             raise ValueError("judge bug")
 
+        def quick(packet: bytes, at: float) -> bool:
+            raise ValueError("judge bug")
+
+        # Both ways an answer is judged: the one-pass check of a predicted answer, and the full judgement.
         exchange.judge = judge  # type: ignore[assignment,method-assign]
+        exchange.quick = quick  # type: ignore[method-assign]
         return exchange
 
     stages, _, _ = await probe_fake(healthy, registry=REGISTRY.replace(StageName.tunnel, crashing_judge))
