@@ -77,7 +77,7 @@ def summary_line(result: SessionResult) -> str:
         return f"FAILED: the deployed servers are {result.comparison.detail}"
     if verdict is Verdict.inconclusive:
         open_ = [j.server for j in verified if j.verdict is not Verdict.passed]
-        why = []
+        why = ["interrupted"] if result.interrupted else []
         if open_:
             why.append(f"{len(open_)} server(s) not judged ({', '.join(open_[:10])})")
         if result.soak is not None and result.unjudged_count:

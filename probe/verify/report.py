@@ -126,6 +126,7 @@ class VerifyReport(_Model):
     servers: list[ServerReport]
     soak: SoakReport | None
     baseline: BaselineReport | None
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM before its end: never a pass
 
 
 def _path(path: FailedPath) -> PathReport:
@@ -231,6 +232,7 @@ def build_report(
     return VerifyReport(
         verdict=OVERALL[outcome.verdict],
         exit_code=outcome.exit_code,
+        interrupted=outcome.interrupted,
         summary=summary,
         mode=mode,
         vantage_points=vantage_points,

@@ -4,6 +4,8 @@ written as JUnit). `execute` is what the command runs, and what tests run in-pro
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from probe.verify.report import VerifyReport, build_report
 from probe.verify.session import Session, Soak
 from probe.verify.source import Source
 from probe.verify.verifier import PassResult, Verifier
+
+STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 BASELINE_CONCURRENCY = 4  # servers probed at once under --baseline (see execute)
 
@@ -105,10 +109,19 @@ async def execute(
         thresholds=options.thresholds,
         on_pass=printer.passed,
     )
+    # SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) end the verification with a report, JSON and JUnit of what
+    # was judged so far: inconclusive, or failed if a server had failed; never passed.
+    loop = asyncio.get_running_loop()
+    for signum in STOPPING:
+        loop.add_signal_handler(signum, verifier.interrupt)
     try:
         result = await session.run()
     finally:
+        for signum in STOPPING:
+            loop.remove_signal_handler(signum)
         await source.close()
+    if result.interrupted:
+        print("interrupted: judging what was seen so far", file=err, flush=True)
     thresholds = options.thresholds
     report = build_report(
         result,

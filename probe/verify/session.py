@@ -62,12 +62,13 @@ class SessionResult:
     canary_stats: GroupStats | None
     control_stats: GroupStats | None
     comparison: Comparison | None
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM: a failure seen still fails, nothing else can pass
 
     @property
     def verdict(self) -> Verdict:
         if self.last.verdict is Verdict.failed or (self.comparison and self.comparison.verdict is Verdict.failed):
             return Verdict.failed
-        if self.unjudged_count or self.last.verdict is not Verdict.passed:
+        if self.interrupted or self.unjudged_count or self.last.verdict is not Verdict.passed:
             return Verdict.inconclusive
         if self.comparison is not None and self.comparison.verdict is not Verdict.passed:
             return Verdict.inconclusive
@@ -100,7 +101,7 @@ class Session:
         while True:
             wait = offset - (self.clock() - start)
             if wait > 0:
-                await self.sleep(wait)
+                await self._pause(wait)
             began = self.clock() - start
             result = await self.verifier.run_pass(self.verified, self.control, all_rounds=self.thresholds is not None)
             self._book(result)
@@ -114,12 +115,14 @@ class Session:
                 self.on_pass(result)
             if result.verdict is Verdict.failed or self.soak is None or began >= self.soak.duration:
                 break
+            if self.verifier.interrupted:
+                break
             elapsed = self.clock() - start
             while offset <= elapsed and offset < self.soak.duration:  # the next slot not already past
                 slot += 1
                 offset = min(slot * self.soak.every, self.soak.duration)
         comparison = None
-        if self.thresholds is not None and result.verdict is not Verdict.failed:
+        if self.thresholds is not None and result.verdict is not Verdict.failed and not self.verifier.interrupted:
             comparison = compare(canary, control, self.thresholds)
         return SessionResult(
             started_at=started_at,
@@ -135,7 +138,15 @@ class Session:
             canary_stats=canary if self.thresholds is not None else None,
             control_stats=control if self.thresholds is not None else None,
             comparison=comparison,
+            interrupted=self.verifier.interrupted,
         )
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait for the next pass's slot; an interrupt cuts the wait short (it is checked every tenth of a second:
+        the injected sleep is what tests drive, so the wait is made of its calls)."""
+        end = self.clock() + seconds
+        while not self.verifier.interrupted and (left := end - self.clock()) > 0:
+            await self.sleep(min(left, 0.1))
 
     def _book(self, result: PassResult) -> None:
         for name, judgement in result.judgements.items():

@@ -72,6 +72,14 @@ class Verifier:
         self.keep_going = keep_going
         self.on_decided = on_decided
         self.passes = 0
+        self.interrupted = False  # SIGINT/SIGTERM: the pass in flight ends now, no other starts
+        self._sink: _PassSink | None = None
+
+    def interrupt(self) -> None:
+        """End the pass in flight at once (what is judged stays judged, the rest is left unfinished)."""
+        self.interrupted = True
+        if self._sink is not None:
+            self._sink.done.set()
 
     async def run_pass(
         self, verified: Sequence[Relay], control: Sequence[Relay] = (), *, all_rounds: bool = False
@@ -83,7 +91,13 @@ class Verifier:
         judgements = {r.name: ServerJudgement(r.name, self.rules, "verified", self.quorum) for r in verified}
         judgements |= {r.name: ServerJudgement(r.name, self.rules, "control", self.quorum) for r in control}
         sink = _PassSink(self, judgements, has_control=bool(control), all_rounds=all_rounds)
-        stopped = await self._until(self.source.run(interleave(verified, control), sink), sink.done)
+        self._sink = sink
+        if self.interrupted:
+            sink.done.set()
+        try:
+            stopped = await self._until(self.source.run(interleave(verified, control), sink), sink.done)
+        finally:
+            self._sink = None
         unfinished = any(not j.verdict.certain for j in judgements.values() if j.group == "verified")
         return PassResult(
             number=self.passes,

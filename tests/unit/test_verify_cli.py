@@ -201,6 +201,36 @@ def test_usage_errors_exit_2_and_name_the_problem(sim: Sim, tmp_path: Path, caps
         assert "Traceback" not in err and "verifying" not in out  # refused before probing
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_soak_reports_what_it_saw_and_never_passes(sim: Sim, tmp_path: Path, signum: int) -> None:
+    # A CI job cancelled (SIGTERM) or Ctrl-C: the report, the JSON and the JUnit file of the passes so far, exit 3.
+    junit = tmp_path / "verify.xml"
+    args = ["se-got-wg-001", "--config", str(sim.config), "--soak", "10m", "--every", "1s", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "probe", "verify", *args, "--junit", str(junit)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("soak pass 2"):
+                break
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["verdict"] == "inconclusive"
+    assert report["summary"].startswith("INCONCLUSIVE: interrupted")
+    assert report["soak"]["passes"] >= 2
+    assert check_junit(junit)["se-got-wg-001"] is not None
+
+
 def test_a_password_in_the_aggregator_url_is_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
     code = run(["verify", "se-got-wg-001", "--aggregator", "http://user:hunter2@127.0.0.1:9/"])
     err = capsys.readouterr().err
