@@ -104,6 +104,11 @@ PACKETS_RECEIVED = MetricSpec(
 )
 SERVERS = MetricSpec("wgprobe_servers", "Relays in the inventory by health state.", ("state",))
 AGENTS = MetricSpec("wgprobe_agents", "Agents by state (ok, control_failed, offline, silent).", ("state",))
+# A failed reload keeps the last good inventory and would otherwise be seen only in the log.
+INVENTORY_OK = MetricSpec("wgprobe_inventory_ok", "1 if the last load of the inventory succeeded.", ())
+INVENTORY_AGE = MetricSpec(
+    "wgprobe_inventory_age_seconds", "Seconds since the inventory in use was loaded (a failed reload keeps it).", ()
+)
 
 ALL_METRICS: tuple[MetricSpec, ...] = (
     SERVER_UP,
@@ -119,6 +124,8 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     PACKETS_RECEIVED,
     SERVERS,
     AGENTS,
+    INVENTORY_OK,
+    INVENTORY_AGE,
 )
 
 
@@ -186,6 +193,7 @@ def collect_samples(store: ResultStore) -> Samples:
                 duration.append(((name, agent, stage), seconds))
     out[SERVERS.name] = [((state.value,), float(count)) for state, count in states.items()]
     _agents(store, out)
+    _inventory(store, out)
     out[MESSAGES.name] = [((outcome.value,), float(store.messages[outcome])) for outcome in Outcome]
     sent, received = out[PACKETS_SENT.name], out[PACKETS_RECEIVED.name]
     for (server_name, agent), counts in store.packets.items():
@@ -205,6 +213,11 @@ def _agents(store: ResultStore, out: Samples) -> None:
         control_ok = info.newest_control_ok and info.status_control_ok
         out[AGENT_CONTROL_OK.name].append(((name,), 1.0 if control_ok else 0.0))
     out[AGENTS.name] = [((state.value,), float(count)) for state, count in counts.items()]
+
+
+def _inventory(store: ResultStore, out: Samples) -> None:
+    out[INVENTORY_OK.name] = [((), 1.0 if store.inventory_ok else 0.0)]
+    out[INVENTORY_AGE.name] = [((), max(0.0, store.now() - store.inventory_loaded_at))]
 
 
 class StoreCollector(Collector):
@@ -489,13 +502,15 @@ class MetricsRenderer:
         store = self.store
         samples: Samples = {spec.name: [] for spec in (AGENT_UP, AGENT_CONTROL_OK, AGENTS)}
         _agents(store, samples)
+        _inventory(store, samples)
         samples[MESSAGES.name] = [((o.value,), float(store.messages[o])) for o in Outcome]
         states = dict.fromkeys(HEALTH_STATES, 0)
         for server in store.servers.values():
             states[server.state] += 1
         samples[SERVERS.name] = [((s.value,), float(n)) for s, n in states.items()]
         head = b"".join(_lines(spec, samples[spec.name]) for spec in (AGENT_UP, AGENT_CONTROL_OK, MESSAGES))
-        return head, _lines(SERVERS, samples[SERVERS.name]) + _lines(AGENTS, samples[AGENTS.name])
+        tail = b"".join(_lines(spec, samples[spec.name]) for spec in (SERVERS, AGENTS, INVENTORY_OK, INVENTORY_AGE))
+        return head, tail
 
 
 def _lines(spec: MetricSpec, samples: list[tuple[Labels, float]]) -> bytes:
@@ -504,7 +519,8 @@ def _lines(spec: MetricSpec, samples: list[tuple[Labels, float]]) -> bytes:
     out = [_HEADERS[spec.name].decode()]
     for values, value in samples:
         labels = ",".join(f'{spec.labels[i]}="{values[i]}"' for i in order)
-        out.append(f"{spec.name}{{{labels}}} {_float_text(value)}\n")
+        braces = f"{{{labels}}}" if labels else ""  # a family without labels is written bare, as generate_latest does
+        out.append(f"{spec.name}{braces} {_float_text(value)}\n")
     return "".join(out).encode()
 
 

@@ -59,6 +59,7 @@ class AggregatorShell:
                 inventory = await asyncio.to_thread(self.source.load)
             except WgProbeError as exc:
                 self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
+                self.store.inventory_ok = False  # wgprobe_inventory_ok 0 until a load succeeds
                 continue
             before = set(self.store.inventory.names)
             self.store.set_inventory(inventory)

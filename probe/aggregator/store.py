@@ -118,6 +118,8 @@ class ResultStore:
         self._changes: deque[Change] = deque(maxlen=CHANGES_KEPT)
         self.on_kept: list[KeptHook] = []
         self.inventory = inventory
+        self.inventory_ok = True  # False while the last (re)load failed: the inventory in use is the last good one
+        self.inventory_loaded_at = now()
         self.set_inventory(inventory)
 
     # -- reading ---------------------------------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class ResultStore:
         """Adopt a (re)loaded inventory: new relays start unknown, removed ones are forgotten with their counters."""
         now = self.now()
         self.inventory = inventory
+        self.inventory_ok, self.inventory_loaded_at = True, now
         servers: dict[str, ServerRecord] = {}
         for relay in inventory.relays:
             held = self._servers.get(relay.name)

@@ -1,8 +1,13 @@
 """The aggregator's /metrics: the contract's names, values that follow a scripted scenario, an explicit registry, and
 an exposition that the real `promtool check metrics` accepts."""
 
+import asyncio
+import base64
+import io
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -177,3 +182,55 @@ def test_promtool_accepts_the_exposition(scenario: tuple[ResultStore, FakeClock]
         done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.strip() == "" and done.stderr.strip() == ""  # no lint warnings either
+
+
+@pytest.mark.asyncio
+async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) -> None:
+    # The shell's reload against a real file: the inventory kept, and said so in /metrics (not only in the log).
+    from agents.log import Log
+    from probe.aggregator.service import AggregatorShell
+    from probe.config import InventorySection
+    from probe.inventory.configured import ConfiguredInventory
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(_fleet_toml(RELAYS))
+    source = ConfiguredInventory(InventorySection(source=str(fleet)))
+    clock = FakeClock()
+    store = ResultStore(source.load(), now=clock)
+    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=io.StringIO()))
+    task = asyncio.create_task(shell.following_inventory())
+    try:
+        clock.advance(30)
+        _, samples = scrape(store)
+        assert value(samples, "wgprobe_inventory_ok") == 1.0
+        assert value(samples, "wgprobe_inventory_age_seconds") == 30.0
+        fleet.write_text("[[relays]]\nname = ")  # broken mid-write by whoever manages it
+        shell.reload()
+        await _until(lambda: not store.inventory_ok)
+        _, samples = scrape(store)
+        assert value(samples, "wgprobe_inventory_ok") == 0.0
+        assert value(samples, "wgprobe_inventory_age_seconds") == 30.0  # the last good one, still in use
+        assert {relay.name for relay in store.inventory.relays} == set(RELAYS)
+        fleet.write_text(_fleet_toml(RELAYS[:2]))
+        shell.reload()
+        await _until(lambda: store.inventory_ok)
+        _, samples = scrape(store)
+        assert value(samples, "wgprobe_inventory_ok") == 1.0
+        assert value(samples, "wgprobe_inventory_age_seconds") == 0.0
+        assert render(store) == exposition(make_registry(store))
+    finally:
+        task.cancel()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _fleet_toml(names: Sequence[str]) -> str:
+    key = base64.b64encode(bytes(range(32))).decode()
+    return "".join(
+        f'[[relays]]\nname = "{name}"\npublic_key = "{key}"\nipv4 = "198.18.0.{n + 10}"\nmain_port = 51820\n'
+        for n, name in enumerate(names)
+    )
