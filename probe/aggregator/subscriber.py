@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 from probe.aggregator.intake import Ingested
@@ -30,6 +31,9 @@ from probe.service_config import MqttSection
 SESSION_EXPIRY_SECONDS = 86400  # the broker keeps our session (and queues for it) a day after we vanish
 SETTLE_SECONDS = 2.0  # quiet after the last retained message before the initial state counts as received
 COMMAND_ACK_SECONDS = 5.0  # the broker's PUBACK for a command, at most
+SHORT_LIVED = 10.0  # seconds: a connection the broker drops sooner than this counts toward FLAPPING
+FLAPPING = 3  # short-lived connections in a row before the log asks about a shared client id
+FLAPPING_EVENT = "connection dropped soon after connecting, again and again"
 _RESULTS_PREFIX = f"{TOPIC_ROOT}/results/"
 
 
@@ -68,13 +72,16 @@ class Subscriber:
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff and jitter."""
         streak = 0
+        short = 0  # connections in a row that the broker dropped soon after they were made
         while True:
+            since = None
             try:
                 async with connect(
                     self.mqtt, self.client_id, clean_start=False, session_expiry=self.session_expiry
                 ) as connection:
                     await connection.subscribe((RESULTS_FILTER, STATUS_FILTER), qos=1)
                     self.connected, self._connection = True, connection
+                    since = time.monotonic()
                     self._log(logging.INFO, "subscribed", broker=connection.broker, attempts=streak + 1)
                     streak = 0
                     self._backoff.reset()
@@ -84,6 +91,19 @@ class Subscriber:
                     level = logging.WARNING if isinstance(e, BrokerUnavailable) else logging.ERROR
                     self._log(level, "broker unavailable; reconnecting", error=str(e))
                 streak += 1
+                short = short + 1 if since is not None and time.monotonic() - since < SHORT_LIVED else 0
+                if short == FLAPPING:
+                    # A broker drops the older of two clients with one client id, and the reason code it gives
+                    # (mosquitto: "Unspecified error") does not say so: two aggregators with the same name take
+                    # turns for ever. Said once per run of drops.
+                    self._log(
+                        logging.WARNING,
+                        FLAPPING_EVENT,
+                        client_id=self.client_id,
+                        drops=short,
+                        hint="is another client using this client id (two aggregators with the same [aggregator] "
+                        "name or [mqtt] client_id)?",
+                    )
             finally:
                 self.connected, self._connection = False, None
             await asyncio.sleep(self._backoff.next())

@@ -3,6 +3,7 @@ a real ResultStore, bad messages counted without stopping, state recovered from 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from probe.aggregator.health import HealthState
 from probe.aggregator.intake import MAX_PAYLOAD, Ingested, Outcome
 from probe.aggregator.store import ResultStore
-from probe.aggregator.subscriber import Subscriber
+from probe.aggregator.subscriber import FLAPPING_EVENT, Subscriber
 from probe.aggregator.testing import make_inventory, make_result, make_status, payload
 from probe.messages import ResultMessage, result_topic, status_topic
 from probe.mqtt import Backoff, connect
@@ -178,3 +179,26 @@ async def test_the_persistent_session_keeps_what_came_while_the_aggregator_was_a
         await wait_until(lambda: len(set(again.result_ids())) == 5, "every round, not only the retained one")
     assert again.first_arrivals() == [m.result_id for m in rounds]
     assert again.store.servers[SERVERS[0]].agents["agent-a"].newest.round == 4
+
+
+@pytest.mark.asyncio
+async def test_two_aggregators_with_one_name_are_told_they_share_a_client_id(broker: Mosquitto) -> None:
+    # The broker drops the older of two clients with one client id, with a reason code that does not say so
+    # (mosquitto 2.0: "Unspecified error"): both take turns for ever unless the log says why.
+    logs = LogLines(), LogLines()
+    first, second = (subscriber(broker, new_store(), log) for log in logs)
+    async with running(first.run()), running(second.run()):
+        await wait_until(lambda: all(log.events(FLAPPING_EVENT) for log in logs), "both told")
+    for log in logs:
+        (told,) = log.events(FLAPPING_EVENT)  # once per run of drops, not at every drop
+        assert told["client_id"] == "wgprobe-test-aggregator" and "client id" in str(told["hint"])
+
+
+@pytest.mark.asyncio
+async def test_one_aggregator_with_a_steady_connection_is_not_told_so(broker: Mosquitto) -> None:
+    log = LogLines()
+    consumer = subscriber(broker, new_store(), log)
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "subscribed")
+        await asyncio.sleep(0.2)
+        assert log.events(FLAPPING_EVENT) == []
