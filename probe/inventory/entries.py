@@ -86,7 +86,7 @@ def collect_relays(
             out.inactive.append(relay.name)
             continue
         if relay.name in first_index:
-            message = f"duplicate: entry {first_index[relay.name]} has the same name; this entry was skipped"
+            message = f"duplicate: entry {first_index[relay.name] + 1} has the same name; this entry was skipped"
             out.problems.append(_problem(name, index, name_key, message))
             continue
         first_index[relay.name] = index

@@ -154,7 +154,9 @@ class InventoryProblem(BaseModel):
         if self.index is None:
             where = self.field
         else:
-            where = f"relay {self.relay} (entry {self.index})" if self.relay else f"relay entry {self.index}"
+            # Counted from 1 for people ("entry 1" is the first relay of the list); `index` itself stays 0-based.
+            number = self.index + 1
+            where = f"relay {self.relay} (entry {number})" if self.relay else f"relay entry {number}"
             if self.field:
                 where += f" {self.field}"
         return f"{where}: {self.message}"

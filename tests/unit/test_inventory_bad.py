@@ -34,7 +34,7 @@ PROBLEM_CASES = [
         Problem("se-got-wg-002", "ipv4_addr_in", "not a valid IPv4 address (got '185.213.154.300')"),
         2,
     ),
-    ("app-duplicate-hostname.json", Problem("se-got-wg-001", "hostname", "duplicate: entry 0 has the same name"), 2),
+    ("app-duplicate-hostname.json", Problem("se-got-wg-001", "hostname", "duplicate: entry 1 has the same name"), 2),
     ("app-relay-not-object.json", Problem(None, "", "expected an object, got str"), 3),
     ("app-reversed-port-range.json", Problem(None, "wireguard.port_ranges[1]", "port range 60000-4000 is reversed"), 3),
     (
@@ -87,7 +87,7 @@ def test_unusable_source_is_a_config_error(name: str, expected: str) -> None:
 
 def test_problem_text_names_relay_entry_and_field() -> None:
     problem = load_inventory(DATA / "app-bad-ipv4.json").problems[0]
-    assert str(problem).startswith("relay se-got-wg-002 (entry 1) ipv4_addr_in: Input is not a valid IPv4 address")
+    assert str(problem).startswith("relay se-got-wg-002 (entry 2) ipv4_addr_in: Input is not a valid IPv4 address")
 
 
 def test_broken_entry_of_an_inactive_relay_is_not_reported() -> None:
