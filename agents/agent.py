@@ -391,6 +391,7 @@ class Agent:
             started_at=self.started_at,
             updated_at=datetime.fromtimestamp(self.now(), UTC),
             interval_seconds=self.interval,
+            rotation_rounds=self.schedule.rotation_rounds,
             inventory_size=len(self.inventory.relays),
             inventory_age_seconds=None if loaded is None else round(self.now() - loaded, 3),
             round=self.counters.last_round,

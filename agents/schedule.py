@@ -26,9 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from probe.inventory import Relay
+from probe.messages import DEFAULT_ROTATION_ROUNDS
 from probe.runner import PathSpec, plan_paths
 
-DEFAULT_ROTATION_ROUNDS = 4
+__all__ = ["DEFAULT_ROTATION_ROUNDS", "Job", "Schedule", "offset", "paths_for"]
 
 
 @dataclass(frozen=True, slots=True)

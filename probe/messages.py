@@ -60,6 +60,12 @@ class ControlCheck(BaseModel):
     detail: str | None = None  # what failed, e.g. "reflector 198.18.0.2:7777: no answer in 1s"
 
 
+# An agent probes each extended port range one round in this many (agents/schedule.py); its status says so, and the
+# aggregator assumes this for an agent whose status does not.
+DEFAULT_ROTATION_ROUNDS = 4
+MAX_ROTATION_ROUNDS = 100
+
+
 class AgentStatus(BaseModel):
     """An agent's retained status; its last will is the same message with online=false."""
 
@@ -72,6 +78,8 @@ class AgentStatus(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime | None = None
     interval_seconds: float | None = None
+    # One round in this many visits each extended port range (the aggregator keeps those paths fresh that long).
+    rotation_rounds: int | None = None
     inventory_size: int = 0
     inventory_age_seconds: float | None = None
     round: int | None = None

@@ -147,8 +147,10 @@ def agent_series(record: AgentRecord, limit: float, now: float) -> tuple[list[Pa
     it was judged on any of them. The one place these values are decided, for the collector and the renderer."""
     paths: list[PathSample] = []
     by_stage: dict[str, list[Stage]] = {}
+    if now - record.newest.taken_at > limit:
+        return [], []  # the agent went quiet: a rotated path's longer freshness only holds while it reports
     for path in record.paths.values():
-        if not path.control_ok or now - path.taken_at > limit:
+        if not path.control_ok or now - path.fresh_at > limit:
             continue
         paths.append((path.slot, path.family, 1.0 if path.ok else 0.0))
         for stage in path.stages:
@@ -313,7 +315,7 @@ class _AgentBlock:
     paths: tuple[PathRecord, ...]
     limit: float
     built_at: float
-    oldest: float  # taken_at of the oldest path shown: the first to go stale
+    oldest: float  # fresh_at of the oldest path shown: the first to go stale
     success: bytes
     stage_success: bytes
     duration: bytes
@@ -539,7 +541,13 @@ def _agent_block(
     labels: _AgentLabels, record: AgentRecord, paths: tuple[PathRecord, ...], limit: float, now: float
 ) -> _AgentBlock:
     path_samples, stage_samples = agent_series(record, limit, now)
-    shown = [p.taken_at for p in paths if p.control_ok and not now - p.taken_at > limit]
+    # When the first line shown leaves: a path going stale, or the agent's newest result (which takes them all out,
+    # as agent_series decides), whichever comes first.
+    shown: list[float] = []
+    if not now - record.newest.taken_at > limit:
+        shown = [p.fresh_at for p in paths if p.control_ok and not now - p.fresh_at > limit]
+        if shown:
+            shown.append(record.newest.taken_at)
     success = [f"{labels.path(slot, family)}{_ZERO_ONE[value == 1.0]}\n" for slot, family, value in path_samples]
     stage = labels.stage
     stage_success = [f"{stage[name]}{_ZERO_ONE[ok == 1.0]}\n" for name, ok, _ in stage_samples]

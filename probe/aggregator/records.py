@@ -132,9 +132,15 @@ class PathRecord(NamedTuple):
     taken_at: float
     round: int
     control_ok: bool
+    # What staleness is counted from: taken_at for a main-port path; for a rotated one (an extended range, visited
+    # one round in `rotation_rounds`) later by the rounds it waits between visits, so it stays one series and one
+    # vote until its next visit is overdue, like a main-port path, rather than dropping out for part of every cycle.
+    fresh_at: float
 
     @classmethod
-    def of(cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool) -> PathRecord:
+    def of(
+        cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float | None = None
+    ) -> PathRecord:
         return cls(
             slot,
             path.port,
@@ -148,6 +154,7 @@ class PathRecord(NamedTuple):
             taken_at,
             round,
             control_ok,
+            taken_at if fresh_at is None else fresh_at,
         )
 
     @property

@@ -65,7 +65,7 @@ from probe.aggregator.records import (
 )
 from probe.configfile import check_agent_name
 from probe.inventory import Inventory
-from probe.messages import AgentStatus, ResultMessage
+from probe.messages import DEFAULT_ROTATION_ROUNDS, MAX_ROTATION_ROUNDS, AgentStatus, ResultMessage
 from probe.results import SCHEMA_VERSION, StageName
 from probe.service_config import MAX_INTERVAL_SECONDS
 
@@ -139,6 +139,19 @@ class ResultStore:
         if interval is not None and not 0 < interval <= MAX_INTERVAL_SECONDS:
             interval = None  # a status cannot make its agent's results stale at once, or fresh for ever
         return self.health.stale_after(interval)
+
+    def rotation_grace(self, agent: str) -> float:
+        """Seconds a rotated path waits between visits beyond a main-port path: (rotation_rounds - 1) intervals, by
+        the agent's status where it says them (DEFAULT_ROTATION_ROUNDS and the configured interval otherwise)."""
+        info = self._agents.get(agent)
+        status = info.status if info is not None else None
+        interval = status.interval_seconds if status is not None else None
+        if interval is None or not 0 < interval <= MAX_INTERVAL_SECONDS:
+            interval = self.health.interval_seconds
+        rounds = status.rotation_rounds if status is not None else None
+        if rounds is None or not 1 <= rounds <= MAX_ROTATION_ROUNDS:
+            rounds = DEFAULT_ROTATION_ROUNDS
+        return (rounds - 1) * interval
 
     def is_fresh(self, agent: str, taken_at: float, now: float) -> bool:
         return now - taken_at <= self.stale_after(agent)
@@ -275,9 +288,16 @@ class ResultStore:
         info.results += 1
         if info.newest_taken_at is None or taken_at > info.newest_taken_at:
             info.newest_taken_at, info.newest_control_ok = taken_at, message.control_ok
-        slot_of = server.slots.slot
+        slot_of, main_port, grace = server.slots.slot, server.relay.main_port, self.rotation_grace(message.agent)
         paths = tuple(
-            PathRecord.of(path, slot_of(path.port), taken_at, message.round, message.control_ok)
+            PathRecord.of(
+                path,
+                slot_of(path.port),
+                taken_at,
+                message.round,
+                message.control_ok,
+                taken_at if path.port == main_port else taken_at + grace,
+            )
             for path in message.paths
         )
         server.due = -math.inf  # judge it again at the next refresh
@@ -404,8 +424,8 @@ class ResultStore:
             exclusion = self._exclusion(agent, record, now)
             vote = None
             if exclusion is None:
-                fresh = [p for p in record.paths.values() if p.control_ok and now - p.taken_at <= limit]
-                due = min([due, *(p.taken_at + limit for p in fresh)])
+                fresh = [p for p in record.paths.values() if p.control_ok and now - p.fresh_at <= limit]
+                due = min([due, *(p.fresh_at + limit for p in fresh)])
                 vote = agent_vote(record.newest.paths, fresh)
                 if vote is not None:
                     votes.append(vote)

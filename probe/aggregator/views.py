@@ -248,7 +248,7 @@ def server_detail(store: ResultStore, name: str) -> ServerDetail | None:
                 ok=newest.ok,
                 reason=newest.reason,
                 duration_seconds=newest.duration_seconds,
-                paths=tuple(_path(p, store.is_fresh(agent, p.taken_at, now)) for p in paths),
+                paths=tuple(_path(p, store.is_fresh(agent, p.fresh_at, now)) for p in paths),
             )
         )
     history = tuple(_change(change) for change in server.history)

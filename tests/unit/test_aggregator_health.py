@@ -241,9 +241,13 @@ def test_a_closed_port_range_keeps_the_relay_degraded_between_visits(store: Resu
     for agent in AGENTS:  # a round that visits only the main port
         send(store, make_result(R0, agent, taken_at=clock(), round=1))
     assert states(store)[R0] is HealthState.degraded  # the range's failure is still fresh
-    clock.advance(31)  # the failing paths are now 46 s old
+    clock.advance(31)  # the failing paths are now 46 s old: stale for a main-port path, not for a rotated one
     for agent in AGENTS:
         send(store, make_result(R0, agent, taken_at=clock(), round=2))
+    assert states(store)[R0] is HealthState.degraded  # visited one round in 4: its next visit is not overdue yet
+    clock.advance(45)  # 91 s: the next visit (60 s) is overdue by the staleness limit
+    for agent in AGENTS:
+        send(store, make_result(R0, agent, taken_at=clock(), round=3))
     assert states(store)[R0] is HealthState.up
 
 
@@ -331,3 +335,54 @@ def test_refreshing_only_what_moved_judges_as_judging_everything(events: list[tu
     for name in RELAYS:
         a, b = steady.servers[name], fresh.servers[name]
         assert (a.state, a.reason, a.verdict, a.judgements) == (b.state, b.reason, b.verdict, b.judgements), name
+
+
+def test_a_rotated_path_stays_judged_and_shown_until_its_next_visit_is_overdue() -> None:
+    # An agent visits each extended range one round in 4 (every 60 s at 15 s), and results are stale after 3
+    # intervals (45 s): a failing range path dropped out of /metrics and out of the verdict for 15 s of every
+    # minute, so the server flapped degraded -> up and the port-range alert (for: 3m) never fired.
+    from probe.aggregator.metrics import exposition, make_registry, render
+
+    clock = FakeClock()
+    start = clock()
+    store = ResultStore(make_inventory(["se-got-wg-001"]), now=clock)
+    store.ingest_status(payload(make_status("agent-a", at=clock())), status_topic("agent-a"))
+    closed = {4000: StageName.handshake}
+    for round_ in range(9):  # 2 min: the range visited in rounds 0, 4 and 8 only, failing each time
+        ports = (51820, 4000) if round_ % 4 == 0 else (51820,)
+        message = make_result(
+            "se-got-wg-001",
+            "agent-a",
+            taken_at=clock(),
+            ports=ports,
+            fail=closed,
+            round=round_,
+            result_id=f"r{round_}",
+        )
+        store.ingest_result(payload(message), result_topic("agent-a", "se-got-wg-001"))
+        for _ in range(15):
+            store.refresh()
+            assert store.servers["se-got-wg-001"].state is HealthState.degraded, (round_, clock())
+            text = render(store).decode()
+            assert 'port="4000-33433"' in text, (round_, clock())
+            assert text.encode() == exposition(make_registry(store))
+            clock.advance(1)
+    # The range not visited any more (the agent still reporting its main port): the path leaves when its next visit
+    # is overdue by the staleness limit (3 rounds waited between visits + 45 s after the last one), not before.
+    last_visit = start + 8 * 15.0
+    for round_ in range(9, 17):
+        message = make_result("se-got-wg-001", "agent-a", taken_at=clock(), round=round_, result_id=f"r{round_}")
+        store.ingest_result(payload(message), result_topic("agent-a", "se-got-wg-001"))
+        for _ in range(15):
+            shown = 'port="4000-33433"' in render(store).decode()
+            assert shown == (clock() - last_visit <= 45 + 45), clock()
+            clock.advance(1)
+
+
+def test_an_agents_status_says_how_often_it_visits_a_range() -> None:
+    clock = FakeClock()
+    store = ResultStore(make_inventory(["se-got-wg-001"]), now=clock)
+    assert store.rotation_grace("agent-a") == 3 * 15.0  # no status yet: the default rotation and interval
+    status = make_status("agent-a", at=clock(), interval_seconds=10.0).model_copy(update={"rotation_rounds": 6})
+    store.ingest_status(payload(status), status_topic("agent-a"))
+    assert store.rotation_grace("agent-a") == 5 * 10.0
