@@ -284,3 +284,18 @@ def test_new_agent_prints_a_config_table_wgprobe_accepts(broker: Broker, tmp_pat
     assert again.returncode == 1 and "already" in again.stderr
     bad = subprocess.run([str(NEW_AGENT), "--dir", str(broker.pki), "a/#"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2
+
+
+def test_every_aggregator_the_docs_configure_has_its_block_in_the_acl() -> None:
+    # An aggregator without one subscribes without error and hears nothing (mosquitto filters at delivery): the
+    # README's aggregator.toml named a user the shipped ACL did not know.
+    import re
+    import tomllib
+
+    users = set(re.findall(r"^user (\S+)$", (DEPLOY / "mosquitto" / "acl").read_text(), re.MULTILINE))
+    readme = (DEPLOY.parent / "README.md").read_text()
+    shown = re.search(r"`aggregator.toml`, whole:\n+```toml\n(.*?)```", readme, re.DOTALL)
+    assert shown is not None, "the README shows aggregator.toml whole"
+    configs = [tomllib.loads(shown.group(1)), tomllib.loads((DEPLOY / "compose" / "aggregator.toml").read_text())]
+    for config in configs:
+        assert config["mqtt"]["username"] in users, config["mqtt"]["username"]
