@@ -101,8 +101,12 @@ async def test_healthy_servers_are_verified_on_every_range_and_both_families(tmp
     assert run.report.exit_code == 0 and run.report.verdict == "verified", run.out
     assert all(s.verdict is Verdict.passed for s in run.report.servers)
     assert "VERIFIED: 3 server(s)" in run.out
-    # Two good rounds make a pass certain: the third is never probed.
-    assert {s.server: len(s.rounds) for s in run.report.servers} == dict.fromkeys(NAMES, 2)
+    # Two good rounds make a pass certain: the third is never probed. (On a loaded machine a round can miss the
+    # test's 0.3 s handshake timeout; then, and only then, a third round decides: the rule, not the timing, is
+    # what is tested.)
+    for server in run.report.servers:
+        first_two_good = all(r.outcome == "passed" for r in server.rounds[:2])
+        assert len(server.rounds) == (2 if first_two_good else 3), server.rounds
     for observation in run.seen:
         relay = inventory.require(observation.result.server)
         for family in ("ipv4", "ipv6"):
@@ -111,7 +115,7 @@ async def test_healthy_servers_are_verified_on_every_range_and_both_families(tmp
             # Every entry range, in every round: not only a rotation's share of them.
             assert all(any(low <= port <= high for port in ports) for low, high in relay.port_ranges)
     # Successive rounds walk other ports of the ranges.
-    first, second = (o for o in run.seen if o.result.server == "se-got-wg-001")
+    first, second, *_ = (o for o in run.seen if o.result.server == "se-got-wg-001")
     assert {p.port for p in first.result.paths} != {p.port for p in second.result.paths}
 
 
