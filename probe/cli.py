@@ -202,13 +202,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-# Commands that are over once their output is out. Past that point the interpreter's own shutdown (tearing down
-# some 350 modules, a last garbage collection) cost `probe server` 40 ms of its 0.33 s here, and nothing these
-# commands leave needs it: their output is flushed below, their files are closed, and the kernel drops the key
-# locks and sockets with the process. The services keep the ordinary exit: libraries they load may rely on it.
-QUICK_EXIT = frozenset({"server", "sweep", "servers"})
-
-
 def _first(exc: BaseException) -> BaseException:
     """The first error in `exc`, however deeply task groups nested it."""
     while isinstance(exc, BaseExceptionGroup):
@@ -222,6 +215,13 @@ def _refused(exc: WgProbeError) -> int:
     exit_code, prefix = next((code, prefix) for kind, code, prefix in ERRORS if isinstance(exc, kind))
     print(f"{prefix}: {clean_lines(exc)}", file=sys.stderr)
     return exit_code
+
+
+# Commands that are over once their output is out. Past that point the interpreter's own shutdown (tearing down
+# some 350 modules, a last garbage collection) cost `probe server` 40 ms of its 0.33 s here, and nothing these
+# commands leave needs it: their output is flushed below, their files are closed, and the kernel drops the key
+# locks and sockets with the process. The services keep the ordinary exit: libraries they load may rely on it.
+QUICK_EXIT = frozenset({"server", "sweep", "servers"})
 
 
 # The long-running services: signals that arrive while they start are held for them (probe/signals.py).

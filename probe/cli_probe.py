@@ -127,19 +127,13 @@ def exit_code(results: list[ServerResult], control: ControlCheck | None = None) 
     return EXIT_FAILED
 
 
-def blames_relays(results: list[ServerResult]) -> bool:
-    """Whether a path failed for what would be a relay's reason (not this host's socket, not a bug in wgprobe)."""
-    from probe.results import Reason
-
-    mine = (Reason.socket_error, Reason.internal_error)
-    return any(not path.ok and path.reason not in (None, *mine) for result in results for path in result.paths)
-
-
 async def own_reach(prober: Prober, results: list[ServerResult]) -> ControlCheck | None:
     """The control check (probe/control.py), asked only when a relay would be blamed: a failure seen while this
     host cannot reach the outside itself says nothing about the relay (README: exit 3, as the agent and `probe
     verify` judge it). Nothing is asked when every path passed, so a healthy run costs no extra packet."""
-    if not blames_relays(results):
+    from probe.results import blames_relay
+
+    if not any(blames_relay(result) for result in results):
         return None
     from probe.control import control_check
 

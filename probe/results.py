@@ -57,6 +57,10 @@ class Reason(StrEnum):
     internal_error = "internal_error"  # a bug in wgprobe: reported as a failed probe, never a crash
 
 
+# Failures that are not the relay's: the vantage point could not send, or wgprobe has a bug.
+NOT_THE_RELAYS: frozenset[Reason] = frozenset({Reason.socket_error, Reason.internal_error})
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,6 +120,12 @@ class ServerResult(_Model):
 def path_outcome(stages: tuple[StageResult, ...]) -> tuple[bool, Reason | None]:
     failed = next((stage for stage in stages if not stage.ok), None)
     return (failed is None, None if failed is None else failed.reason)
+
+
+def blames_relay(result: ServerResult) -> bool:
+    """Whether a path failed for what would be the relay's reason: only then is this host's own reach asked (the
+    control check of `probe server`, `sweep` and `verify`)."""
+    return any(not path.ok and path.reason is not None and path.reason not in NOT_THE_RELAYS for path in result.paths)
 
 
 def worst_reason(paths: tuple[PathResult, ...]) -> Reason | None:

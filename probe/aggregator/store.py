@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -87,6 +87,13 @@ class _Refused(Exception):
 
 
 _M = TypeVar("_M", ResultMessage, AgentStatus)
+
+
+class _Schedule(NamedTuple):
+    interval_seconds: float | None
+    rotation_rounds: int | None
+
+
 CHANGES_KEPT = 10_000
 KeptHook = Callable[[str, str, AgentRecord], None]  # (relay, agent, the agent's record of it), after a result is kept
 
@@ -134,24 +141,28 @@ class ResultStore:
 
     def stale_after(self, agent: str) -> float:
         """Seconds after which this agent's results are stale: by its own interval when its status says it."""
-        info = self._agents.get(agent)
-        interval = info.status.interval_seconds if info and info.status else None
-        if interval is not None and not 0 < interval <= MAX_INTERVAL_SECONDS:
-            interval = None  # a status cannot make its agent's results stale at once, or fresh for ever
-        return self.health.stale_after(interval)
+        return self.health.stale_after(self._said(agent).interval_seconds)
 
     def rotation_grace(self, agent: str) -> float:
         """Seconds a rotated path waits between visits beyond a main-port path: (rotation_rounds - 1) intervals, by
         the agent's status where it says them (DEFAULT_ROTATION_ROUNDS and the configured interval otherwise)."""
+        said = self._said(agent)
+        return ((said.rotation_rounds or DEFAULT_ROTATION_ROUNDS) - 1) * (
+            said.interval_seconds or self.health.interval_seconds
+        )
+
+    def _said(self, agent: str) -> _Schedule:
+        """The schedule an agent's status says it keeps, each figure None when absent or out of bounds: a status
+        cannot make its agent's results stale at once, or fresh for ever."""
         info = self._agents.get(agent)
         status = info.status if info is not None else None
-        interval = status.interval_seconds if status is not None else None
-        if interval is None or not 0 < interval <= MAX_INTERVAL_SECONDS:
-            interval = self.health.interval_seconds
-        rounds = status.rotation_rounds if status is not None else None
-        if rounds is None or not 1 <= rounds <= MAX_ROTATION_ROUNDS:
-            rounds = DEFAULT_ROTATION_ROUNDS
-        return (rounds - 1) * interval
+        if status is None:
+            return _Schedule(None, None)
+        interval, rounds = status.interval_seconds, status.rotation_rounds
+        return _Schedule(
+            interval if interval is not None and 0 < interval <= MAX_INTERVAL_SECONDS else None,
+            rounds if rounds is not None and 1 <= rounds <= MAX_ROTATION_ROUNDS else None,
+        )
 
     def is_fresh(self, agent: str, taken_at: float, now: float) -> bool:
         return now - taken_at <= self.stale_after(agent)

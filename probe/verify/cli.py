@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+    from probe.verify.baseline import Thresholds
     from probe.verify.run import Options
 
 DESCRIPTION = """\
@@ -109,13 +110,32 @@ def register(commands: Commands) -> None:
     parser.set_defaults(handler=verify)
 
 
+def _thresholds(args: argparse.Namespace) -> Thresholds | None:
+    """The canary comparison's thresholds (Thresholds' own defaults for what is not given), None without one."""
+    from probe.errors import ConfigError
+    from probe.verify.baseline import Thresholds
+    from probe.verify.select import parse_duration, parse_ratio
+
+    if args.baseline != "control":
+        if args.max_rtt_increase is not None or args.max_success_drop is not None:
+            raise ConfigError(
+                "--max-rtt-increase and --max-success-drop judge the canary comparison: give --baseline control too"
+            )
+        return None
+    given: dict[str, float] = {}
+    if args.max_rtt_increase is not None:
+        given["max_rtt_increase"] = parse_duration(args.max_rtt_increase, what="--max-rtt-increase")
+    if args.max_success_drop is not None:
+        given["max_success_drop"] = parse_ratio(args.max_success_drop, what="--max-success-drop")
+    return Thresholds(**given)
+
+
 def options_from(args: argparse.Namespace) -> Options:
     """The options, checked before anything is loaded or probed: a usage error costs no probing."""
     from probe.errors import ConfigError
-    from probe.verify.baseline import Thresholds
     from probe.verify.judge import Rules
     from probe.verify.run import Options
-    from probe.verify.select import parse_duration, parse_ratio
+    from probe.verify.select import parse_duration
     from probe.verify.session import Soak
 
     if args.fail_rounds > args.rounds:
@@ -134,16 +154,7 @@ def options_from(args: argparse.Namespace) -> Options:
         else:
             every = parse_duration(args.every, what="--every", longest=duration)
         soak = Soak(duration, every)
-    thresholds = None
-    if args.baseline != "control" and (args.max_rtt_increase is not None or args.max_success_drop is not None):
-        raise ConfigError(
-            "--max-rtt-increase and --max-success-drop judge the canary comparison: give --baseline control too"
-        )
-    if args.baseline == "control":
-        thresholds = Thresholds(
-            max_rtt_increase=parse_duration(args.max_rtt_increase or "20ms", what="--max-rtt-increase"),
-            max_success_drop=parse_ratio(args.max_success_drop or "0.05", what="--max-success-drop"),
-        )
+    thresholds = _thresholds(args)
     if args.junit is not None:
         from probe.verify.junit import check_writable
 

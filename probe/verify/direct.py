@@ -23,19 +23,14 @@ from probe.config import AgentConfig
 from probe.control import control_check
 from probe.inventory import Inventory, Relay
 from probe.messages import ControlCheck
-from probe.results import ServerResult
+from probe.results import blames_relay
 from probe.runner import Prober, rotation_now
 from probe.stages.base import Settings
-from probe.verify.judge import NOT_THE_RELAYS, Observation
+from probe.verify.judge import Observation
 from probe.verify.source import Accept
 
 DEFAULT_CONCURRENCY = 16  # relays probed at once, as `probe sweep`
 ControlCheckFn = Callable[[Settings], Awaitable[ControlCheck]]
-
-
-def blames_relay(result: ServerResult) -> bool:
-    """Whether a path failed for what would be the relay's reason: only then is this host's own reach asked."""
-    return any(not path.ok and path.reason is not None and path.reason not in NOT_THE_RELAYS for path in result.paths)
 
 
 class DirectSource:

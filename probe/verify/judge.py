@@ -43,7 +43,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from probe.results import PathResult, Reason, ServerResult, StageName
+from probe.results import NOT_THE_RELAYS, PathResult, Reason, ServerResult, StageName
 
 # Answers that say "no" outright. Loss can only remove answers, so it never produces one of these.
 DEFINITE: frozenset[Reason] = frozenset(
@@ -57,8 +57,6 @@ DEFINITE: frozenset[Reason] = frozenset(
         Reason.reply_invalid,
     }
 )
-# Failures that are not the relay's: the vantage point could not send, or wgprobe has a bug.
-NOT_THE_RELAYS: frozenset[Reason] = frozenset({Reason.socket_error, Reason.internal_error})
 
 Quorum = int | Literal["majority"]
 
