@@ -109,6 +109,13 @@ INVENTORY_OK = MetricSpec("wgprobe_inventory_ok", "1 if the last load of the inv
 INVENTORY_AGE = MetricSpec(
     "wgprobe_inventory_age_seconds", "Seconds since the inventory in use was loaded (a failed reload keeps it).", ()
 )
+# A broker outage leaves the aggregator blind: verdicts age into `unknown`, which resolves a `down` alert. This says
+# why (absent in `probe serve`, which has no broker).
+BROKER_CONNECTED = MetricSpec(
+    "wgprobe_aggregator_broker_connected",
+    "1 while the aggregator is connected and subscribed to the broker, else 0.",
+    (),
+)
 
 ALL_METRICS: tuple[MetricSpec, ...] = (
     SERVER_UP,
@@ -126,6 +133,7 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     AGENTS,
     INVENTORY_OK,
     INVENTORY_AGE,
+    BROKER_CONNECTED,
 )
 
 
@@ -220,6 +228,8 @@ def _agents(store: ResultStore, out: Samples) -> None:
 def _inventory(store: ResultStore, out: Samples) -> None:
     out[INVENTORY_OK.name] = [((), 1.0 if store.inventory_ok else 0.0)]
     out[INVENTORY_AGE.name] = [((), max(0.0, store.now() - store.inventory_loaded_at))]
+    connected = store.broker_connected
+    out[BROKER_CONNECTED.name] = [] if connected is None else [((), 1.0 if connected else 0.0)]
 
 
 class StoreCollector(Collector):
@@ -511,7 +521,8 @@ class MetricsRenderer:
             states[server.state] += 1
         samples[SERVERS.name] = [((s.value,), float(n)) for s, n in states.items()]
         head = b"".join(_lines(spec, samples[spec.name]) for spec in (AGENT_UP, AGENT_CONTROL_OK, MESSAGES))
-        tail = b"".join(_lines(spec, samples[spec.name]) for spec in (SERVERS, AGENTS, INVENTORY_OK, INVENTORY_AGE))
+        tail_specs = (SERVERS, AGENTS, INVENTORY_OK, INVENTORY_AGE, BROKER_CONNECTED)
+        tail = b"".join(_lines(spec, samples[spec.name]) for spec in tail_specs)
         return head, tail
 
 

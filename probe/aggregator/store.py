@@ -76,6 +76,15 @@ DEFAULT_SEEN_IDS = 100_000
 DEFAULT_MAX_AGENTS = 256
 MAX_PATHS_PER_AGENT = 64  # per relay: 2 families x (main port + ranges); more can only come from a broken agent
 _MAX_LOGGED = 4096  # (sender, outcome) pairs remembered for "log once per sender"
+# A broker that shuts down publishes the last will of every client still connected (mosquitto 2.0 does, at once,
+# whatever will delay the client asked for), keeps them retained, and after its restart hands them out again with
+# the retained messages and the queued session: every agent would read as offline, every relay as unknown, and a
+# `down` relay's alert would resolve, until the agents reconnect. So an offline status that came within
+# SHUTDOWN_WINDOW seconds before our own connection dropped, or within REDELIVERY_WINDOW seconds after we
+# reconnected, is held: it takes effect only if no newer status from that agent comes within its staleness limit
+# (by then the agent's results are stale anyway, so holding it changes no verdict an honest will would have made).
+SHUTDOWN_WINDOW = 5.0
+REDELIVERY_WINDOW = 30.0
 
 
 class _Refused(Exception):
@@ -127,6 +136,11 @@ class ResultStore:
         self.inventory = inventory
         self.inventory_ok = True  # False while the last (re)load failed: the inventory in use is the last good one
         self.inventory_loaded_at = now()
+        # Our connection to the broker (the MQTT shell says, through broker_connection); None with no broker at all
+        # (`probe serve`'s in-process bus).
+        self.broker_connected: bool | None = None
+        self._lost_broker = False  # the connection dropped at least once: what comes after a reconnect is suspect
+        self._suspect_until = -math.inf  # offline statuses arriving before this are held (REDELIVERY_WINDOW)
         self.set_inventory(inventory)
 
     # -- reading ---------------------------------------------------------------------------------------------------
@@ -218,10 +232,39 @@ class ResultStore:
         now = self.now()
         info = self._agent(agent, now)
         # The newest arrival wins, whatever its updated_at: a last will carries the time it was registered at.
-        info.status = status
-        info.status_at = epoch(status.updated_at) if status.updated_at else now
+        status_at = epoch(status.updated_at) if status.updated_at else now
+        info.held = None  # a held will is superseded by anything newer from its agent
+        if not status.online and now < self._suspect_until:
+            info.held = (status, status_at, now + self.stale_after(agent))
+        else:
+            if status.online:
+                info.replaced = None
+            elif info.status is None or info.status.online:
+                info.replaced = (info.status, info.status_at, now)
+            info.status, info.status_at = status, status_at
         self.messages[Outcome.accepted] += 1
         return Ingested(Outcome.accepted, sender=sender)
+
+    def broker_connection(self, up: bool) -> int:
+        """The MQTT shell's word that its connection to the broker is up (subscribed) or has dropped. Returns how
+        many agents' last wills are held because of it (see SHUTDOWN_WINDOW): for the shell's log."""
+        now = self.now()
+        self.broker_connected = up
+        if up:
+            if self._lost_broker:
+                self._suspect_until = now + REDELIVERY_WINDOW
+            return 0
+        self._lost_broker = True
+        held = 0
+        for info in self._agents.values():
+            replaced, status = info.replaced, info.status
+            if replaced is None or status is None or status.online or now - replaced[2] > SHUTDOWN_WINDOW:
+                continue
+            info.held = (status, info.status_at or now, now + self.stale_after(info.name))
+            info.status, info.status_at = replaced[0], replaced[1]
+            info.replaced = None
+            held += 1
+        return held
 
     def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> ResultMessage:
         self._check_size(payload)
@@ -375,6 +418,10 @@ class ResultStore:
         changes: list[Change] = []
         everything = False
         for info in self._agents.values():
+            if info.held is not None and now >= info.held[2]:
+                # Nothing newer came from the agent in all that time: the will was its own.
+                info.status, info.status_at, _ = info.held
+                info.held = None
             state = self._agent_state(info, now)
             if state is not info.state:
                 changes.append(AgentChange(info.name, now, state, info.state))

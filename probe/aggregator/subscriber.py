@@ -44,6 +44,8 @@ class MessageSink(Protocol):
 
     def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested: ...
 
+    def broker_connection(self, up: bool) -> int: ...
+
 
 class Subscriber:
     def __init__(
@@ -81,6 +83,7 @@ class Subscriber:
                 ) as connection:
                     await connection.subscribe((RESULTS_FILTER, STATUS_FILTER), qos=1)
                     self.connected, self._connection = True, connection
+                    self.store.broker_connection(True)
                     since = time.monotonic()
                     self._log(logging.INFO, "subscribed", broker=connection.broker, attempts=streak + 1)
                     streak = 0
@@ -105,8 +108,22 @@ class Subscriber:
                         "name or [mqtt] client_id)?",
                     )
             finally:
+                if self.connected:
+                    self._lost()
                 self.connected, self._connection = False, None
             await asyncio.sleep(self._backoff.next())
+
+    def _lost(self) -> None:
+        held = self.store.broker_connection(False)
+        if held:
+            # mosquitto publishes every connected client's last will as it shuts down: see
+            # probe.aggregator.store.SHUTDOWN_WINDOW.
+            self._log(
+                logging.INFO,
+                "last wills held",
+                agents=held,
+                why="they came just before the broker dropped us, as a broker's own shutdown sends them",
+            )
 
     async def send_command(self, agent: str, payload: bytes) -> None:
         """Publish a command to `agent` and wait for the broker's PUBACK: BrokerUnavailable while not connected or

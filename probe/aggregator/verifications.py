@@ -207,3 +207,6 @@ class Tagged:
 
     def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
         return self.store.ingest_status(payload, topic)
+
+    def broker_connection(self, up: bool) -> int:
+        return self.store.broker_connection(up)

@@ -151,6 +151,7 @@ class FleetView(_View):
     shared_labels: tuple[SharedLabel, ...]
     countries: tuple[CountryGroup, ...]
     agents: tuple[AgentView, ...]
+    broker_connected: bool | None = None  # the aggregator's own connection to the broker; None: no broker (serve)
 
 
 def _time(moment: float) -> datetime:
@@ -347,4 +348,5 @@ def fleet_view(store: ResultStore) -> FleetView:
         shared_labels=shared_labels((relays[s.name] for s in failing), relays.values()),
         countries=_group(summaries, relays),
         agents=agent_views(store, refresh=False),
+        broker_connected=store.broker_connected,
     )

@@ -45,6 +45,9 @@ class Recorder:
         self.statuses.append((topic, bytes(payload)))
         return self.store.ingest_status(payload, topic)
 
+    def broker_connection(self, up: bool) -> int:
+        return self.store.broker_connection(up)
+
     def result_ids(self) -> list[str]:
         return [a.result_id for a in self.results if a.result_id is not None]
 

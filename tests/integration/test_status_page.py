@@ -198,6 +198,20 @@ async def test_the_page_updates_itself_without_reloading(served: Served) -> None
 
 
 @pytest.mark.asyncio
+async def test_the_page_says_when_the_aggregator_has_lost_the_broker(served: Served) -> None:
+    # Verdicts age into unknown while no agent is heard: the page says why, where it says it is live.
+    served.store.broker_connection(True)
+    page = await served.open()
+    connection = page.locator("#connection.failed")
+    assert await connection.count() == 0
+    served.store.broker_connection(False)
+    await page.wait_for_selector("#connection.failed", timeout=WAIT_MS)
+    assert "lost the MQTT broker" in await connection.inner_text()
+    served.store.broker_connection(True)
+    await page.wait_for_selector("#connection:not(.failed)", timeout=WAIT_MS)
+
+
+@pytest.mark.asyncio
 async def test_outside_text_is_shown_as_text_never_run(served: Served) -> None:
     page = await served.open()
     row = page.locator("#failing tbody tr").filter(has=page.locator(f"a:text-is('{BROKEN}')"))

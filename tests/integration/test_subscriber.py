@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from probe.aggregator.health import HealthState
+from probe.aggregator.health import AgentState, HealthState
 from probe.aggregator.intake import MAX_PAYLOAD, Ingested, Outcome
 from probe.aggregator.store import ResultStore
 from probe.aggregator.subscriber import FLAPPING_EVENT, Subscriber
 from probe.aggregator.testing import make_inventory, make_result, make_status, payload
 from probe.messages import ResultMessage, result_topic, status_topic
-from probe.mqtt import Backoff, connect
+from probe.mqtt import Backoff, BrokerError, LastWill, connect
 from probe.results import StageName
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD, LogLines, Recorder, running, wait_until
@@ -202,3 +202,77 @@ async def test_one_aggregator_with_a_steady_connection_is_not_told_so(broker: Mo
         await wait_until(consumer.settled.is_set, "subscribed")
         await asyncio.sleep(0.2)
         assert log.events(FLAPPING_EVENT) == []
+
+
+async def _agent_online(broker: Mosquitto, agent: str, connects: list[str], allowed: asyncio.Event) -> None:
+    """An agent as the outbox keeps it: connected with a last will that says offline, its status online on every
+    (re)connect, reconnecting when the broker goes away (once `allowed`)."""
+    will = LastWill(status_topic(agent), payload(make_status(agent, at=time.time(), online=False)))
+    while True:
+        await allowed.wait()
+        try:
+            async with connect(broker.section(agent), f"live-{agent}", will=will) as connection:
+                await connection.publish(
+                    status_topic(agent), payload(make_status(agent, at=time.time())), retain=True, timeout=HANG_GUARD
+                )
+                connects.append(agent)
+                await connection.wait_closed()
+        except BrokerError:
+            pass
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_broker_restart_marks_no_agent_offline_and_moves_no_verdict(broker: Mosquitto) -> None:
+    # mosquitto publishes every connected client's last will as it shuts down (at once, whatever will delay was
+    # asked for), keeps them retained and hands them out again after its restart. Read as they stand, every agent
+    # would go offline and every relay unknown, resolving a `down` relay's alert, until the agents reconnect.
+    store, log = new_store(), LogLines()
+    recorder = Recorder(store)
+    consumer = subscriber(broker, recorder, log)
+    connects: list[str] = []
+    allowed = asyncio.Event()
+    allowed.set()
+    seen: set[tuple[HealthState, ...]] = set()
+    offline: set[str] = set()
+
+    def watch() -> None:
+        store.refresh()
+        seen.add(tuple(store.servers[name].state for name in SERVERS))
+        offline.update(name for name, info in store.agents.items() if info.state is AgentState.offline)
+
+    async def watching() -> None:
+        while True:
+            watch()
+            await asyncio.sleep(0.01)
+
+    async with (
+        running(consumer.run()),
+        running(_agent_online(broker, "agent-a", connects, allowed)),
+        running(_agent_online(broker, "agent-b", connects, allowed)),
+        running(watching()),
+    ):
+        await wait_until(lambda: len(connects) == 2 and consumer.settled.is_set(), "both agents connected")
+        await publish(broker, "agent-a", *fleet_round("agent-a", 1, fail=StageName.forward)[1:])
+        await publish(broker, "agent-b", *fleet_round("agent-b", 1, fail=StageName.forward)[1:])
+        await wait_until(lambda: store.servers[SERVERS[0]].state is HealthState.down, "the relays down")
+        seen.clear()
+        allowed.clear()  # the agents come back only after the aggregator has had the retained wills again
+        broker.stop()
+        await wait_until(lambda: not consumer.connected, "the aggregator told the broker is gone")
+        assert store.broker_connected is False
+        del connects[:]
+        mark = len(recorder.statuses)
+        broker.start()
+
+        def redelivered() -> set[str]:  # agents whose retained will came again after the restart
+            return {topic for topic, body in recorder.statuses[mark:] if b'"online":false' in body}
+
+        await wait_until(lambda: len(redelivered()) == 2, "the broker's retained wills, again")
+        allowed.set()
+        await wait_until(lambda: len(connects) == 2, "the agents back")
+    watch()
+    assert seen == {(HealthState.down,) * len(SERVERS)}
+    assert offline == set()
+    (held,) = log.events("last wills held")
+    assert held["agents"] == 2

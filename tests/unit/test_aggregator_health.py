@@ -167,6 +167,71 @@ def test_an_offline_agent_is_left_out_and_reported(store: ResultStore, clock: Fa
     assert {view.name: view.state for view in agent_views(store)}["agent-c"] is AgentState.offline
 
 
+def _states_and_agents(store: ResultStore) -> tuple[dict[str, HealthState], dict[str, AgentState]]:
+    return states(store), {view.name: view.state for view in agent_views(store)}
+
+
+def test_the_last_wills_a_shutting_down_broker_sends_change_no_verdict(store: ResultStore, clock: FakeClock) -> None:
+    # mosquitto publishes every connected agent's will as it shuts down, just before it drops us, keeps them retained
+    # and sends them again after its restart; the agents then reconnect and say online. Throughout, R0 stays down.
+    store.broker_connection(True)
+    round_of(store, clock, 1, failing={agent: [R0] for agent in AGENTS})
+    for agent in AGENTS:
+        status(store, agent, clock())
+    assert states(store)[R0] is HealthState.down
+    clock.advance(0.01)
+    for agent in AGENTS:
+        status(store, agent, clock(), online=False)  # the broker's shutdown: every will at once
+    clock.advance(0.05)
+    assert store.broker_connection(False) == 3  # then it drops us: the wills are held
+    assert _states_and_agents(store) == ({R0: HealthState.down, RELAYS[1]: HealthState.up, RELAYS[2]: HealthState.up},
+                                         dict.fromkeys(AGENTS, AgentState.ok))  # fmt: skip
+    assert store.broker_connected is False
+    clock.advance(5)
+    store.broker_connection(True)  # the broker is back: the retained wills again, and the session's queued copies
+    for agent in AGENTS:
+        status(store, agent, clock(), online=False)
+    assert states(store)[R0] is HealthState.down
+    clock.advance(3)
+    for agent in AGENTS:
+        status(store, agent, clock())  # the agents reconnect
+    clock.advance(60)  # long past when a held will would have taken effect
+    round_of(store, clock, 2, failing={agent: [R0] for agent in AGENTS})
+    assert _states_and_agents(store) == ({R0: HealthState.down, RELAYS[1]: HealthState.up, RELAYS[2]: HealthState.up},
+                                         dict.fromkeys(AGENTS, AgentState.ok))  # fmt: skip
+
+
+def test_a_held_will_takes_effect_when_its_agent_does_not_come_back(store: ResultStore, clock: FakeClock) -> None:
+    store.broker_connection(True)
+    round_of(store, clock, 1, failing={"agent-a": [R0], "agent-b": [R0]})
+    status(store, "agent-c", clock(), online=False)
+    store.broker_connection(False)
+    store.broker_connection(True)
+    status(store, "agent-a", clock(), online=False)  # redelivered after the reconnect
+    assert states(store)[R0] is HealthState.down  # both held: agent-a and agent-b still make 2 of 3
+    clock.advance(44)  # within agent-a's staleness limit (3 x 15 s) nothing newer came, but it may yet
+    assert _states_and_agents(store)[1]["agent-a"] is AgentState.ok
+    clock.advance(2)
+    assert _states_and_agents(store)[1] == {"agent-a": AgentState.offline, "agent-b": AgentState.silent,
+                                            "agent-c": AgentState.offline}  # fmt: skip
+
+
+def test_a_will_while_the_connection_is_steady_counts_at_once(store: ResultStore, clock: FakeClock) -> None:
+    store.broker_connection(True)  # the first connection: nothing it brings is suspect
+    round_of(store, clock, 1, failing={"agent-a": [R0], "agent-c": [R0]})
+    status(store, "agent-c", clock(), online=False)
+    assert states(store)[R0] is HealthState.degraded
+    clock.advance(5.1)  # an agent's will long enough before the broker dropped us is its own
+    assert store.broker_connection(False) == 0
+    store.broker_connection(True)
+    clock.advance(31)  # and one that comes well after the reconnect
+    status(store, "agent-a", clock(), online=False)
+    # Only agent-b is left to vote, and it sees R0 work.
+    assert _states_and_agents(store) == (dict.fromkeys(RELAYS, HealthState.up),
+                                         {"agent-a": AgentState.offline, "agent-b": AgentState.ok,
+                                          "agent-c": AgentState.offline})  # fmt: skip
+
+
 def test_an_integer_quorum_needs_that_many_agents(clock: FakeClock) -> None:
     store = ResultStore(make_inventory(RELAYS), now=clock, health=HealthSection(quorum=2))
     send(store, make_result(R0, "agent-a", taken_at=clock(), fail=StageName.forward))

@@ -175,6 +175,15 @@ def test_the_direct_renderer_writes_what_prometheus_client_writes(scenario: tupl
     assert 'wgprobe_probe_success{agent="agent-a",family="ipv6",port="4000-33433",server="se-got-wg-002"} 0.0' in lines
 
 
+def test_the_broker_connection_shows_only_where_there_is_a_broker(scenario: tuple[ResultStore, FakeClock]) -> None:
+    store, _ = scenario
+    assert value(scrape(store)[1], "wgprobe_aggregator_broker_connected") is None  # probe serve: no broker at all
+    for up, expected in ((True, 1.0), (False, 0.0), (True, 1.0)):
+        store.broker_connection(up)
+        assert value(scrape(store)[1], "wgprobe_aggregator_broker_connected") == expected
+        assert render(store) == exposition(make_registry(store))
+
+
 def test_promtool_accepts_the_exposition(scenario: tuple[ResultStore, FakeClock]) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is needed (Debian: apt-get install prometheus)"

@@ -311,7 +311,10 @@
       else if (where.view === "fleet") timed("fleet", () => renderFleet(body));
       else timed("detail", () => renderDetail(body));
       const stamp = body.generated_at ? new Date(body.generated_at) : new Date();
-      setConnection(true, "updated " + stamp.toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s");
+      const updated = "updated " + stamp.toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
+      // The aggregator serves, but hears no agent: its verdicts age into unknown. Said where the page says it is live.
+      if (body.broker_connected === false) setConnection(false, updated + " · the aggregator has lost the MQTT broker: verdicts are going stale");
+      else setConnection(true, updated);
       document.body.dataset.ready = "1";
       document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
     } catch (error) {
