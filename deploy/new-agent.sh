@@ -13,8 +13,10 @@
 #   DIR/passwd                           the broker's password file (mosquitto's PBKDF2 hashes, no clear text)
 #   DIR/clients/NAME/mqtt.password       the client's password, for its password_file
 #   DIR/clients/NAME/ca.pem              the CA, for its ca_file
-# Then install DIR/ca.pem, server.pem, server.key and passwd on the broker under /etc/mosquitto/wgprobe/ and reload
-# it (systemctl reload mosquitto, or SIGHUP): mosquitto rereads the password file on SIGHUP.
+# Then install DIR/ca.pem, server.pem, server.key and passwd (and deploy/mosquitto/acl) on the broker under
+# /etc/mosquitto/wgprobe/ and reload it (systemctl reload mosquitto, or SIGHUP): mosquitto rereads the password file
+# on SIGHUP. The script prints the commands: mosquitto drops to the user `mosquitto` and reads its key and password
+# file as that user, so they go root:mosquitto 0640 (the 0600 copies in DIR it could not read).
 set -euo pipefail
 
 usage() {
@@ -113,6 +115,18 @@ printf '%s:%s\n' "$name" "$password" >"$entry"
 mosquitto_passwd -U "$entry"
 cat "$entry" >>"$dir/passwd"
 echo "new-agent: added $role $name to $dir/passwd; install it on the broker and reload mosquitto" >&2
+# Absolute and shell-quoted, so the commands work as pasted from wherever.
+abs=$(cd "$dir" && pwd)
+q() { printf '%q' "$1"; }
+secret_files="$(q "$abs/passwd") $(q "$abs/server.key")"
+public_files="$(q "$abs/ca.pem") $(q "$abs/server.pem") $(q "$(cd "$(dirname "$0")" && pwd)/mosquitto/acl")"
+cat >&2 <<EOF
+new-agent: on the broker, as root (mosquitto reads its key and password file as the user mosquitto):
+  install -d -o root -g mosquitto -m 0750 /etc/mosquitto/wgprobe
+  install -o root -g mosquitto -m 0640 $secret_files /etc/mosquitto/wgprobe/
+  install -o root -g mosquitto -m 0644 $public_files /etc/mosquitto/wgprobe/
+  systemctl reload mosquitto
+EOF
 if [ "$role" = aggregator ]; then
   echo "new-agent: the broker's ACL needs a 'user $name' block with the aggregator's topics (deploy/mosquitto/acl)" >&2
 fi

@@ -299,3 +299,65 @@ def test_every_aggregator_the_docs_configure_has_its_block_in_the_acl() -> None:
     configs = [tomllib.loads(shown.group(1)), tomllib.loads((DEPLOY / "compose" / "aggregator.toml").read_text())]
     for config in configs:
         assert config["mqtt"]["username"] in users, config["mqtt"]["username"]
+
+
+def test_the_printed_install_lets_mosquitto_read_its_files_as_its_own_user(tmp_path: Path) -> None:
+    # Started as root, mosquitto drops to the user `mosquitto` before it opens its password file (and key): the
+    # 0600 root files new-agent.sh keeps in DIR stop it at start ("Unable to open pwfile"). The commands it prints
+    # install them root:mosquitto 0640; followed as printed (only /etc moved), the broker starts and lets the agent in.
+    import grp
+    import pwd
+    import tempfile
+
+    pwd.getpwnam("mosquitto"), grp.getgrnam("mosquitto")  # Debian's package makes both
+    pki = tmp_path / "pki"
+    done = subprocess.run(
+        [str(NEW_AGENT), "--dir", str(pki), "--broker", "127.0.0.1", "agent-a"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    commands = [line.strip() for line in done.stderr.splitlines() if line.startswith("  ")]
+    assert commands[-1] == "systemctl reload mosquitto"
+    # A place the user mosquitto can reach (pytest's tmp_path is under a 0700 directory), removed afterwards.
+    top = Path(tempfile.mkdtemp(prefix="wgprobe-etc-"))
+    try:
+        top.chmod(0o755)
+        etc, data = top / "wgprobe", top / "data"
+        data.mkdir()
+        shutil.chown(data, "mosquitto")
+        for command in commands[:-1]:
+            subprocess.run(["bash", "-c", command.replace("/etc/mosquitto/wgprobe", str(etc))], check=True)
+        assert {p.name: p.stat().st_mode & 0o777 for p in etc.iterdir()} == {
+            "passwd": 0o640, "server.key": 0o640, "ca.pem": 0o644, "server.pem": 0o644, "acl": 0o644,
+        }  # fmt: skip
+        port = free_port()
+        shipped = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+        conf = shipped.replace("/etc/mosquitto/wgprobe/", f"{etc}/").replace("/var/lib/mosquitto/", f"{data}/")
+        conf = re.sub(r"(?m)^listener 8883$", f"listener {port} 127.0.0.1", conf)  # and no `user root`
+        (top / "mosquitto.conf").write_text(conf)
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        proc = subprocess.Popen([binary, "-c", str(top / "mosquitto.conf")], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while True:
+                assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''}"
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "mosquitto did not listen"
+                    time.sleep(0.05)
+            client = Client(Broker(port, pki, proc), "agent-a")
+            try:
+                assert client.connect().value == 0
+                assert client.publish(result_topic("agent-a", "se-got-wg-001")) in ACCEPTED
+            finally:
+                client.close()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    finally:
+        shutil.rmtree(top)
