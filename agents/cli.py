@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from probe.config import AgentConfig
     from probe.inventory import Inventory
     from probe.inventory.configured import ConfiguredInventory
+    from probe.service_config import MqttSection
 
 FIRST_LOAD_BACKOFF = (2.0, 60.0)  # seconds: first and longest wait between start-up attempts to load the inventory
 
@@ -62,9 +63,23 @@ def run(args: argparse.Namespace) -> int:
 
         require_namespace(config.agent.netns)
     log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
+    warn_foreign_username(config.mqtt, config.agent.name, log)
     with lock_keys([identity.private_key_file for identity in config.identities]):
         asyncio.run(_serve(config, log))
     return EXIT_OK
+
+
+def warn_foreign_username(mqtt: MqttSection, agent: str, log: Log) -> None:
+    """Say at start when the broker user is not the agent's name: the shipped ACL (deploy/mosquitto/acl) lets a user
+    publish only under its own name, so every result would be refused, one log line per reason, hours later."""
+    if mqtt.username is not None and mqtt.username != agent:
+        log.warning(
+            "mqtt_username_not_agent_name",
+            username=mqtt.username,
+            hint=f"the shipped broker ACL lets user {mqtt.username} publish only under wgprobe/v1/results/"
+            f"{mqtt.username}/; this agent publishes under wgprobe/v1/results/{agent}/: unless your ACL allows it, "
+            "every result will be refused (name the broker user after [agent] name)",
+        )
 
 
 async def _serve(config: AgentConfig, log: Log) -> None:

@@ -45,6 +45,7 @@ from probe.mqtt import (
     EventLog,
     LastWill,
     connect,
+    connect_hint,
     event_log,
     wait_done,
 )
@@ -165,7 +166,10 @@ class MqttOutbox:
             except BrokerError as e:
                 self._fail(_reason(e))
                 if streak == 0:
-                    self._log(logging.WARNING, "broker unavailable; results wait in the spool", error=str(e))
+                    hint = connect_hint(e)
+                    extra = {} if hint is None else {"hint": hint}
+                    level = logging.WARNING if hint is None else logging.ERROR  # not the network: it will not pass
+                    self._log(level, "broker unavailable; results wait in the spool", error=str(e), **extra)
                 streak += 1
             finally:
                 self._connected = False

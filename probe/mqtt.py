@@ -78,12 +78,28 @@ class BrokerRefused(BrokerError):
 
     def __init__(self, code: int, what: str) -> None:
         self.code = code
+        self.what = what
         self.reason = reason_word(code)
         super().__init__(f"{what} refused by the broker: {self.reason} (0x{code:02X})")
 
 
 def reason_word(code: int) -> str:
     return REASONS.get(code, REFUSED_OTHER)
+
+
+_CREDENTIALS_REFUSED = {0x86, 0x87}  # mosquitto answers a wrong password with 0x87 in MQTT v5, others with 0x86
+CREDENTIALS_HINT = (
+    "check [mqtt] username and password_file against the broker's password file (deploy/new-agent.sh adds a user; "
+    "the broker reads the file again on reload)"
+)
+
+
+def connect_hint(error: BrokerError) -> str | None:
+    """What to check when the broker refused the connection itself (not a publish): said beside the reason code,
+    which alone ("not_authorized") reads like an ACL problem."""
+    if isinstance(error, BrokerRefused) and error.code in _CREDENTIALS_REFUSED and error.what.startswith("connection"):
+        return CREDENTIALS_HINT
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,17 @@ from typing import Protocol
 
 from probe.aggregator.intake import Ingested
 from probe.messages import RESULTS_FILTER, STATUS_FILTER, TOPIC_ROOT, command_topic
-from probe.mqtt import Backoff, BrokerError, BrokerUnavailable, Connection, EventLog, Inbound, connect, event_log
+from probe.mqtt import (
+    Backoff,
+    BrokerError,
+    BrokerUnavailable,
+    Connection,
+    EventLog,
+    Inbound,
+    connect,
+    connect_hint,
+    event_log,
+)
 from probe.service_config import MqttSection
 
 SESSION_EXPIRY_SECONDS = 86400  # the broker keeps our session (and queues for it) a day after we vanish
@@ -92,7 +102,9 @@ class Subscriber:
             except BrokerError as e:
                 if streak == 0:
                     level = logging.WARNING if isinstance(e, BrokerUnavailable) else logging.ERROR
-                    self._log(level, "broker unavailable; reconnecting", error=str(e))
+                    hint = connect_hint(e)
+                    extra = {} if hint is None else {"hint": hint}
+                    self._log(level, "broker unavailable; reconnecting", error=str(e), **extra)
                 streak += 1
                 short = short + 1 if since is not None and time.monotonic() - since < SHORT_LIVED else 0
                 if short == FLAPPING:

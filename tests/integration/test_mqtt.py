@@ -10,7 +10,15 @@ import pytest
 
 from probe.errors import UnavailableError
 from probe.messages import result_topic, status_topic
-from probe.mqtt import BrokerRefused, BrokerUnavailable, BufferedReads, LastWill, connect
+from probe.mqtt import (
+    CREDENTIALS_HINT,
+    BrokerRefused,
+    BrokerUnavailable,
+    BufferedReads,
+    LastWill,
+    connect,
+    connect_hint,
+)
 from probe.service_config import MqttSection, load_mqtt_secrets
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD
@@ -26,6 +34,7 @@ async def test_a_publish_the_acl_refuses_is_seen_with_its_reason_code(broker: Mo
             await connection.publish(result_topic("agent-b", "se-got-wg-001"), b"{}", timeout=HANG_GUARD)
         assert refused.value.code == 0x87
         assert refused.value.reason == "not_authorized"
+        assert connect_hint(refused.value) is None  # the ACL's, on a publish: not the credentials
         # The connection goes on: a refusal is about one message.
         await connection.publish(status_topic("agent-a"), b"{}", retain=True, timeout=HANG_GUARD)
 
@@ -54,6 +63,7 @@ async def test_wrong_password_is_refused_with_its_reason(broker: Mosquitto, tmp_
         async with connect(section, "test-agent-a"):
             pass
     assert refused.value.reason == "not_authorized"  # mosquitto 2.0 answers a wrong password with 0x87, not 0x86
+    assert connect_hint(refused.value) == CREDENTIALS_HINT  # the reason code alone reads like the ACL's
     assert "not-the-password" not in str(refused.value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -21,8 +22,8 @@ from probe.aggregator.store import ResultStore
 from probe.aggregator.subscriber import Subscriber
 from probe.aggregator.testing import make_inventory, make_result
 from probe.messages import AgentStatus, ResultMessage, result_topic
-from probe.mqtt import Backoff
-from probe.service_config import BrokerUrl
+from probe.mqtt import CREDENTIALS_HINT, Backoff
+from probe.service_config import BrokerUrl, MqttSection, load_mqtt_secrets
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD, LogLines, Proxy, Recorder, running, wait_until
 
@@ -263,6 +264,30 @@ async def test_a_publish_the_acl_refuses_is_counted_dropped_and_blocks_nothing(
     assert len(refusals) == 1  # once per reason; the count goes on in stats
     assert refusals[0]["reason"] == "not_authorized"
     assert refusals[0]["topic"] == result_topic("agent-b", foreign[0].server)
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_password_is_logged_as_an_error_that_says_what_to_check(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # mosquitto answers a wrong password with 0x87 not_authorized, which alone reads like an ACL problem.
+    broker.add_user("agent-a")
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    section = MqttSection.model_validate({"url": broker.url, "username": "agent-a", "password_file": wrong})
+    load_mqtt_secrets(section)
+    log = LogLines()
+    with spool_at(tmp_path / "spool.sqlite") as spool:
+        outbox = MqttOutbox(section, "agent-a", spool, log=log, backoff=fast())
+        outbox.put_result(result("agent-a", 0))
+        async with running(outbox.run()):
+            await wait_until(lambda: outbox.stats().failures.get("not_authorized", 0) >= 2, "two refused connects")
+        assert outbox.stats().pending == 1  # kept for when the credentials are fixed
+    (said,) = [line for line in log.lines if line[1] == "broker unavailable; results wait in the spool"]
+    level, _, fields = said
+    assert level == logging.ERROR and fields["hint"] == CREDENTIALS_HINT and "not_authorized" in str(fields["error"])
+    assert "not-the-password" not in repr(log.lines)
 
 
 # -- a separate agent process: last will and SIGTERM ---------------------------------------------------------------

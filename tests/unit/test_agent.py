@@ -188,3 +188,24 @@ async def test_a_failure_checks_the_agents_own_reach_before_it_is_blamed_on_the_
         assert not any(r.control_ok for r in failed), [(r.server, r.reason) for r in failed]
         agent.stop()
         await asyncio.wait_for(running, 10)
+
+
+def test_a_broker_user_not_named_after_the_agent_is_said_at_start() -> None:
+    # The shipped ACL holds a user to wgprobe/v1/results/<user>/: otherwise every result is refused, and the log
+    # would say so only when the first round is published, one line per reason.
+    import io
+
+    from agents.cli import warn_foreign_username
+    from agents.log import Log
+    from probe.service_config import MqttSection
+
+    for username, said in (("agent-se-got", False), (None, False), ("agent-other", True)):
+        stream = io.StringIO()
+        mqtt = MqttSection.model_validate({"url": "mqtt://127.0.0.1:1883", "username": username})
+        warn_foreign_username(mqtt, "agent-se-got", Log(json_lines=True, stream=stream))
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert bool(lines) is said
+        if said:
+            (line,) = lines
+            assert line["level"] == "warning" and line["event"] == "mqtt_username_not_agent_name"
+            assert "wgprobe/v1/results/agent-other/" in line["hint"] and "[agent] name" in line["hint"]
