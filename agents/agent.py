@@ -324,11 +324,13 @@ class Agent:
     async def _inventory_loop(self) -> None:
         while True:
             await wait_event(self._reload, self.config.inventory.refresh_seconds)
+            asked = self._reload.is_set()
             self._reload.clear()
-            await self.refresh_inventory()
+            await self.refresh_inventory(asked=asked)
 
-    async def refresh_inventory(self) -> None:
-        """Load the inventory again; on any failure keep the last good one."""
+    async def refresh_inventory(self, *, asked: bool = False) -> None:
+        """Load the inventory again; on any failure keep the last good one. `asked`: a SIGHUP, which is answered in
+        the log even when nothing changed (whoever sent it is looking for a word)."""
         try:
             inventory = await asyncio.to_thread(self.load_inventory)
         except WgProbeError as exc:
@@ -345,6 +347,8 @@ class Agent:
             self.log.warning("inventory_entry_skipped", problem=str(problem))
         if added or removed:
             self.log.info("inventory_changed", relays=len(inventory.relays), added=len(added), removed=len(removed))
+        elif asked:
+            self.log.info("inventory_reloaded", relays=len(inventory.relays), changed=False)
 
     async def _control_loop(self) -> None:
         while True:

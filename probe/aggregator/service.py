@@ -54,6 +54,7 @@ class AggregatorShell:
     async def following_inventory(self) -> None:
         while True:
             await wait_event(self._reload, self.source.section.refresh_seconds)
+            asked = self._reload.is_set()  # a SIGHUP is answered in the log even when nothing changed
             self._reload.clear()
             try:
                 inventory = await asyncio.to_thread(self.source.load)
@@ -67,6 +68,8 @@ class AggregatorShell:
             if before != after:
                 added, removed = len(after - before), len(before - after)
                 self.log.info("inventory_changed", relays=len(after), added=added, removed=removed)
+            elif asked:
+                self.log.info("inventory_reloaded", relays=len(after), changed=False)
 
 
 async def first_inventory(source: ConfiguredInventory, log: Log, stopping: asyncio.Event) -> Inventory | None:

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Protocol
 
-from probe.aggregator.intake import Ingested
+from probe.aggregator.intake import Ingested, Outcome
 from probe.messages import RESULTS_FILTER, STATUS_FILTER, TOPIC_ROOT, command_topic
 from probe.mqtt import (
     Backoff,
@@ -168,8 +168,10 @@ class Subscriber:
         else:
             ingested = self.store.ingest_status(message.payload, message.topic)
         if not ingested.accepted and ingested.first_from_sender:
+            # A duplicate is QoS 1 at work (a redelivery, the retained results again on every reconnect): worth a
+            # line, not a warning.
             self._log(
-                logging.WARNING,
+                logging.INFO if ingested.outcome is Outcome.duplicate else logging.WARNING,
                 "message dropped",
                 reason=str(ingested.outcome),
                 sender=ingested.sender or "-",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -123,8 +124,10 @@ async def test_bad_messages_are_counted_logged_once_per_sender_and_reason_and_st
         await wait_until(consumer.settled.is_set, "subscribed and settled")
         await publish(broker, "agent-b", *bad, (topic, payload(good)))
         await wait_until(lambda: "agent-b" in store.servers[SERVERS[0]].agents, "the good message after the bad")
+        await publish(broker, "agent-b", (topic, payload(good)))  # sent again: QoS 1 at work, not a fault
+        await wait_until(lambda: store.messages[Outcome.duplicate] == 1, "the re-send")
         assert consumer.connected
-        assert consumer.received == len(bad) + 1
+        assert consumer.received == len(bad) + 2
     counts = {outcome: n for outcome, n in store.messages.items() if n}
     assert counts == {
         Outcome.malformed: 4,
@@ -133,11 +136,14 @@ async def test_bad_messages_are_counted_logged_once_per_sender_and_reason_and_st
         Outcome.unknown_server: 1,
         Outcome.topic_mismatch: 1,
         Outcome.accepted: 1,
+        Outcome.duplicate: 1,
     }
     dropped = log.events("message dropped")
     assert sorted(str(fields["reason"]) for fields in dropped) == [
-        "malformed", "oversized", "topic_mismatch", "unknown_schema", "unknown_server",
+        "duplicate", "malformed", "oversized", "topic_mismatch", "unknown_schema", "unknown_server",
     ]  # fmt: skip
+    levels = {str(fields["reason"]): level for level, name, fields in log.lines if name == "message dropped"}
+    assert levels.pop("duplicate") == logging.INFO and set(levels.values()) == {logging.WARNING}
     assert {fields["sender"] for fields in dropped} == {"agent-b"}
     for fields in dropped:
         assert str(fields["detail"]).isprintable()

@@ -120,6 +120,10 @@ async def test_the_inventory_is_followed_and_a_broken_one_is_kept_out(tmp_path: 
         before = len(received.of("se-got-wg-003"))
         await until(lambda: min(len(received.of(f"se-got-wg-00{n}")) for n in (1, 2)) >= 3)
         assert len(received.of("se-got-wg-003")) <= before + 1  # at most the probe already running when removed
+        agent.reload()  # nothing changed: a SIGHUP is still answered in the log
+        stream = agent.log.stream
+        assert isinstance(stream, io.StringIO)
+        await until(lambda: "inventory_reloaded" in stream.getvalue())
         agent.stop()
         await asyncio.wait_for(running, 10)
 

@@ -206,7 +206,8 @@ async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) ->
     source = ConfiguredInventory(InventorySection(source=str(fleet)))
     clock = FakeClock()
     store = ResultStore(source.load(), now=clock)
-    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=io.StringIO()))
+    said = io.StringIO()
+    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=said))
     task = asyncio.create_task(shell.following_inventory())
     try:
         clock.advance(30)
@@ -227,6 +228,9 @@ async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) ->
         assert value(samples, "wgprobe_inventory_ok") == 1.0
         assert value(samples, "wgprobe_inventory_age_seconds") == 0.0
         assert render(store) == exposition(make_registry(store))
+        assert '"inventory_reloaded"' not in said.getvalue()  # it changed: inventory_changed said so
+        shell.reload()  # nothing changed: a SIGHUP is still answered in the log
+        await _until(lambda: '"inventory_reloaded"' in said.getvalue())
     finally:
         task.cancel()
 
