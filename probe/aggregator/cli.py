@@ -26,6 +26,7 @@ from probe.errors import EXIT_OK
 if TYPE_CHECKING:
     from agents.agent import Agent
     from agents.log import Log
+    from probe.addresses import Endpoint
     from probe.aggregator.config import AggregatorConfig
     from probe.aggregator.verifications import Tagged
     from probe.cli import Commands
@@ -107,13 +108,18 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
         verifications=verifications,
         send=subscriber.send_command,
     )
-    log.info("aggregator_started", relays=len(inventory.relays), listen=str(config.http.listen))
+
+    def started(bound: Endpoint) -> None:
+        # Said once listening: a [http] listen that cannot be bound ends the start with its own error, not after a
+        # line claiming it started.
+        log.info("aggregator_started", relays=len(inventory.relays), listen=str(bound))
+
     try:
         async with asyncio.TaskGroup() as tree:
             tree.create_task(subscriber.run(), name="subscriber")
             tree.create_task(shell.judging(subscriber.settled), name="judging")
             tree.create_task(shell.following_inventory(), name="inventory")
-            tree.create_task(serve(app, config.http.listen), name="http")
+            tree.create_task(serve(app, config.http.listen, ready=started), name="http")
             tree.create_task(_until(stopping), name="stop")
     except* _Done:
         pass
@@ -179,17 +185,16 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         agent.stop()
     settled = asyncio.Event()
     settled.set()  # no retained burst to wait for: the bus starts empty
-    log.info(
-        "serving",
-        status_page=f"http://{config.http.listen}/",
-        metrics=f"http://{config.http.listen}/metrics",
-        relays=len(inventory.relays),
-    )
+
+    def serving(bound: Endpoint) -> None:  # said once listening (see _aggregator)
+        relays = len(inventory.relays)
+        log.info("serving", status_page=f"http://{bound}/", metrics=f"http://{bound}/metrics", relays=relays)
+
     try:
         async with asyncio.TaskGroup() as tree:
             tree.create_task(shell.judging(settled), name="judging")
             tree.create_task(shell.following_inventory(), name="inventory")
-            tree.create_task(serve(app, config.http.listen), name="http")
+            tree.create_task(serve(app, config.http.listen, ready=serving), name="http")
             tree.create_task(_after(run_agent(agent)), name="agent")
     except* _Done:
         pass

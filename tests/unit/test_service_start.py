@@ -68,6 +68,8 @@ def test_a_listen_address_in_use_is_a_config_error_not_a_bug(sim: Sim) -> None:
     assert done.returncode == 2, done.stderr
     assert "already in use" in done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    # Nor a line before it claiming the service was up, telling the reader where to look.
+    assert "serving" not in done.stderr and "status_page" not in done.stderr
 
 
 def test_a_refusal_inside_a_task_group_is_reported_as_itself(
