@@ -83,6 +83,7 @@ def test_every_alert_says_who_to_wake_and_what_broke() -> None:
     [
         ("WgprobeServerDown", '"failure", "forwarding_broken"', '"failure", "down"'),  # the case not named
         ("WgprobeServerDown", "for: 1m", "for: 0s"),  # a 30 s blip pages
+        ("WgprobeServerDown", '"failure", "egress_mismatch"', '"failure", "down"'),  # the wrong address, unsaid
         ("WgprobePortRangeBroken", "== 1)\n          )", ">= 0)\n          )"),  # a relay down counts as a port
         ("WgprobeEgressMismatch", '(min by (server) (wgprobe_stage_success{stage="forward"}) == 1)', "vector(1)"),
         ("WgprobeManyServersFailing", ">= 0.05", ">= 0"),  # three failing in a large fleet page
