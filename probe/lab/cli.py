@@ -42,7 +42,12 @@ def register(commands: Commands) -> None:
     up.add_argument("--fault", action="append", metavar="NAME:KIND[:ARG]", help="fault at start-up (repeatable)")
     up.add_argument("--agents", type=_count, default=1, help="number of vantage points (default 1)")
     up.add_argument("--identities", type=_count, default=DEFAULT_IDENTITIES, help="keys per agent")
-    up.add_argument("--prefix", default=DEFAULT_PREFIX, help=argparse.SUPPRESS)
+    up.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"names of its namespaces and interfaces, 2-4 lowercase letters or digits (default {DEFAULT_PREFIX}): "
+        "two labs side by side need two prefixes and two --dir",
+    )
     up.set_defaults(handler=lab_up)
 
     down = add("down", "remove everything the lab made: processes (by PID), namespaces, sockets")
