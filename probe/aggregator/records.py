@@ -243,11 +243,9 @@ class AgentInfo:
     newest_control_ok: bool = True  # of its newest result, whatever the relay
     results: int = 0  # results accepted from it
     standing: tuple[bool, bool, float] | None = None  # as of the last refresh (see ResultStore._standing)
-    # A last will held back because the broker may have published it at its own shutdown (see
-    # ResultStore.broker_connection): the status, its status_at, and when it takes effect unless a newer one comes.
+    # An offline status not in effect yet, because the broker may have published it at its own shutdown (see
+    # probe.aggregator.store.WILL_GRACE): the status, its status_at, and when it takes effect unless a newer one comes.
     held: tuple[AgentStatus, float, float] | None = None
-    # What an offline status replaced, and when it arrived: put back if our connection drops right after it.
-    replaced: tuple[AgentStatus | None, float | None, float] | None = None
 
     @property
     def status_control_ok(self) -> bool:

@@ -79,11 +79,13 @@ _MAX_LOGGED = 4096  # (sender, outcome) pairs remembered for "log once per sende
 # A broker that shuts down publishes the last will of every client still connected (mosquitto 2.0 does, at once,
 # whatever will delay the client asked for), keeps them retained, and after its restart hands them out again with
 # the retained messages and the queued session: every agent would read as offline, every relay as unknown, and a
-# `down` relay's alert would resolve, until the agents reconnect. So an offline status that came within
-# SHUTDOWN_WINDOW seconds before our own connection dropped, or within REDELIVERY_WINDOW seconds after we
-# reconnected, is held: it takes effect only if no newer status from that agent comes within its staleness limit
-# (by then the agent's results are stale anyway, so holding it changes no verdict an honest will would have made).
-SHUTDOWN_WINDOW = 5.0
+# `down` relay's alert would resolve, until the agents reconnect. So, with a broker, an offline status takes effect
+# WILL_GRACE seconds after it came; if our own connection drops meanwhile, or it comes within REDELIVERY_WINDOW
+# seconds after we reconnected, it is held until the agent's staleness limit instead, and dropped if anything newer
+# comes from the agent first (by then the agent's results are stale anyway, so holding it changes no verdict an
+# honest will would have made). The wills arrive some milliseconds before the broker closes our connection: a
+# judging pass in between would otherwise flip every verdict for a moment, which a scrape or the log could catch.
+WILL_GRACE = 3.0
 REDELIVERY_WINDOW = 30.0
 
 
@@ -234,20 +236,17 @@ class ResultStore:
         # The newest arrival wins, whatever its updated_at: a last will carries the time it was registered at.
         status_at = epoch(status.updated_at) if status.updated_at else now
         info.held = None  # a held will is superseded by anything newer from its agent
-        if not status.online and now < self._suspect_until:
-            info.held = (status, status_at, now + self.stale_after(agent))
-        else:
-            if status.online:
-                info.replaced = None
-            elif info.status is None or info.status.online:
-                info.replaced = (info.status, info.status_at, now)
+        if status.online or self.broker_connected is None:  # no broker (`probe serve`): no will but the agent's own
             info.status, info.status_at = status, status_at
+        else:
+            wait = self.stale_after(agent) if now < self._suspect_until else WILL_GRACE
+            info.held = (status, status_at, now + wait)
         self.messages[Outcome.accepted] += 1
         return Ingested(Outcome.accepted, sender=sender)
 
     def broker_connection(self, up: bool) -> int:
         """The MQTT shell's word that its connection to the broker is up (subscribed) or has dropped. Returns how
-        many agents' last wills are held because of it (see SHUTDOWN_WINDOW): for the shell's log."""
+        many agents' last wills are held because of it (see WILL_GRACE): for the shell's log."""
         now = self.now()
         self.broker_connected = up
         if up:
@@ -257,13 +256,11 @@ class ResultStore:
         self._lost_broker = True
         held = 0
         for info in self._agents.values():
-            replaced, status = info.replaced, info.status
-            if replaced is None or status is None or status.online or now - replaced[2] > SHUTDOWN_WINDOW:
-                continue
-            info.held = (status, info.status_at or now, now + self.stale_after(info.name))
-            info.status, info.status_at = replaced[0], replaced[1]
-            info.replaced = None
-            held += 1
+            # Still in its grace: the broker's shutdown sent it (one held since a reconnect stays as it is).
+            if info.held is not None and now < info.held[2] <= now + WILL_GRACE:
+                status, status_at, _ = info.held
+                info.held = (status, status_at, now + self.stale_after(info.name))
+                held += 1
         return held
 
     def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> ResultMessage:

@@ -129,7 +129,7 @@ class Subscriber:
         held = self.store.broker_connection(False)
         if held:
             # mosquitto publishes every connected client's last will as it shuts down: see
-            # probe.aggregator.store.SHUTDOWN_WINDOW.
+            # probe.aggregator.store.WILL_GRACE.
             self._log(
                 logging.INFO,
                 "last wills held",

@@ -33,6 +33,7 @@ from tests.integration.service_process import (
     HANG_GUARD,
     AgentProcess,
     AggregatorProcess,
+    agent_up,
     messages,
     server_up,
     service_tables,
@@ -322,4 +323,52 @@ def test_a_restarted_aggregator_has_the_health_back_from_retained_messages_witho
         raise AssertionError(f"{exc}\nagent log:\n{agent.tail()}\naggregator log:\n{first.tail()}") from None
     finally:
         first.stop()
+        assert agent.stop() == 0, agent.tail()
+
+
+def test_a_broker_restart_leaves_every_verdict_and_the_agent_as_they_were(
+    tmp_path: Path, broker: Mosquitto, fleet: Path
+) -> None:
+    # Real processes end to end: mosquitto, stopped (SIGTERM: it publishes every agent's last will as it goes, keeps
+    # them retained and sends them again once back) and started again. The broken relay stays down, the agent
+    # online, and the aggregator says meanwhile that it lost the broker.
+    names = ["se-got-wg-001", "se-got-wg-002", "se-got-wg-003"]
+    config = fleet / "agent-service.toml"
+    config.write_text(
+        (fleet / "agent.toml").read_text() + FAST_PROBE + service_tables(broker, SIM_AGENT, fleet, interval=10.0)
+    )
+    agent = AgentProcess(SIM_AGENT, config, tmp_path / "agent.log")
+    aggregator = AggregatorProcess(tmp_path / "agg", broker, inventory=fleet / "relays.json", interval=10.0)
+    agent.start()
+    aggregator.start()
+    wanted = {"se-got-wg-001": 1.0, "se-got-wg-002": 0.0, "se-got-wg-003": 1.0}
+    seen: list[tuple[dict[str, float | None], float | None, float | None]] = []
+
+    def look() -> tuple[dict[str, float | None], float | None, float | None]:
+        metrics = aggregator.metrics()
+        now = (
+            {name: server_up(metrics, name) for name in names},
+            agent_up(metrics, SIM_AGENT),
+            metrics.get("wgprobe_aggregator_broker_connected"),
+        )
+        seen.append(now)
+        return now
+
+    try:
+        wait_for(lambda: look() == (wanted, 1.0, 1.0), "every relay judged, the agent up, the broker connected")
+        seen.clear()
+        broker.stop()
+        wait_for(lambda: look()[2] == 0.0, "the aggregator says it lost the broker")
+        broker.start()
+        wait_for(lambda: look()[2] == 1.0, "the aggregator back on the broker")
+        # The retained wills come with the resubscribe; the agent comes back within its backoff and says online.
+        wait_for(lambda: agent.log.read_text().count('"connected to the broker"') >= 2, "the agent back")
+        wait_for(lambda: look() == (wanted, 1.0, 1.0), "all as it was")
+        held = [e for e in aggregator.events() if e.get("event") == "last wills held"]
+        assert held and held[0]["agents"] == 1, aggregator.tail()
+        assert all(verdicts == wanted and agent_state == 1.0 for verdicts, agent_state, _ in seen), seen
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nagent log:\n{agent.tail()}\naggregator log:\n{aggregator.tail()}") from None
+    finally:
+        assert aggregator.stop() == 0, aggregator.tail()
         assert agent.stop() == 0, agent.tail()

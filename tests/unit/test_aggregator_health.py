@@ -182,6 +182,8 @@ def test_the_last_wills_a_shutting_down_broker_sends_change_no_verdict(store: Re
     clock.advance(0.01)
     for agent in AGENTS:
         status(store, agent, clock(), online=False)  # the broker's shutdown: every will at once
+    clock.advance(0.01)
+    assert states(store)[R0] is HealthState.down  # a judging pass before the drop is seen changes nothing
     clock.advance(0.05)
     assert store.broker_connection(False) == 3  # then it drops us: the wills are held
     assert _states_and_agents(store) == ({R0: HealthState.down, RELAYS[1]: HealthState.up, RELAYS[2]: HealthState.up},
@@ -216,16 +218,19 @@ def test_a_held_will_takes_effect_when_its_agent_does_not_come_back(store: Resul
                                             "agent-c": AgentState.offline}  # fmt: skip
 
 
-def test_a_will_while_the_connection_is_steady_counts_at_once(store: ResultStore, clock: FakeClock) -> None:
+def test_a_will_while_the_connection_is_steady_counts_after_a_few_seconds(store: ResultStore, clock: FakeClock) -> None:
     store.broker_connection(True)  # the first connection: nothing it brings is suspect
     round_of(store, clock, 1, failing={"agent-a": [R0], "agent-c": [R0]})
     status(store, "agent-c", clock(), online=False)
-    assert states(store)[R0] is HealthState.degraded
-    clock.advance(5.1)  # an agent's will long enough before the broker dropped us is its own
+    assert states(store)[R0] is HealthState.down  # agent-c's will waits its grace: a and c make 2 of 3
+    clock.advance(3)
+    assert states(store)[R0] is HealthState.degraded  # in effect: a alone of a and b
+    clock.advance(2)  # an agent's will that took effect before the broker dropped us is its own
     assert store.broker_connection(False) == 0
     store.broker_connection(True)
-    clock.advance(31)  # and one that comes well after the reconnect
+    clock.advance(31)  # and so is one that comes well after the reconnect
     status(store, "agent-a", clock(), online=False)
+    clock.advance(3)
     # Only agent-b is left to vote, and it sees R0 work.
     assert _states_and_agents(store) == (dict.fromkeys(RELAYS, HealthState.up),
                                          {"agent-a": AgentState.offline, "agent-b": AgentState.ok,
