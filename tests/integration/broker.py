@@ -119,6 +119,18 @@ class Mosquitto:
         load_mqtt_secrets(section)
         return section
 
+    def wrong_section(self, user: str, directory: Path) -> MqttSection:
+        """The `[mqtt]` table of `user` (added if new) with a password the broker does not know, its file in
+        `directory`."""
+        if user not in self.users:
+            self.add_user(user)
+        wrong = directory / f"{user}.wrong-password"
+        wrong.write_text("not-the-password\n")
+        wrong.chmod(0o600)
+        section = MqttSection.model_validate({"url": self.url, "username": user, "password_file": wrong})
+        load_mqtt_secrets(section)
+        return section
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -275,6 +275,15 @@ SIM_AGENT = "sim-agent"  # `probe sim up`'s first agent; its broker user must be
 RESTART_INTERVAL = 10.0  # long enough that a frozen agent's results stay fresh (3 intervals) through a restart
 
 
+def sim_agent(tmp_path: Path, broker: Mosquitto, fleet: Path) -> AgentProcess:
+    """`probe agent` on the simulated fleet's first agent config, publishing to `broker` every 10 s (not started)."""
+    config = fleet / "agent-service.toml"
+    config.write_text(
+        (fleet / "agent.toml").read_text() + FAST_PROBE + service_tables(broker, SIM_AGENT, fleet, interval=10.0)
+    )
+    return AgentProcess(SIM_AGENT, config, tmp_path / "agent.log")
+
+
 def states(aggregator: AggregatorProcess, names: list[str]) -> dict[str, float | None]:
     metrics = aggregator.metrics()
     return {name: server_up(metrics, name) for name in names}
@@ -284,11 +293,7 @@ def test_a_restarted_aggregator_has_the_health_back_from_retained_messages_witho
     tmp_path: Path, broker: Mosquitto, fleet: Path
 ) -> None:
     names = ["se-got-wg-001", "se-got-wg-002", "se-got-wg-003"]
-    config = fleet / "agent-service.toml"
-    config.write_text(
-        (fleet / "agent.toml").read_text() + FAST_PROBE + service_tables(broker, SIM_AGENT, fleet, interval=10.0)
-    )
-    agent = AgentProcess(SIM_AGENT, config, tmp_path / "agent.log")
+    agent = sim_agent(tmp_path, broker, fleet)
     first = AggregatorProcess(tmp_path / "first", broker, inventory=fleet / "relays.json", interval=RESTART_INTERVAL)
     agent.start()
     first.start()
@@ -333,11 +338,7 @@ def test_a_broker_restart_leaves_every_verdict_and_the_agent_as_they_were(
     # them retained and sends them again once back) and started again. The broken relay stays down, the agent
     # online, and the aggregator says meanwhile that it lost the broker.
     names = ["se-got-wg-001", "se-got-wg-002", "se-got-wg-003"]
-    config = fleet / "agent-service.toml"
-    config.write_text(
-        (fleet / "agent.toml").read_text() + FAST_PROBE + service_tables(broker, SIM_AGENT, fleet, interval=10.0)
-    )
-    agent = AgentProcess(SIM_AGENT, config, tmp_path / "agent.log")
+    agent = sim_agent(tmp_path, broker, fleet)
     aggregator = AggregatorProcess(tmp_path / "agg", broker, inventory=fleet / "relays.json", interval=10.0)
     agent.start()
     aggregator.start()

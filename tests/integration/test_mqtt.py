@@ -19,7 +19,6 @@ from probe.mqtt import (
     connect,
     connect_hint,
 )
-from probe.service_config import MqttSection, load_mqtt_secrets
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD
 
@@ -53,12 +52,7 @@ async def test_retained_messages_reach_a_later_subscriber(broker: Mosquitto) -> 
 
 @pytest.mark.asyncio
 async def test_wrong_password_is_refused_with_its_reason(broker: Mosquitto, tmp_path: Path) -> None:
-    broker.add_user("agent-a")
-    wrong = tmp_path / "wrong.password"
-    wrong.write_text("not-the-password\n")
-    wrong.chmod(0o600)
-    section = MqttSection.model_validate({"url": broker.url, "username": "agent-a", "password_file": wrong})
-    load_mqtt_secrets(section)
+    section = broker.wrong_section("agent-a", tmp_path)
     with pytest.raises(BrokerRefused) as refused:
         async with connect(section, "test-agent-a"):
             pass

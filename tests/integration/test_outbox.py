@@ -23,7 +23,7 @@ from probe.aggregator.subscriber import Subscriber
 from probe.aggregator.testing import make_inventory, make_result
 from probe.messages import AgentStatus, ResultMessage, result_topic
 from probe.mqtt import CREDENTIALS_HINT, Backoff
-from probe.service_config import BrokerUrl, MqttSection, load_mqtt_secrets
+from probe.service_config import BrokerUrl
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto
 from tests.integration.mqtt_support import HANG_GUARD, LogLines, Proxy, Recorder, running, wait_until
 
@@ -271,12 +271,7 @@ async def test_a_wrong_password_is_logged_as_an_error_that_says_what_to_check(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     # mosquitto answers a wrong password with 0x87 not_authorized, which alone reads like an ACL problem.
-    broker.add_user("agent-a")
-    wrong = tmp_path / "wrong.password"
-    wrong.write_text("not-the-password\n")
-    wrong.chmod(0o600)
-    section = MqttSection.model_validate({"url": broker.url, "username": "agent-a", "password_file": wrong})
-    load_mqtt_secrets(section)
+    section = broker.wrong_section("agent-a", tmp_path)
     log = LogLines()
     with spool_at(tmp_path / "spool.sqlite") as spool:
         outbox = MqttOutbox(section, "agent-a", spool, log=log, backoff=fast())

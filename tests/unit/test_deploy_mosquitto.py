@@ -69,6 +69,25 @@ def broker_config(conf: str, pki: Path, data: Path, port: int) -> str:
     )
 
 
+def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[str]:
+    """Debian's mosquitto on `conf`, once it listens on `port` (its stderr in the failure if it exits)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                proc.communicate(timeout=10)
+                raise AssertionError("mosquitto did not listen") from None
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     assert shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists(), "mosquitto is needed (Debian: mosquitto)"
@@ -83,18 +102,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     port = free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(broker_config((DEPLOY / "mosquitto" / "mosquitto.conf").read_text(), pki, data, port))
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE, text=True)
+    proc = start_mosquitto(conf, port)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
         yield Broker(port, pki, proc)
     finally:
         proc.terminate()
@@ -338,18 +347,8 @@ def test_the_printed_install_lets_mosquitto_read_its_files_as_its_own_user(tmp_p
         conf = shipped.replace("/etc/mosquitto/wgprobe/", f"{etc}/").replace("/var/lib/mosquitto/", f"{data}/")
         conf = re.sub(r"(?m)^listener 8883$", f"listener {port} 127.0.0.1", conf)  # and no `user root`
         (top / "mosquitto.conf").write_text(conf)
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        proc = subprocess.Popen([binary, "-c", str(top / "mosquitto.conf")], stderr=subprocess.PIPE, text=True)
+        proc = start_mosquitto(top / "mosquitto.conf", port)
         try:
-            deadline = time.monotonic() + TIMEOUT
-            while True:
-                assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''}"
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "mosquitto did not listen"
-                    time.sleep(0.05)
             client = Client(Broker(port, pki, proc), "agent-a")
             try:
                 assert client.connect().value == 0
