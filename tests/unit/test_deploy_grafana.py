@@ -92,7 +92,8 @@ def test_every_variable_used_is_defined() -> None:
 
 def test_the_panels_an_operator_needs_are_there() -> None:
     titles = " | ".join(panel["title"] for panel in panels()).lower()
-    for needed in ("health grid", "failing relays", "round-trip", "loss", "agent up", "result age", "spool"):
+    needed_titles = ("health grid", "failing relays", "round-trip", "loss", "agent up", "result age", "spool", "broker")
+    for needed in needed_titles:
         assert needed in titles, needed
     grid = next(panel for panel in panels() if "health grid" in panel["title"].lower())
     mapping = grid["fieldConfig"]["defaults"]["mappings"][0]["options"]
