@@ -4,6 +4,7 @@ that hands paho's PUBLISH packets to it, with paho's PUBACK after delivery."""
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import paho.mqtt.client as paho
@@ -15,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from probe.mqtt import Inbound, MalformedPublish, Publish, _lean_publish, decode_publish
+from probe.mqtt import BufferedReads, Inbound, MalformedPublish, Publish, _lean_publish, decode_publish
 
 
 def varint(value: int) -> bytes:
@@ -218,3 +219,85 @@ def test_qos_2_stays_with_paho() -> None:
     receive(client, *publish_packet(b"t", b"x", qos=2, mid=6))
     assert delivered == []  # paho holds it until PUBREL, then calls on_message
     assert queued(client) == [b"\x50\x02\x00\x06"]  # PUBREC
+
+
+# -- whole packets from the read buffer --------------------------------------------------------------------------
+
+
+def wire(header: int, body: bytes) -> bytes:
+    return bytes([header]) + varint(len(body)) + body
+
+
+def buffered(data: bytes) -> tuple[socket.socket, socket.socket, BufferedReads]:
+    """A socket with `data` waiting, and its BufferedReads with all of it read into the buffer (recv(0): nothing
+    handed out)."""
+    near, far = socket.socketpair()
+    near.setblocking(False)
+    far.sendall(data)
+    sock = BufferedReads(near)
+    assert sock.recv(0) == b""
+    return near, far, sock
+
+
+def test_whole_packets_are_taken_from_the_buffer_others_left_to_paho() -> None:
+    first = publish_packet(b"a", b"x" * 200, qos=1, mid=1)  # a two-byte Remaining Length
+    second = publish_packet(b"b", b"y", qos=0)
+    qos2 = publish_packet(b"c", b"z", qos=2, mid=3)
+    data = wire(*first) + wire(*second) + wire(*qos2) + b"\xd0\x00"  # then a PINGRESP
+    near, far, sock = buffered(data)
+    with near, far:
+        assert sock.whole_packet(0x30, 0xF4) == first
+        assert sock.whole_packet(0x30, 0xF4) == second
+        assert sock.whole_packet(0x30, 0xF4) is None  # QoS 2: paho's
+        assert sock.whole_packet(0x30) == qos2
+        assert sock.whole_packet(0x30) is None  # a PINGRESP: paho's
+        assert sock.recv(2) == b"\xd0\x00"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        wire(*publish_packet(b"a", b"x" * 200, qos=1, mid=1))[:-1],  # the body cut by the end of the read
+        wire(*publish_packet(b"a", b"x" * 200, qos=1, mid=1))[:2],  # the Remaining Length cut
+        b"\x32",  # the first byte alone
+        b"\x32\xff\xff\xff\xff\x01" + b"x" * 10,  # a five-byte Remaining Length: paho refuses it
+    ],
+)
+def test_a_packet_not_held_whole_stays_in_the_buffer(data: bytes) -> None:
+    near, far, sock = buffered(data)
+    with near, far:
+        assert sock.whole_packet(0x30) is None
+        assert sock.pending() == len(data)
+
+
+def test_paho_s_reader_takes_every_whole_publish_of_a_read_at_once() -> None:
+    """Through paho's own loop_read: publishes whole in the buffer go in one call, a packet cut by the end of the
+    read is finished by paho's reader from the next read, and other packets (a PINGRESP) stay paho's."""
+    client, delivered = hooked()
+    near, far = socket.socketpair()
+    near.setblocking(False)
+    sock = BufferedReads(near)
+    client._sock = sock
+    packets = [wire(*publish_packet(b"t/%d" % n, b"p%d" % n, qos=1, mid=n + 1)) for n in range(50)]
+    data = b"".join(packets) + b"\xd0\x00"
+    cut = len(data) - len(packets[-1]) // 2 - 2  # inside the last publish
+    with near, far:
+        far.sendall(data[:cut])
+        client._packet_read()  # the first packet by paho's reader (its first read filled the buffer)
+        assert len(delivered) == 1
+        client._packet_read()  # every whole publish left in the buffer, in one call
+        assert len(delivered) == 49
+        far.sendall(data[cut:])
+        for _ in range(10):  # what aiomqtt's reader does: read, and again while the buffer holds anything
+            client._packet_read()
+            if not sock.pending() and len(delivered) == 50:
+                break
+        assert [m.topic for m in delivered] == [f"t/{n}" for n in range(50)]
+        pubacks = b"".join(b"\x40\x02" + struct.pack("!H", n + 1) for n in range(50))
+        far.settimeout(5.0)
+        sent = b""
+        while len(sent) < len(pubacks):  # written by paho to the socket at once (no loop thread, no write callback)
+            sent += far.recv(len(pubacks))
+        assert sent == pubacks  # one PUBACK per message, in order
+        assert client._in_packet["command"] == 0  # the PINGRESP read and handled by paho, nothing half-read
+        client._sock = None
