@@ -1,6 +1,7 @@
-"""The lean PUBLISH path of probe/mqtt.py: `decode_publish` against hand-made and generated packets (paho's own
-decoder as the reference), hostile ones (truncated, over-long lengths, QoS 3, packet identifier 0), and the hook
-that hands paho's PUBLISH packets to it, with paho's PUBACK after delivery."""
+"""The lean PUBLISH path (probe/mqtt_publish.py and its hooks in probe/mqtt.py): `decode_publish` against
+hand-made and generated packets (paho's own decoder as the reference) and hostile ones (truncated, over-long
+lengths, QoS 3, packet identifier 0); whole packets taken from the read buffer; the hooks that hand paho's PUBLISH
+packets to it, with paho's PUBACK after delivery."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from probe.mqtt import BufferedReads, Inbound, MalformedPublish, Publish, _lean_publish, decode_publish
+from probe.mqtt import BufferedReads, Inbound, _lean_publish
+from probe.mqtt_publish import PUBLISH, QOS_0_OR_1, MalformedPublish, Publish, decode_publish
 
 
 def varint(value: int) -> bytes:
@@ -246,11 +248,11 @@ def test_whole_packets_are_taken_from_the_buffer_others_left_to_paho() -> None:
     data = wire(*first) + wire(*second) + wire(*qos2) + b"\xd0\x00"  # then a PINGRESP
     near, far, sock = buffered(data)
     with near, far:
-        assert sock.whole_packet(0x30, 0xF4) == first
-        assert sock.whole_packet(0x30, 0xF4) == second
-        assert sock.whole_packet(0x30, 0xF4) is None  # QoS 2: paho's
-        assert sock.whole_packet(0x30) == qos2
-        assert sock.whole_packet(0x30) is None  # a PINGRESP: paho's
+        assert sock.whole_packet(PUBLISH, QOS_0_OR_1) == first
+        assert sock.whole_packet(PUBLISH, QOS_0_OR_1) == second
+        assert sock.whole_packet(PUBLISH, QOS_0_OR_1) is None  # QoS 2: paho's
+        assert sock.whole_packet(PUBLISH) == qos2
+        assert sock.whole_packet(PUBLISH) is None  # a PINGRESP: paho's
         assert sock.recv(2) == b"\xd0\x00"
 
 
@@ -266,7 +268,7 @@ def test_whole_packets_are_taken_from_the_buffer_others_left_to_paho() -> None:
 def test_a_packet_not_held_whole_stays_in_the_buffer(data: bytes) -> None:
     near, far, sock = buffered(data)
     with near, far:
-        assert sock.whole_packet(0x30) is None
+        assert sock.whole_packet(PUBLISH) is None
         assert sock.pending() == len(data)
 
 
