@@ -10,11 +10,18 @@ CPU seconds of every process (aggregator, broker, publishers) say where the time
 Needs root for the lab part (a lab of its own, prefix wgbs):
     .venv/bin/python -m bench.bench_service [--messages 30000] [--publishers 3] [--breaks 5] [--default-breaks 3]
     .venv/bin/python -m bench.bench_service --no-lab        # ingest figures only
+    .venv/bin/python -m bench.bench_service --no-lab --ab ../main   # and the aggregator of another checkout, in turn
+
+`--ab DIR` runs `probe aggregator` from another checkout (its source tree first on PYTHONPATH) and from this one in
+turn, `--ab-rounds` times each, behind the same broker and publishers: on a shared machine whose load moves from
+minute to minute, the paired figures (CPU per message, steady rate) say what a change did where absolute ones do
+not.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -24,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,7 +255,27 @@ def bare_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], 
     }
 
 
-def end_to_end(relays: int, count: int, n: int) -> dict[str, float]:
+@contextlib.contextmanager
+def source_first(tree: Path | None) -> Iterator[None]:
+    """Processes started inside import `probe` from `tree` (None: this checkout, as they would anyway): `tree` first
+    on PYTHONPATH, and the working directory (which `python -m` puts before PYTHONPATH) too."""
+    if tree is None:
+        yield
+        return
+    before, cwd = os.environ.get("PYTHONPATH"), Path.cwd()
+    os.environ["PYTHONPATH"] = str(tree.resolve())
+    os.chdir(tree)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def end_to_end(relays: int, count: int, n: int, other: Path | None = None, ab_rounds: int = 3) -> dict[str, Any]:
     inventory = make_inventory(relay_names(relays))
     names = list(inventory.names)
     with tempfile.TemporaryDirectory(prefix="wgprobe-bench-service-") as tmp:
@@ -258,18 +285,54 @@ def end_to_end(relays: int, count: int, n: int) -> dict[str, float]:
         try:
             write_inventory(directory / "relays.toml", inventory)
             baseline = bare_subscriber_rate(broker, directory, names, count, n)
-            aggregator = AggregatorProcess(
-                directory / "aggregator", broker, inventory=directory / "relays.toml", interval=INTERVAL
-            )
-            aggregator.start()
-            try:
-                figures = _ingest_run(broker, aggregator, directory, names, count, n)
-            finally:
-                aggregator.stop()
-            assert broker.process is not None
+            figures = _aggregator_run(broker, directory, names, count, n, None)
+            if other is not None:
+                figures.update(_ab_runs(broker, directory, names, count, n, other, ab_rounds))
         finally:
             broker.stop()
     return {**baseline, **figures}
+
+
+def _aggregator_run(
+    broker: Mosquitto, directory: Path, names: list[str], count: int, n: int, tree: Path | None
+) -> dict[str, float]:
+    with source_first(tree):
+        aggregator = AggregatorProcess(
+            directory / "aggregator", broker, inventory=directory / "relays.toml", interval=INTERVAL
+        )
+        aggregator.start()
+    try:
+        return _ingest_run(broker, aggregator, directory, names, count, n)
+    finally:
+        aggregator.stop()
+
+
+def _ab_runs(
+    broker: Mosquitto, directory: Path, names: list[str], count: int, n: int, other: Path, rounds: int
+) -> dict[str, Any]:
+    """The other checkout's aggregator and this one's, in turn; medians and the median of the paired ratios."""
+    runs: dict[str, list[dict[str, float]]] = {"other": [], "this": []}
+    for _ in range(rounds):
+        runs["other"].append(_aggregator_run(broker, directory, names, count, n, other))
+        runs["this"].append(_aggregator_run(broker, directory, names, count, n, None))
+    cpu = {side: [r["e2e_aggregator_cpu_ms_per_message"] for r in got] for side, got in runs.items()}
+    rate = {side: [r["e2e_accepted_per_s_steady"] for r in got] for side, got in runs.items()}
+    return {
+        "ab_other": str(other),
+        "ab_rounds": rounds,
+        "ab_other_cpu_ms_per_message_median": median(cpu["other"]),
+        "ab_this_cpu_ms_per_message_median": median(cpu["this"]),
+        "ab_cpu_this_over_other_paired_median": median([a / b for a, b in zip(cpu["this"], cpu["other"], strict=True)]),
+        "ab_other_per_s_steady_median": median(rate["other"]),
+        "ab_this_per_s_steady_median": median(rate["this"]),
+        "ab_rate_this_over_other_paired_median": median(
+            [a / b for a, b in zip(rate["this"], rate["other"], strict=True)]
+        ),
+        "ab_other_cpu_ms_per_message": [round(v, 4) for v in cpu["other"]],
+        "ab_this_cpu_ms_per_message": [round(v, 4) for v in cpu["this"]],
+        "ab_other_per_s_steady": [round(v, 1) for v in rate["other"]],
+        "ab_this_per_s_steady": [round(v, 1) for v in rate["this"]],
+    }
 
 
 def _ingest_run(
@@ -424,6 +487,8 @@ def main() -> None:
     parser.add_argument("--short-interval", type=float, default=3.0)
     parser.add_argument("--default-breaks", type=int, default=3, help="breaks at the default 15 s interval")
     parser.add_argument("--no-lab", action="store_true", help="skip time to detect (no root needed)")
+    parser.add_argument("--ab", type=Path, help="another checkout whose aggregator runs in turn with this one's")
+    parser.add_argument("--ab-rounds", type=int, default=3)
     args = parser.parse_args()
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(),
@@ -433,7 +498,7 @@ def main() -> None:
         "paths_per_result": 12,
     }
     figures.update(store_figures(args.relays, args.rounds))
-    figures.update(end_to_end(args.relays, args.messages, args.publishers))
+    figures.update(end_to_end(args.relays, args.messages, args.publishers, args.ab, args.ab_rounds))
     figures["e2e_target_per_s"] = 5000.0
     figures["needed_results_per_s"] = args.relays * len(AGENTS) / INTERVAL
     if not args.no_lab:

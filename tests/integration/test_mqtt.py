@@ -136,3 +136,47 @@ async def test_a_burst_arrives_whole_and_in_order_through_buffered_reads(broker:
             assert isinstance(agent_socket, BufferedReads) and isinstance(reader_socket, BufferedReads)
             assert agent_socket.reads < count  # PUBACKs: several per read
             assert reader_socket.reads < count  # messages: several per read
+
+
+@pytest.mark.asyncio
+async def test_messages_with_properties_arrive_whole_and_acknowledged_ones_are_not_sent_again(
+    broker: Mosquitto,
+) -> None:
+    """Through the lean PUBLISH path: the properties a publisher sets (which the broker forwards) are stepped over,
+    and every message taken is acknowledged: a persistent session resumed later gets none of them again."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    reader_section = broker.section(AGGREGATOR_USER)
+    async with connect(reader_section, "test-session", clean_start=False, session_expiry=600) as reader:
+        await reader.subscribe(["wgprobe/v1/results/+/+"])
+        agent = broker.users.get("agent-a") or broker.add_user("agent-a")
+        publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-props", protocol=paho.MQTTv5)
+        publisher.username_pw_set("agent-a", agent.password_file.read_text().strip())
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = 600
+        properties.ContentType = "application/json"
+        properties.UserProperty = [("k", "v" * 300)]  # a two-byte properties length
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        try:
+            infos = [
+                publisher.publish(result_topic("agent-a", "s1"), b"%d" % n, qos=1, properties=properties)
+                for n in range(20)
+            ]
+            for info in infos:
+                info.wait_for_publish(HANG_GUARD)
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+        got: list[bytes] = []
+        while len(got) < 20:
+            message = await reader.receive(HANG_GUARD)
+            assert message is not None, len(got)
+            got.append(message.payload)
+        assert got == [b"%d" % n for n in range(20)]
+        await asyncio.sleep(0.5)  # the PUBACKs on their way
+    async with connect(reader_section, "test-session", clean_start=False, session_expiry=600) as again:
+        assert await again.receive(1.0) is None  # nothing unacknowledged left in the session
