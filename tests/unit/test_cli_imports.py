@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,55 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     # What only some runs need: a namespace (ctypes for setns), a name or key that is not found (difflib).
     assert loaded(modules, ("ctypes", "difflib")) == []
     assert "probe.runner" in modules  # the check sees a real run, not an early exit
+
+
+# A pydantic plugin, as a package installs one (an entry point in the group "pydantic"): loading it leaves a mark.
+PLUGIN = """
+import os
+from pathlib import Path
+
+Path(os.environ["WGPROBE_TEST_PLUGIN_MARK"]).write_text("loaded")
+
+
+class _Plugin:
+    def new_schema_validator(self, *args, **kwargs):
+        return None, None, None
+
+
+plugin = _Plugin()
+"""
+
+
+def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "wgprobe_test_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wgprobe-test-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nmark = wgprobe_test_plugin:plugin\n")
+    (site / "wgprobe_test_plugin.py").write_text(PLUGIN)
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
+    mark = tmp_path / "mark"
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env |= {"PYTHONPATH": path, "WGPROBE_TEST_PLUGIN_MARK": str(mark)}
+
+    def servers(env: dict[str, str]) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "probe", "servers", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "xx-one-wg-001" in done.stdout
+
+    servers(env)
+    assert not mark.exists()
+    # The user's own setting is kept: empty means "load every plugin", as pydantic reads it.
+    servers({**env, "PYDANTIC_DISABLE_PLUGINS": ""})
+    assert mark.read_text() == "loaded"
 
 
 def test_probe_servers_needs_no_event_loop(tmp_path: Path) -> None:
