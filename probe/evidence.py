@@ -19,10 +19,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from probe.packets.errors import EvidenceError
 from probe.packets.evidence import pcap_capped, write_private
@@ -49,8 +48,7 @@ class _HasPackets(Protocol):
     def packets(self) -> list[tuple[float, str, bytes]]: ...
 
 
-@dataclass(frozen=True)
-class SavedPcap:
+class SavedPcap(NamedTuple):
     path: str
     packets: int  # written to the file
     left_out: int  # past `path_max_bytes`, not written
