@@ -19,10 +19,9 @@ in `ca_file`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from ipaddress import IPv6Address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -55,8 +54,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 
-@dataclass(frozen=True)
-class BrokerUrl:
+class BrokerUrl(NamedTuple):
     """Where the MQTT broker is: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)."""
 
     scheme: Literal["mqtt", "mqtts"]

@@ -15,7 +15,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
@@ -507,7 +506,7 @@ async def test_a_relay_that_only_ever_sends_cookie_replies_is_cookie_failed() ->
 
 @pytest.mark.asyncio
 async def test_a_namespace_that_is_gone_is_socket_error_not_internal_error() -> None:
-    settings = replace(SETTINGS, netns="wgprobe-test-no-such-namespace")
+    settings = SETTINGS._replace(netns="wgprobe-test-no-such-namespace")
     ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), 9, settings)
     run = await run_stages(ctx)
     hs = run.stages[0]
