@@ -162,7 +162,7 @@ def test_every_command_of_the_table_is_registered_by_its_module_with_the_same_he
     assert helps[name] == command.help
 
 
-@pytest.mark.parametrize("name", ["server", "agent", "serve", "verify", "reflector"])
+@pytest.mark.parametrize("name", ["server", "sweep", "dissect", "agent", "serve", "verify", "reflector"])
 def test_a_command_gets_its_own_options_and_the_rest_stay_listed(tmp_path: Path, name: str) -> None:
     done, modules = modules_of_run(tmp_path, name, "--help")
     assert done.returncode == 0, done.stderr
