@@ -111,15 +111,23 @@ def test_keys_load_as_the_public_api_loads_them(raw: bytes, peer_raw: bytes) -> 
     assert private.exchange(public) == reference.exchange(X25519PublicKey.from_public_bytes(peer))
 
 
-def test_loading_keys_leaves_the_openssl_backend_unimported() -> None:
-    """What the direct load is for (start-up time), in a fresh interpreter: a key pair, a DH, and no backend."""
+def test_the_aead_is_cryptographys_own_class() -> None:
+    assert crypto.ChaCha20Poly1305 is ChaCha20Poly1305
+
+
+def test_keys_and_the_aead_leave_cryptographys_backend_and_cipher_modules_unimported() -> None:
+    """What the direct imports are for (start-up time), in a fresh interpreter: a key pair, a DH, a sealed and opened
+    message, and neither the OpenSSL backend nor the `ciphers` package loaded."""
     code = (
         "import sys; from probe.wireguard import crypto; "
         "k = crypto.dh_private(bytes(range(32))); crypto.dh(k, crypto.dh_public_bytes(crypto.dh_private(bytes(32)))); "
-        "print('cryptography.hazmat.backends.openssl' in sys.modules)"
+        "sealed = crypto.aead_encrypt(bytes(32), 1, b'data', b''); "
+        "assert crypto.aead_decrypt(bytes(32), 1, sealed, b'') == b'data'; "
+        "print(sorted(m for m in sys.modules if m.startswith(('cryptography.hazmat.backends', "
+        "'cryptography.hazmat.primitives.ciphers'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "[]"
 
 
 def test_dh_agrees_with_cryptography_and_rejects_low_order_points() -> None:
