@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
@@ -74,8 +73,7 @@ class Settings(NamedTuple):
     netns: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PathContext:
+class PathContext(NamedTuple):
     """Everything one path's stages need to know; nothing in it changes while they run."""
 
     relay_name: str
@@ -89,7 +87,7 @@ class PathContext:
     expected_egress: IPv4Address | IPv6Address | None
     settings: Settings
     cookie_state: CookieState
-    record: Record | None = field(default_factory=Record)  # evidence of the path; None: keep none
+    record: Record | None = None  # evidence of the path (the runner gives each path its own); None: keep none
     first_gap: float | None = None  # first initiation retransmit, from the relay's last handshake RTT
     clock: Callable[[], float] = time.monotonic  # every time a stage reads: tests inject their own
 

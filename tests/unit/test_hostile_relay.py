@@ -44,7 +44,7 @@ from probe.sim.world import World
 from probe.stages import REGISTRY, Registry, handshake
 from probe.stages.base import Exchange, PathContext, Settings
 from probe.stages.driver import drive
-from probe.tunnel import Tunnel
+from probe.tunnel import Record, Tunnel
 from probe.wireguard import CookieState, Identity, Initiation, PrivateKey, ProtocolError, PublicKey
 
 Address = IPv4Address | IPv6Address
@@ -168,6 +168,7 @@ def make_ctx(
         expected_egress=EGRESS[family],
         settings=settings,
         cookie_state=CookieState(relay_key),
+        record=Record(),
     )
 
 
