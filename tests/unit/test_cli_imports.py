@@ -41,6 +41,16 @@ out, sys.argv = sys.argv[1], ["probe", *sys.argv[2:]]
 def write_modules():
     with open(out, "w") as file:
         file.write(json.dumps(sorted(sys.modules)))
+    dataclasses = sys.modules.get("dataclasses")
+    found = [
+        (f"{name}.{value.__qualname__}", value.__dataclass_params__.frozen)
+        for name, module in list(sys.modules.items())
+        if name.startswith(("probe", "agents")) and dataclasses is not None
+        for value in list(vars(module).values())
+        if isinstance(value, type) and value.__module__ == name and dataclasses.is_dataclass(value)
+    ]
+    with open(out + ".dataclasses", "w") as file:
+        file.write(json.dumps(sorted(found)))
 def write_and_exit(code, exit=os._exit):
     write_modules()
     exit(code)
@@ -65,6 +75,12 @@ def modules_of_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProc
     return done, set(json.loads(out.read_text()))
 
 
+def dataclasses_of_run(tmp_path: Path) -> dict[str, bool]:
+    """wgprobe's dataclasses in the last run of `modules_of_run`: name -> frozen."""
+    found = json.loads((tmp_path / "modules.json.dataclasses").read_text())
+    return {name: frozen for name, frozen in found}
+
+
 def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in packages))
 
@@ -83,6 +99,14 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     # What only some runs need: a namespace (ctypes for setns), a name or key that is not found (difflib).
     assert loaded(modules, ("ctypes", "difflib")) == []
     assert "probe.runner" in modules  # the check sees a real run, not an early exit
+    assert "cryptography.hazmat.backends" not in modules  # keys load without cryptography's OpenSSL backend module
+    # CPython 3.11 compiles every dataclass's methods when its module is imported (~1 ms a frozen one here): the
+    # immutable records on this path are NamedTuples. The frozen dataclasses left are the WireGuard message layouts
+    # (DESIGN.md: frozen dataclasses that check their fields); the mutable state objects stay dataclasses.
+    frozen = sorted(name for name, is_frozen in dataclasses_of_run(tmp_path).items() if is_frozen)
+    assert frozen == [
+        f"probe.wireguard.messages.{name}" for name in ("CookieReply", "Initiation", "Response", "Transport")
+    ]
 
 
 # A pydantic plugin, as a package installs one (an entry point in the group "pydantic"): loading it leaves a mark.
