@@ -112,13 +112,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wgprobe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = COMMANDS.get(command_of(sys.argv[1:] if argv is None else argv) or "")
+    words = sys.argv[1:] if argv is None else argv
+    named = command_of(words)
+    chosen = COMMANDS.get(named or "")
+    # Only `probe`'s own help lists the commands; it is asked for by an option before the command's name (`probe -h
+    # server`), or comes with no command or an unknown one. Otherwise the other commands are left out of the parser
+    # (each stub is an ArgumentParser: start-up time), and nothing printed changes.
+    listed = chosen is None or any(word.startswith("-") for word in words[: list(words).index(named or "")])
     for name, entry in COMMANDS.items():
         if name in commands.choices:
             continue  # added by its register function along with the chosen command
         if chosen is not None and (entry.module, entry.register) == (chosen.module, chosen.register):
             register(commands, entry)
-        else:
+        elif listed:
             # A stub only names the command and its help line: it is never parsed, so it needs no -h of its own
             # (each parser's help option and the translations argparse looks up for it are start-up time).
             commands.add_parser(name, help=entry.help, add_help=False)

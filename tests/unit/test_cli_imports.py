@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.cli import COMMANDS, command_of
+from probe.cli import COMMANDS, build_parser, command_of
 from tests.unit.test_cli import closed_port, relay_toml, write_setup
 
 # What only other commands need: the service stacks, the lab, the evidence dissector, other commands' modules
@@ -196,6 +196,18 @@ def test_a_command_gets_its_own_options_and_the_rest_stay_listed(tmp_path: Path,
     assert loaded(modules, tuple(other)) == []
     listed, _ = modules_of_run(tmp_path, "-h", name)  # the top-level help still names every command
     assert all(n in listed.stdout for n in COMMANDS)
+
+
+def test_the_parser_holds_only_the_running_command_unless_probes_own_help_may_list_them_all() -> None:
+    def choices(argv: list[str]) -> list[str]:
+        parser = build_parser(argv)
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
+    assert choices(["server", "se-got-wg-001", "--json"]) == ["server"]
+    assert choices(["serve", "--help"]) == ["aggregator", "serve"]  # one register function adds both
+    for argv in (["-h", "server"], ["--", "server"], [], ["no-such-command"]):
+        assert choices(argv) == list(COMMANDS), argv
 
 
 def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
