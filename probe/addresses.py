@@ -6,9 +6,8 @@ and resolving a name per probe is not its job.
 """
 
 import re
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BeforeValidator
 
@@ -40,8 +39,7 @@ IPv4Field = Annotated[IPv4Address, BeforeValidator(address_text)]
 IPv6Field = Annotated[IPv6Address, BeforeValidator(address_text)]
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """An IP address and a UDP/TCP port, written "198.18.0.2:7777" or "[fd77::2]:7777"."""
 
     host: IPv4Address | IPv6Address

@@ -2,8 +2,9 @@
 
 argparse, and each command's heavy imports inside its handler: `probe server` is run by hand during incidents and
 by deploy pipelines, so its start-up counts (a CLI framework cost a quarter of a second here). Every command
-module offers `register(subparsers)`, and only the module of the command being run is imported (`COMMANDS`); a
-handler takes the parsed arguments and returns the exit code.
+module offers a `register(subparsers)` function for its command(s), and only the module of the command being run
+is imported, only that command's parser built (`COMMANDS`); a handler takes the parsed arguments and returns the
+exit code.
 
 Exit codes, for every command (probe/errors.py holds them): 0 all ok, 1 a relay failed, 2 usage or config error,
 3 could not judge (inventory unreachable, the agent's own network down), 70 a bug in wgprobe.
@@ -56,10 +57,10 @@ class Command(NamedTuple):  # not a dataclass: `probe --help` would import datac
 # lab or prometheus_client (importing every command's module made `probe --help` 0.45 s here, 0.05 s without).
 # Listed in the order `probe --help` shows them.
 COMMANDS: dict[str, Command] = {
-    "server": Command("probe.cli_probe", "register", "probe one relay on every path, stage by stage"),
-    "sweep": Command("probe.cli_probe", "register", "probe every relay; failures by reason and by shared labels"),
-    "servers": Command("probe.cli_probe", "register", "list the inventory the config points at"),
-    "dissect": Command("probe.cli_probe", "register", "show the packets of evidence pcaps"),
+    "server": Command("probe.cli_probe", "register_server", "probe one relay on every path, stage by stage"),
+    "sweep": Command("probe.cli_probe", "register_sweep", "probe every relay; failures by reason and by shared labels"),
+    "servers": Command("probe.cli_probe", "register_servers", "list the inventory the config points at"),
+    "dissect": Command("probe.cli_probe", "register_dissect", "show the packets of evidence pcaps"),
     "lab": Command(
         "probe.lab.cli", "register", "a fleet of real WireGuard relays in network namespaces, with injectable faults"
     ),
@@ -111,14 +112,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wgprobe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = COMMANDS.get(command_of(sys.argv[1:] if argv is None else argv) or "")
+    words = sys.argv[1:] if argv is None else argv
+    named = command_of(words)
+    chosen = COMMANDS.get(named or "")
+    # Only `probe`'s own help lists the commands; it is asked for by an option before the command's name (`probe -h
+    # server`), or comes with no command or an unknown one. Otherwise the other commands are left out of the parser
+    # (each stub is an ArgumentParser: start-up time), and nothing printed changes.
+    listed = chosen is None or any(word.startswith("-") for word in words[: list(words).index(named or "")])
     for name, entry in COMMANDS.items():
         if name in commands.choices:
-            continue  # added by its module along with the chosen command
-        if chosen is not None and entry.module == chosen.module:
+            continue  # added by its register function along with the chosen command
+        if chosen is not None and (entry.module, entry.register) == (chosen.module, chosen.register):
             register(commands, entry)
-        else:
-            commands.add_parser(name, help=entry.help)
+        elif listed:
+            # A stub only names the command and its help line: it is never parsed, so it needs no -h of its own
+            # (each parser's help option and the translations argparse looks up for it are start-up time).
+            commands.add_parser(name, help=entry.help, add_help=False)
     return parser
 
 
@@ -228,7 +237,15 @@ QUICK_EXIT = frozenset({"server", "sweep", "servers"})
 SERVICES = frozenset({"agent", "aggregator", "serve"})
 
 
+# wgprobe uses no pydantic plugins, and looking for them costs every command its start-up: when the first model is
+# built, pydantic reads the entry points of every installed package (~5 ms of `probe server`'s cold start). Set for
+# the `probe` command only (importing `probe` as a library changes nothing), before any model is built; a value the
+# user set is kept, so `PYDANTIC_DISABLE_PLUGINS= probe ...` (empty) loads the installed plugins again.
+NO_PYDANTIC_PLUGINS = ("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+
 def main() -> NoReturn:
+    os.environ.setdefault(*NO_PYDANTIC_PLUGINS)
     if command_of(sys.argv[1:]) in SERVICES:
         from probe import signals
 

@@ -46,7 +46,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(commands: Commands) -> None:
+def register_server(commands: Commands) -> None:
     server_p = commands.add_parser(
         "server",
         help="probe one relay on every path, stage by stage",
@@ -60,6 +60,8 @@ def register(commands: Commands) -> None:
     server_p.add_argument("--json", action="store_true", dest="json_out", help="machine-readable output")
     server_p.set_defaults(handler=server)
 
+
+def register_sweep(commands: Commands) -> None:
     sweep_p = commands.add_parser(
         "sweep",
         help="probe every relay; failures by reason and by shared labels",
@@ -71,11 +73,15 @@ def register(commands: Commands) -> None:
     sweep_p.add_argument("--concurrency", type=_positive, default=16, help="relays probed at once (default 16)")
     sweep_p.set_defaults(handler=sweep)
 
+
+def register_servers(commands: Commands) -> None:
     servers_p = commands.add_parser("servers", help="list the inventory the config points at")
     _config_option(servers_p)
     servers_p.add_argument("--json", action="store_true", dest="json_out", help="one JSON relay per line")
     servers_p.set_defaults(handler=servers)
 
+
+def register_dissect(commands: Commands) -> None:
     dissect_p = commands.add_parser(
         "dissect",
         help="show the packets of evidence pcaps",

@@ -230,11 +230,13 @@ class AgentConfig(Section):
     identities: tuple[Identity, ...]
     inventory: InventorySection
     checks: ChecksSection
-    # Dicts, validated, rather than ProbeSection() etc.: a default instance would skip the path resolution above.
+    # Dicts, validated, rather than ProbeSection() etc.: a default instance would skip the path resolution above,
+    # and would build that section's own validator besides this model's (start-up time: `probe server` validates
+    # one config per run, through this model alone).
     probe: ProbeSection = Field(default_factory=dict, validate_default=True)
-    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    schedule: ScheduleSection = Field(default_factory=dict, validate_default=True)
     mqtt: MqttSection | None = None  # required by `probe agent`; `probe server` and `probe serve` need none
-    http: HttpSection = Field(default_factory=HttpSection)
+    http: HttpSection = Field(default_factory=dict, validate_default=True)
     spool: SpoolSection = Field(default_factory=dict, validate_default=True)
 
     _path: Path | None = PrivateAttr(default=None)

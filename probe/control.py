@@ -19,9 +19,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple
 
 from probe import reflector
 from probe.messages import ControlCheck
@@ -35,8 +35,7 @@ ATTEMPT_TIMEOUT = 0.5  # seconds per attempt; a control target is one hop of the
 _ECHO_HEADER = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     what: str  # "reflector" or "forward target", for the detail line
     address: IPv4Address | IPv6Address
     port: int | None = None  # the reflector's; None for the ICMP echo of the forward target

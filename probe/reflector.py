@@ -32,10 +32,9 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from types import FrameType
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from probe.addresses import Endpoint
 from probe.errors import ConfigError, WgProbeError
@@ -59,8 +58,7 @@ class ReflectorError(WgProbeError):
     """A reflector response that is malformed or answers another request."""
 
 
-@dataclass(frozen=True, slots=True)
-class Observed:
+class Observed(NamedTuple):
     address: IPv4Address | IPv6Address
     port: int
 

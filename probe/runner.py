@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple
 
 from probe.config import AgentConfig
 from probe.evidence import EvidenceStore
@@ -43,8 +43,7 @@ _SPREAD = 7919  # a prime stride: successive rotations visit a range's ports in 
 FIRST_GAP_RTTS = 4.0
 
 
-@dataclass(frozen=True, slots=True)
-class PathSpec:
+class PathSpec(NamedTuple):
     port: int
     entry: IPv4Address | IPv6Address
 
@@ -256,8 +255,7 @@ class Prober:
         return result.model_copy(update={"evidence_error": error}) if error else result
 
 
-@dataclass(frozen=True, slots=True)
-class StagesRun:
+class StagesRun(NamedTuple):
     """What `run_stages` hands back: the stage results in order, and the datagrams of the path that could not be
     attributed to any stage (transport messages that did not authenticate, inner packets with no identifier)."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from probe.inventory.labels import load_labels, merge_labels
 from probe.inventory.model import Inventory
 from probe.inventory.source import InventorySource
 
@@ -29,6 +28,8 @@ class ConfiguredInventory:
         inventory = self.source.load()
         if self.section.labels is None:
             return inventory
+        from probe.inventory.labels import load_labels, merge_labels  # here: most inventories have no labels source
+
         labels = load_labels(self.section.labels, timeout=self.timeout)
         self.label_problems = labels.problems
         return merge_labels(inventory, labels.labels)

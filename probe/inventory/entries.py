@@ -6,7 +6,6 @@ fleet's monitoring down with it (DESIGN.md), so each entry is validated alone an
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -37,12 +36,16 @@ class EntryProblem(Exception):
 Convert = Callable[[Mapping[str, Any]], dict[str, Any] | None]
 
 
-@dataclass
 class Collected:
-    relays: list[Relay] = field(default_factory=list)
-    problems: list[InventoryProblem] = field(default_factory=list)
-    inactive: list[str] = field(default_factory=list)
-    entries: int = 0  # WireGuard entries seen, loaded or not
+    """What `collect_relays` gathered. A plain class: a dataclass is ~1 ms of start-up on CPython 3.11."""
+
+    __slots__ = ("entries", "inactive", "problems", "relays")
+
+    def __init__(self) -> None:
+        self.relays: list[Relay] = []
+        self.problems: list[InventoryProblem] = []
+        self.inactive: list[str] = []
+        self.entries = 0  # WireGuard entries seen, loaded or not
 
 
 def collect_relays(

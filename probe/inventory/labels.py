@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from probe.inputs import InputError, read_regular_file
 from probe.inventory.model import Inventory, InventoryError, check_label_names
@@ -32,8 +31,7 @@ MAX_LABEL_VALUE = 256
 _MAX_FILE = 32 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class RelayLabels:
+class RelayLabels(NamedTuple):
     """Labels by hostname, and the entries that were skipped (one line each, naming the host and the label)."""
 
     source: str

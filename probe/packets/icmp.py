@@ -8,9 +8,8 @@ inner address.
 """
 
 import struct
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from probe.packets.checksum import finish, pseudo_header_sum, verifies, word_sum
 from probe.packets.errors import ChecksumError, PacketError
@@ -81,8 +80,7 @@ _ERROR_TYPE_OF: Final = {
 _ERROR_TYPE_OF[4][IcmpErrorKind.packet_too_big] = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Echo:
+class Echo(NamedTuple):
     """An echo request or reply (ICMP types 8/0, ICMPv6 types 128/129)."""
 
     type: int
@@ -96,8 +94,7 @@ class Echo:
         return self.type in ECHO_REPLIES
 
 
-@dataclass(frozen=True, slots=True)
-class Quoted:
+class Quoted(NamedTuple):
     """The part of the offending packet an ICMP error quotes, as far as a verifier needs it."""
 
     version: int
@@ -113,8 +110,7 @@ class Quoted:
     sequence: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class IcmpError:
+class IcmpError(NamedTuple):
     """An ICMP error message and the packet it complains about."""
 
     kind: IcmpErrorKind
@@ -125,8 +121,7 @@ class IcmpError:
     quoted: Quoted
 
 
-@dataclass(frozen=True, slots=True)
-class IcmpOther:
+class IcmpOther(NamedTuple):
     """Any other ICMP message (redirect, router advertisement...): well formed, never a probe's answer."""
 
     type: int

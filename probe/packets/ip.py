@@ -12,9 +12,8 @@ header says (truncation).
 import itertools
 import socket
 import struct
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final
+from typing import Final, NamedTuple
 
 from probe.packets.checksum import finish, verifies, word_sum
 from probe.packets.errors import ChecksumError, PacketError
@@ -52,8 +51,7 @@ def next_ip_id() -> int:
     return _next_ip_id() & 0xFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class IPPacket:
+class IPPacket(NamedTuple):
     """A parsed IPv4 or IPv6 packet, payload trimmed to the length the header gives."""
 
     version: int

@@ -1,8 +1,7 @@
 """UDP (RFC 768) over IPv4 and IPv6: build and parse, checksum over the pseudo-header."""
 
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from probe.packets.checksum import finish, pseudo_header_sum, verifies, word_sum
 from probe.packets.errors import ChecksumError, PacketError
@@ -12,8 +11,7 @@ UDP_HEADER_LEN: Final = 8
 _UDP: Final = struct.Struct("!HHHH")
 
 
-@dataclass(frozen=True, slots=True)
-class Udp:
+class Udp(NamedTuple):
     sport: int
     dport: int
     checksum: int

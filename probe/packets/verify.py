@@ -17,8 +17,8 @@ RFC 8200 section 3) are reported (`ttl`) but never judged.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from probe.packets.errors import ChecksumError, PacketError
 from probe.packets.icmp import Echo, IcmpError, IcmpOther, Quoted, parse_icmp
@@ -54,8 +54,7 @@ class Mismatch(StrEnum):
 Reply = Echo | Udp | IcmpError | IcmpOther
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     mismatch: Mismatch | None
     ttl: int | None
     """TTL or hop limit of the packet judged; None when it did not parse. Lets a stage see how far away the

@@ -9,7 +9,7 @@ reported as failed.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from probe.results import STAGE_ORDER, StageName, StageResult
 from probe.stages import egress, forward, handshake, mtu, tunnel
@@ -21,16 +21,14 @@ __all__ = ["REGISTRY", "Exchange", "PathContext", "Registry", "Settings", "Stage
 HandshakeFn = Callable[[PathContext], Awaitable[tuple[StageResult, Tunnel | None]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Stage:
+class Stage(NamedTuple):
     name: StageName
     applies: Callable[[PathContext], bool]
     prepare: Callable[[PathContext], Exchange]
     after: StageName | None  # if that stage failed, this one's failure says nothing of its own: not judged
 
 
-@dataclass(frozen=True, slots=True)
-class Registry:
+class Registry(NamedTuple):
     handshake: HandshakeFn
     stages: tuple[Stage, ...]
 

@@ -11,12 +11,13 @@ Every failure of a primitive on network input is converted here into a `Protocol
 """
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from probe.wireguard.constants import (
     CONSTRUCTION,
@@ -27,6 +28,32 @@ from probe.wireguard.constants import (
 from probe.wireguard.errors import AuthenticationError, InvalidKeyError
 
 _blake2s = hashlib.blake2s
+
+# Loading an X25519 key through `X25519PrivateKey.from_private_bytes` / `X25519PublicKey.from_public_bytes` imports
+# cryptography's whole OpenSSL backend module (its cffi binding, RSA, EC, padding: 8 ms of `probe server`'s cold
+# start, on the first key) only to ask `backend.x25519_supported()`, which is "not in FIPS mode"; the methods then
+# return what these two functions of its Rust core return. They are called directly where this cryptography has them
+# (constraints.txt pins it; tests/unit/test_wg_crypto.py holds both ways equal) and FIPS mode is off; otherwise the
+# public methods are, and say what they say (in FIPS mode: UnsupportedAlgorithm).
+_load_private: Callable[[bytes], X25519PrivateKey] = X25519PrivateKey.from_private_bytes
+_load_public: Callable[[bytes], X25519PublicKey] = X25519PublicKey.from_public_bytes
+try:
+    if not _rust_openssl.is_fips_enabled():
+        _load_private, _load_public = _rust_openssl.x25519.from_private_bytes, _rust_openssl.x25519.from_public_bytes
+except AttributeError:  # another cryptography: the public methods it is
+    pass
+
+# `cryptography.hazmat.primitives.ciphers.aead.ChaCha20Poly1305` is this very class of the Rust core, re-exported;
+# importing it from there imports the whole `ciphers` package first (its algorithms and modes, the "decrepit" ciphers
+# among them: 2.5 ms of the cold start). The same class, taken where that module takes it, with the same fallback.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as ChaCha20Poly1305  # noqa: PLC0414 (re-exported)
+else:
+    try:
+        ChaCha20Poly1305 = _rust_openssl.aead.ChaCha20Poly1305
+    except AttributeError:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 _HMAC_BLOCK_SIZE: Final = 64  # BLAKE2s block size, the HMAC padding length (RFC 2104)
 _IPAD: Final = bytes(b ^ 0x36 for b in range(256))
 _OPAD: Final = bytes(b ^ 0x5C for b in range(256))
@@ -120,7 +147,7 @@ def dh_private(raw: bytes) -> X25519PrivateKey:
     """Load a 32-byte X25519 scalar (X25519 clamps it, so any 32 bytes are a valid private key)."""
     if len(raw) != KEY_SIZE:
         raise InvalidKeyError(f"private key must be {KEY_SIZE} bytes, got {len(raw)}")
-    return X25519PrivateKey.from_private_bytes(raw)
+    return _load_private(raw)
 
 
 def dh_public_bytes(private: X25519PrivateKey) -> bytes:
@@ -146,7 +173,7 @@ def dh_public(public: bytes) -> X25519PublicKey:
     """Load a 32-byte X25519 public key once, for several DH operations with it."""
     if len(public) != KEY_SIZE:
         raise InvalidKeyError(f"public key must be {KEY_SIZE} bytes, got {len(public)}")
-    return X25519PublicKey.from_public_bytes(public)
+    return _load_public(public)
 
 
 @lru_cache(maxsize=4096)

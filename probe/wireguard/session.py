@@ -18,7 +18,6 @@ Theory of operation:
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from probe.wireguard.constants import (
     MESSAGE_TRANSPORT,
@@ -29,6 +28,7 @@ from probe.wireguard.constants import (
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
+from probe.wireguard.crypto import ChaCha20Poly1305
 from probe.wireguard.errors import (
     AuthenticationError,
     HandshakeStateError,

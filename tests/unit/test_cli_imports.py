@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from probe.cli import COMMANDS, command_of
+from probe.cli import COMMANDS, build_parser, command_of
 from tests.unit.test_cli import closed_port, relay_toml, write_setup
 
 # What only other commands need: the service stacks, the lab, the evidence dissector, other commands' modules
@@ -40,6 +41,16 @@ out, sys.argv = sys.argv[1], ["probe", *sys.argv[2:]]
 def write_modules():
     with open(out, "w") as file:
         file.write(json.dumps(sorted(sys.modules)))
+    dataclasses = sys.modules.get("dataclasses")
+    found = [
+        (f"{name}.{value.__qualname__}", value.__dataclass_params__.frozen)
+        for name, module in list(sys.modules.items())
+        if name.startswith(("probe", "agents")) and dataclasses is not None
+        for value in list(vars(module).values())
+        if isinstance(value, type) and value.__module__ == name and dataclasses.is_dataclass(value)
+    ]
+    with open(out + ".dataclasses", "w") as file:
+        file.write(json.dumps(sorted(found)))
 def write_and_exit(code, exit=os._exit):
     write_modules()
     exit(code)
@@ -64,6 +75,12 @@ def modules_of_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProc
     return done, set(json.loads(out.read_text()))
 
 
+def dataclasses_of_run(tmp_path: Path) -> dict[str, bool]:
+    """wgprobe's dataclasses in the last run of `modules_of_run`: name -> frozen."""
+    found = json.loads((tmp_path / "modules.json.dataclasses").read_text())
+    return {name: frozen for name, frozen in found}
+
+
 def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in packages))
 
@@ -82,6 +99,63 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     # What only some runs need: a namespace (ctypes for setns), a name or key that is not found (difflib).
     assert loaded(modules, ("ctypes", "difflib")) == []
     assert "probe.runner" in modules  # the check sees a real run, not an early exit
+    assert "cryptography.hazmat.backends" not in modules  # keys load without cryptography's OpenSSL backend module
+    # CPython 3.11 compiles every dataclass's methods when its module is imported (~1 ms a frozen one here): the
+    # immutable records on this path are NamedTuples. The frozen dataclasses left are the WireGuard message layouts
+    # (DESIGN.md: frozen dataclasses that check their fields); the mutable state objects stay dataclasses.
+    frozen = sorted(name for name, is_frozen in dataclasses_of_run(tmp_path).items() if is_frozen)
+    assert frozen == [
+        f"probe.wireguard.messages.{name}" for name in ("CookieReply", "Initiation", "Response", "Transport")
+    ]
+
+
+# A pydantic plugin, as a package installs one (an entry point in the group "pydantic"): loading it leaves a mark.
+PLUGIN = """
+import os
+from pathlib import Path
+
+Path(os.environ["WGPROBE_TEST_PLUGIN_MARK"]).write_text("loaded")
+
+
+class _Plugin:
+    def new_schema_validator(self, *args, **kwargs):
+        return None, None, None
+
+
+plugin = _Plugin()
+"""
+
+
+def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "wgprobe_test_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wgprobe-test-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nmark = wgprobe_test_plugin:plugin\n")
+    (site / "wgprobe_test_plugin.py").write_text(PLUGIN)
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
+    mark = tmp_path / "mark"
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env |= {"PYTHONPATH": path, "WGPROBE_TEST_PLUGIN_MARK": str(mark)}
+
+    def servers(env: dict[str, str]) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "probe", "servers", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "xx-one-wg-001" in done.stdout
+
+    servers(env)
+    assert not mark.exists()
+    # The user's own setting is kept: empty means "load every plugin", as pydantic reads it.
+    servers({**env, "PYDANTIC_DISABLE_PLUGINS": ""})
+    assert mark.read_text() == "loaded"
 
 
 def test_probe_servers_needs_no_event_loop(tmp_path: Path) -> None:
@@ -112,7 +186,7 @@ def test_every_command_of_the_table_is_registered_by_its_module_with_the_same_he
     assert helps[name] == command.help
 
 
-@pytest.mark.parametrize("name", ["server", "agent", "serve", "verify", "reflector"])
+@pytest.mark.parametrize("name", ["server", "sweep", "dissect", "agent", "serve", "verify", "reflector"])
 def test_a_command_gets_its_own_options_and_the_rest_stay_listed(tmp_path: Path, name: str) -> None:
     done, modules = modules_of_run(tmp_path, name, "--help")
     assert done.returncode == 0, done.stderr
@@ -122,6 +196,18 @@ def test_a_command_gets_its_own_options_and_the_rest_stay_listed(tmp_path: Path,
     assert loaded(modules, tuple(other)) == []
     listed, _ = modules_of_run(tmp_path, "-h", name)  # the top-level help still names every command
     assert all(n in listed.stdout for n in COMMANDS)
+
+
+def test_the_parser_holds_only_the_running_command_unless_probes_own_help_may_list_them_all() -> None:
+    def choices(argv: list[str]) -> list[str]:
+        parser = build_parser(argv)
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
+    assert choices(["server", "se-got-wg-001", "--json"]) == ["server"]
+    assert choices(["serve", "--help"]) == ["aggregator", "serve"]  # one register function adds both
+    for argv in (["-h", "server"], ["--", "server"], [], ["no-such-command"]):
+        assert choices(argv) == list(COMMANDS), argv
 
 
 def test_the_command_is_the_first_word_that_is_not_an_option() -> None:

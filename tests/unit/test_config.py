@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import AgentConfig, Endpoint, Identity, find_config, load_config
+from probe.config import AgentConfig, Endpoint, Identity, ScheduleSection, find_config, load_config
 from probe.errors import ConfigError
+from probe.service_config import HttpSection
 
 DATA = Path(__file__).parent.parent / "data" / "config"
 KEY_1 = bytes(range(1, 33))  # what tests/data/config/keys/lab-agent-1.key holds
@@ -71,6 +72,10 @@ def test_contract_example_gets_the_defaults(config_dir: Path) -> None:
     assert (probe.main_port, probe.timeout, probe.packets) == (None, 1.0, 3)
     assert (probe.handshake_timeout, probe.handshake_attempts) == (1.0, 7)
     assert probe.evidence_dir == config_dir / "evidence"  # the default, too, is relative to the config file
+    # The tables left out are their models' own defaults (validated from {} inside AgentConfig, not built apart).
+    assert (config.schedule, config.http, config.mqtt) == (ScheduleSection(), HttpSection(), None)
+    assert (config.schedule.interval_seconds, config.schedule.concurrency) == (15.0, 64)
+    assert str(config.http.listen) == "127.0.0.1:9108"
     assert (probe.evidence_path_max_bytes, probe.evidence_max_bytes, probe.evidence_max_age_hours) == (
         1024 * 1024,
         256 * 1024 * 1024,

@@ -3,15 +3,18 @@ and the dependency rule that leaves stages after a failed one unjudged. Pure: no
 
 from __future__ import annotations
 
+import statistics
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from probe.packets import Echo, IcmpErrorKind, build_icmp_echo, build_icmp_error, parse_icmp, parse_ip
 from probe.results import PathResult, Reason, StageName, StageResult, path_outcome, worst_reason
 from probe.runner import unjudged_after_failures
 from probe.stages import REGISTRY
-from probe.stages.base import ClaimKind, Demux, PathContext, Settings, claim_of, raw_claim
+from probe.stages.base import ClaimKind, Demux, PathContext, Settings, claim_of, median, raw_claim
 from probe.stages.echo import EchoExchange
 from probe.wireguard import CookieState, Identity, PrivateKey
 
@@ -68,6 +71,11 @@ def test_enough_good_answers_end_the_stage_ok_with_the_median_rtt() -> None:
         3,
     )
     ex.close()
+
+
+@given(st.lists(st.floats(min_value=0, max_value=60, allow_nan=False), min_size=1, max_size=20))
+def test_a_stages_rtt_is_the_median_as_statistics_computes_it(rtts: list[float]) -> None:
+    assert median(iter(rtts)) == statistics.median(rtts)
 
 
 def test_no_answer_is_the_stages_timeout_reason_with_full_loss_and_the_time_waited() -> None:

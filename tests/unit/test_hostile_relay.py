@@ -15,7 +15,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
@@ -45,7 +44,7 @@ from probe.sim.world import World
 from probe.stages import REGISTRY, Registry, handshake
 from probe.stages.base import Exchange, PathContext, Settings
 from probe.stages.driver import drive
-from probe.tunnel import Tunnel
+from probe.tunnel import Record, Tunnel
 from probe.wireguard import CookieState, Identity, Initiation, PrivateKey, ProtocolError, PublicKey
 
 Address = IPv4Address | IPv6Address
@@ -169,6 +168,7 @@ def make_ctx(
         expected_egress=EGRESS[family],
         settings=settings,
         cookie_state=CookieState(relay_key),
+        record=Record(),
     )
 
 
@@ -507,7 +507,7 @@ async def test_a_relay_that_only_ever_sends_cookie_replies_is_cookie_failed() ->
 
 @pytest.mark.asyncio
 async def test_a_namespace_that_is_gone_is_socket_error_not_internal_error() -> None:
-    settings = replace(SETTINGS, netns="wgprobe-test-no-such-namespace")
+    settings = SETTINGS._replace(netns="wgprobe-test-no-such-namespace")
     ctx = make_ctx(Identity(PrivateKey.generate()), PrivateKey.generate().public_key(), 9, settings)
     run = await run_stages(ctx)
     hs = run.stages[0]

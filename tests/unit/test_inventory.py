@@ -185,3 +185,42 @@ def test_one_corrupted_entry_never_costs_the_others(victim: int, field: str, val
     assert len(inventory.relays) + len(inventory.problems) >= len(others) + (entry["active"] is True)
     for problem in inventory.problems:
         assert problem.index == victim
+
+
+_RANGE_ITEMS = st.one_of(
+    st.lists(st.one_of(st.integers(-2, 70000), st.booleans(), st.floats(0, 70000), st.text(max_size=3)), max_size=3),
+    st.tuples(st.integers(0, 65536), st.integers(0, 65536)),
+    st.integers(0, 65536),
+    st.none(),
+)
+
+
+@settings(max_examples=300)
+@given(item=_RANGE_ITEMS)
+def test_a_port_range_is_judged_as_pydantics_validator_judges_it(item: Any) -> None:
+    """Well-formed ranges skip pydantic's validator (start-up time): the outcome must be the validator's own, the
+    same range or the same problem, for every input."""
+    from pydantic import ValidationError
+
+    from probe.inventory.mullvad import _port_range_adapter, port_range
+
+    try:
+        expected: tuple[int, int] | str = _port_range_adapter().validate_python(item)
+    except ValidationError as e:
+        expected = str(e)
+    try:
+        got: tuple[int, int] | str = port_range(item)
+    except ValidationError as e:
+        got = str(e)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+def test_a_good_list_is_read_without_building_the_port_range_validator() -> None:
+    code = (
+        "import json, sys; from probe.inventory import mullvad; "
+        f"inv = mullvad.parse_app_list(json.load(open({str(SAMPLE)!r})), source='sample'); "
+        "assert inv.relays[0].port_ranges; print(mullvad._port_range_adapter.cache_info().currsize)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "0"

@@ -2,9 +2,11 @@
 
 import hashlib
 import hmac
+import subprocess
+import sys
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +93,41 @@ def test_xaead_round_trip_and_rejection() -> None:
             crypto.xaead_decrypt(bad_key, bad_nonce, sealed, bad_ad)
     with pytest.raises(AuthenticationError):
         crypto.xaead_decrypt(key, nonce[:23], sealed, b"mac1")
+
+
+@settings(max_examples=50)
+@given(raw=st.binary(min_size=32, max_size=32), peer_raw=st.binary(min_size=32, max_size=32))
+def test_keys_load_as_the_public_api_loads_them(raw: bytes, peer_raw: bytes) -> None:
+    """crypto loads keys through cryptography's Rust core, past the backend import of the public methods: the keys
+    must be the public API's own, equal in every respect a handshake uses."""
+    private, reference = crypto.dh_private(raw), X25519PrivateKey.from_private_bytes(raw)
+    assert isinstance(private, X25519PrivateKey)
+    assert crypto.dh_public_bytes(private) == reference.public_key().public_bytes_raw()
+    assert private.private_bytes_raw() == reference.private_bytes_raw()
+    peer = X25519PrivateKey.from_private_bytes(peer_raw).public_key().public_bytes_raw()
+    public = crypto.dh_public(peer)
+    assert isinstance(public, X25519PublicKey)
+    assert public == X25519PublicKey.from_public_bytes(peer)
+    assert private.exchange(public) == reference.exchange(X25519PublicKey.from_public_bytes(peer))
+
+
+def test_the_aead_is_cryptographys_own_class() -> None:
+    assert crypto.ChaCha20Poly1305 is ChaCha20Poly1305
+
+
+def test_keys_and_the_aead_leave_cryptographys_backend_and_cipher_modules_unimported() -> None:
+    """What the direct imports are for (start-up time), in a fresh interpreter: a key pair, a DH, a sealed and opened
+    message, and neither the OpenSSL backend nor the `ciphers` package loaded."""
+    code = (
+        "import sys; from probe.wireguard import crypto; "
+        "k = crypto.dh_private(bytes(range(32))); crypto.dh(k, crypto.dh_public_bytes(crypto.dh_private(bytes(32)))); "
+        "sealed = crypto.aead_encrypt(bytes(32), 1, b'data', b''); "
+        "assert crypto.aead_decrypt(bytes(32), 1, sealed, b'') == b'data'; "
+        "print(sorted(m for m in sys.modules if m.startswith(('cryptography.hazmat.backends', "
+        "'cryptography.hazmat.primitives.ciphers'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_dh_agrees_with_cryptography_and_rejects_low_order_points() -> None:
