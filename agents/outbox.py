@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,12 @@ from probe.service_config import MqttSection
 
 FLUSH_SECONDS = 5.0
 WINDOW = 32  # publishes in flight; paho and mosquitto both allow 20 by default, paho queues the rest in order
+# Seconds the drain waits, once woken by a result, for the results behind it: they then go out together, read from
+# the spool in one query and forgotten in one statement when acknowledged, for one wake-up of the drain and one
+# write of paho's socket. At fleet rate (~35 results/s) that is a handful of results a batch instead of one, and
+# a few hundred microseconds of CPU less per result (issue 8's CPU budget); the price is up to this much delay
+# on the way to the aggregator, against a round of 15 s.
+LINGER = 0.2
 ACK_TIMEOUT = 30.0  # a connection that acknowledges nothing for this long is treated as lost
 UNAVAILABLE = "unavailable"  # failures[] word for a broker that cannot be reached or dropped the connection
 CommandHandler = Callable[[bytes, str], None]  # (payload, topic); never raises
@@ -83,6 +89,7 @@ class MqttOutbox:
         ack_timeout: float = ACK_TIMEOUT,
         backoff: Backoff | None = None,
         on_command: CommandHandler | None = None,
+        linger: float = LINGER,
     ) -> None:
         self.mqtt = mqtt
         self.on_command = on_command  # may be set after construction, before `run`
@@ -92,10 +99,11 @@ class MqttOutbox:
         self.flush_seconds = flush_seconds
         self.window = window
         self.ack_timeout = ack_timeout
+        self.linger = linger
         self.client_id = mqtt.client_id_for(agent)
         self._log = event_log(log, "wgprobe.outbox")
         self._backoff = backoff or Backoff()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the drain's, while it sleeps with nothing to send
         self._status: AgentStatus | None = None
         self._status_version = 0
         self._delivered = 0
@@ -119,13 +127,17 @@ class MqttOutbox:
         if self.spool.dropped > before and not self._dropping:
             self._dropping = True  # logged once per outage: the count is in stats().dropped
             self._log(logging.WARNING, "spool full: dropping the oldest results", max_bytes=self.spool.max_bytes)
-        self._wake.set()
+        self._wake()
 
     def put_status(self, status: AgentStatus) -> None:
         self.spool.put_status(status.model_dump_json().encode())
         self._status = status
         self._status_version += 1
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def stats(self) -> OutboxStats:
         """`delivered` counts since this process started; `dropped` (the spool's bounds) since the spool was made."""
@@ -279,10 +291,21 @@ class MqttOutbox:
             elif not forever:
                 return
             elif drain.status_sent == self._status_version or self._status is None:
-                self._wake.clear()  # nothing left to send: sleep until a put or the end of the connection
-                await _first(self._wake.wait(), drain.connection.wait_closed())
-                if not drain.connection.connected:
-                    raise BrokerUnavailable(f"{drain.connection.broker}: connection lost")
+                await self._sleep(drain.connection)
+
+    async def _sleep(self, connection: Connection) -> None:
+        """Nothing left to send: sleep until a put or the end of the connection, then linger for the results
+        right behind the first. Nothing can be put between the drain's last look at the spool and this wait:
+        there is no await in between."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((self._waiter, connection.closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiter = None
+        if not connection.connected:
+            raise BrokerUnavailable(f"{connection.broker}: connection lost")
+        if self.linger > 0:
+            await asyncio.sleep(self.linger)
 
     async def _settle(self, drain: _Drain) -> None:
         """Wait for the oldest publish in flight, then take every answer that has come in, in order."""
@@ -332,13 +355,3 @@ class MqttOutbox:
 
 def _reason(error: BrokerError) -> str:
     return error.reason if isinstance(error, BrokerRefused) else UNAVAILABLE
-
-
-async def _first(*waits: Awaitable[Any]) -> None:
-    """Wait until the first of these awaitables is done; cancel the rest."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
