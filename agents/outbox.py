@@ -10,6 +10,10 @@ Theory of operation:
   broker's PUBACK says success. If the connection drops, everything still in the spool (in flight included) is sent
   again after the reconnect, oldest first, so a result can arrive twice (the aggregator de-duplicates by result_id)
   but never not at all, and never after a newer one that came behind it in the spool's order.
+- Woken by a result, the drain lingers `linger` seconds (0.2) so the results right behind it go out with it: one
+  read of the spool, one write to the socket, and one DELETE for the batch once its PUBACKs are in (settled results
+  wait in memory for that DELETE only while the drain is busy; a crash before it re-sends them, like results in
+  flight). That is the agent's CPU per result (issue 8), for up to `linger` of delay on the way to the aggregator.
 - Reconnects back off exponentially with jitter, capped. The status is published again on every connect: the will
   may have replaced it with "offline" while we were away.
 - Cancellation (SIGTERM in the agent) flushes what can be delivered within `flush_seconds`, publishes the status
@@ -71,6 +75,7 @@ class _Drain:
     cursor: int = 0
     status_sent: int = -1  # the status version last published on this connection
     inflight: deque[tuple[Spooled, asyncio.Future[None]]] = field(default_factory=deque)
+    settled: list[int] = field(default_factory=list)  # acknowledged (or refused for good), still in the spool
 
 
 class MqttOutbox:
@@ -277,21 +282,36 @@ class MqttOutbox:
     async def _drain(self, drain: _Drain, *, forever: bool) -> None:
         """Publish the status when it changed, and the spool oldest first; return when all is delivered unless
         `forever`. Raises BrokerUnavailable when the connection is lost."""
-        while True:
-            if self._status is not None and drain.status_sent != self._status_version:
-                version = self._status_version
-                await self._publish_status(drain.connection, self._status.model_dump_json().encode())
-                drain.status_sent = version
-            if len(drain.inflight) < self.window:
-                for row in self.spool.peek(self.window - len(drain.inflight), after=drain.cursor):
-                    drain.inflight.append((row, drain.connection.publish_nowait(row.topic, row.payload, retain=True)))
-                    drain.cursor = row.id
-            if drain.inflight:
-                await self._settle(drain)
-            elif not forever:
-                return
-            elif drain.status_sent == self._status_version or self._status is None:
-                await self._sleep(drain.connection)
+        try:
+            while True:
+                if self._status is not None and drain.status_sent != self._status_version:
+                    version = self._status_version
+                    await self._publish_status(drain.connection, self._status.model_dump_json().encode())
+                    drain.status_sent = version
+                if len(drain.inflight) < self.window:
+                    for row in self.spool.peek(self.window - len(drain.inflight), after=drain.cursor):
+                        published = drain.connection.publish_nowait(row.topic, row.payload, retain=True)
+                        drain.inflight.append((row, published))
+                        drain.cursor = row.id
+                if drain.inflight:
+                    await self._settle(drain)
+                    if len(drain.settled) >= self.window:
+                        self._forget(drain)
+                elif not forever:
+                    return
+                elif drain.status_sent == self._status_version or self._status is None:
+                    self._forget(drain)
+                    await self._sleep(drain.connection)
+        finally:
+            self._forget(drain)
+
+    def _forget(self, drain: _Drain) -> None:
+        """Take the settled results out of the spool, in one statement. Settled results wait for this in memory
+        only while the drain is busy: their PUBACKs come in over several reads, and one DELETE for them all
+        costs what one for each would. A crash before it sends them again, as for results in flight: at least
+        once, and the aggregator drops the copy by its result_id."""
+        settled, drain.settled = drain.settled, []
+        self.spool.ack(settled)
 
     async def _sleep(self, connection: Connection) -> None:
         """Nothing left to send: sleep until a put or the end of the connection, then linger for the results
@@ -311,23 +331,19 @@ class MqttOutbox:
         """Wait for the oldest publish in flight, then take every answer that has come in, in order."""
         if not await wait_done(drain.inflight[0][1], self.ack_timeout):
             raise BrokerUnavailable(f"{drain.connection.broker}: no PUBACK within {self.ack_timeout:g} s")
-        settled: list[int] = []
-        try:
-            while drain.inflight and drain.inflight[0][1].done():
-                row, future = drain.inflight[0]
-                error = future.exception()
-                if isinstance(error, BrokerRefused):
-                    # A refusal by reason code (the ACL's not_authorized, a quota) is final: the same message will
-                    # never be accepted, and keeping it would block every result behind it. Counted and dropped.
-                    self._refused(error, row.topic)
-                elif error is not None:
-                    raise error
-                else:
-                    self._delivered += 1
-                settled.append(row.id)
-                drain.inflight.popleft()
-        finally:
-            self.spool.ack(settled)
+        while drain.inflight and drain.inflight[0][1].done():
+            row, future = drain.inflight[0]
+            error = future.exception()
+            if isinstance(error, BrokerRefused):
+                # A refusal by reason code (the ACL's not_authorized, a quota) is final: the same message will
+                # never be accepted, and keeping it would block every result behind it. Counted and dropped.
+                self._refused(error, row.topic)
+            elif error is not None:
+                raise error
+            else:
+                self._delivered += 1
+            drain.settled.append(row.id)  # taken out of the spool by `_forget`
+            drain.inflight.popleft()
 
     async def _publish_status(self, connection: Connection, payload: bytes, *, timeout: float | None = None) -> None:
         try:
