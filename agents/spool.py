@@ -3,12 +3,11 @@
 SQLite (standard library) in WAL mode: each `put` and `ack` is one transaction, so a crash (SIGKILL, OOM) mid-write
 leaves either the whole row or none of it, never a torn file. A `put` is committed before it returns: a result the
 agent handed over is never only in memory. The usual `put` and `ack` are one statement each (SQLite commits a lone
-statement as its own transaction); the bounds are checked from figures kept in memory, so the age bound's query and
-a transaction around several statements are paid only when something may have to be dropped. Per result, that is
-what the agent spends on its spool: at fleet rate a few statements a result, not the dozen a transaction apiece
-with its checks took (issue 8's CPU budget). `synchronous=NORMAL` is durable across a crash of the
-process; a power loss of the machine may lose the last commits (never corrupt the file), which is the trade for not
-waiting on an fsync per result.
+statement as its own transaction): the bounds are checked from figures kept in memory, and the age bound's query
+and a transaction around several statements are paid only when something may have to be dropped. At fleet rate
+each statement costs the agent 50-250 us of CPU (issue 8's budget; README, "The agent's budget").
+`synchronous=NORMAL` is durable across a crash of the process; a power loss of the machine may lose the last commits
+(never corrupt the file), which is the trade for not waiting on an fsync per result.
 
 Bounds, for a long broker outage: `max_bytes` of stored results (payload and topic bytes) and `max_age_seconds`.
 Past them the oldest results are dropped first and counted by reason; the counters live in the file, so they
@@ -197,13 +196,16 @@ class Spool:
                 self._prune_age(now, tally)
                 if size > self.max_bytes:
                     tally.dropped_size += 1
-                    return None
-                if self.bytes + size > self.max_bytes:
-                    self._drop_oldest(self.bytes + size - self.max_bytes, tally)
-                row_id = self._db.execute(_INSERT, (topic, payload, result_id, now, size)).lastrowid
-                tally.count += 1
-                tally.bytes += size
+                    row_id = None
+                else:
+                    if self.bytes + size > self.max_bytes:
+                        self._drop_oldest(self.bytes + size - self.max_bytes, tally)
+                    row_id = self._db.execute(_INSERT, (topic, payload, result_id, now, size)).lastrowid
+                    tally.count += 1
+                    tally.bytes += size
             self._find_head()
+            if row_id is None:
+                return None
         assert row_id is not None  # an INSERT into a rowid table always has one
         self._last_id = row_id
         return row_id
