@@ -9,14 +9,14 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from agents.outbox import MqttOutbox
-from agents.spool import Spool
+from agents.spool import Spool, Spooled
 from probe.aggregator.intake import Outcome
 from probe.aggregator.store import ResultStore
 from probe.aggregator.subscriber import Subscriber
@@ -94,6 +94,48 @@ async def test_results_arrive_on_their_topics_retained_in_order(broker: Mosquitt
     assert sorted(later.result_ids()) == sorted(m.result_id for m in messages[-3:])
     status = later.last_status("agent-a")
     assert status is not None and status.online is False
+
+
+class CountingSpool(Spool):
+    """A spool that counts the reads and deletes the outbox asks of it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, max_bytes=1 << 24, max_age_seconds=86400.0, now=time.time)
+        self.queries = 0  # peeks that found something after the cursor
+        self.acks: list[int] = []  # the size of each batch of ids taken out
+
+    def peek(self, n: int, *, after: int = 0) -> list[Spooled]:
+        rows = super().peek(n, after=after)
+        self.queries += bool(rows)
+        return rows
+
+    def ack(self, ids: Iterable[int]) -> int:
+        wanted = list(ids)
+        if wanted:
+            self.acks.append(len(wanted))
+        return super().ack(wanted)
+
+
+@pytest.mark.asyncio
+async def test_results_put_while_the_drain_lingers_go_out_together(broker: Mosquitto, tmp_path: Path) -> None:
+    """Issue 8's CPU budget: results that come one after another (as the agent's probes end, ~35 a second at the
+    Mullvad list's size) are read from the spool, published and forgotten as one batch, not one by one. Before the
+    linger, each put woke the drain: ten reads and ten deletes for ten results."""
+    messages = [result("agent-a", n) for n in range(10)]
+    spool = CountingSpool(tmp_path / "spool.sqlite")
+    with spool:
+        # A long linger, so that the test's own pauses between puts (not a claim about timing) stay inside it.
+        outbox = MqttOutbox(broker.section("agent-a"), "agent-a", spool, linger=3.0)
+        async with aggregator(broker) as (_, recorder), running(outbox.run()):
+            await wait_until(lambda: outbox.stats().connected, "connected")
+            for message in messages:
+                outbox.put_result(message)
+                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(recorder.result_ids()) >= 10, "10 results at the aggregator")
+            await wait_until(lambda: outbox.stats().pending == 0, "the spool emptied")
+            assert (spool.queries, spool.acks) == (1, [10])
+            assert outbox.stats().delivered == 10
+    assert recorder.result_ids() == [m.result_id for m in messages]
 
 
 @pytest.mark.asyncio

@@ -100,6 +100,36 @@ def test_age_bound_drops_old_results_and_counts_them(tmp_path: Path) -> None:
         assert spool.bytes == 0
 
 
+def test_age_bound_holds_after_the_oldest_was_acknowledged(tmp_path: Path) -> None:
+    """The age bound is checked against the oldest result's time kept in memory: acknowledging the oldest must not
+    keep the next one from being dropped in time, nor drop it early."""
+    clock = FakeClock()
+    with open_spool(tmp_path / "spool.sqlite", clock, max_age=HOUR) as spool:
+        first = put_kept(spool, 0)
+        clock.advance(HOUR / 2)
+        put(spool, 1)
+        assert spool.ack([first]) == 1
+        clock.advance(HOUR / 2 + 1)  # the first would be past the bound now; the second is not
+        assert [r.result_id for r in spool.peek(10)] == ["a-1"]
+        assert spool.dropped_age == 0
+        clock.advance(HOUR / 2)
+        put(spool, 2)
+        assert [r.result_id for r in spool.peek(10)] == ["a-2"]
+        assert spool.dropped_age == 1
+        assert (spool.count, spool.bytes) == (1, 100 + ROW_TOPIC)
+
+
+def test_a_batch_of_acks_larger_than_one_statement_goes_whole(tmp_path: Path) -> None:
+    with open_spool(tmp_path / "spool.sqlite", FakeClock()) as spool:
+        ids = [put_kept(spool, n) for n in range(1200)]
+        assert spool.ack([*ids[:1100], 999_999]) == 1100
+        assert [r.result_id for r in spool.peek(1000)] == [f"a-{n}" for n in range(1100, 1200)]
+        assert spool.peek(10, after=ids[-1]) == []
+        assert (spool.count, spool.bytes) == (100, 100 * (100 + ROW_TOPIC + 1))  # topics s1100.. are a digit longer
+        assert spool.ack(ids) == 100
+        assert (spool.count, spool.bytes, spool.oldest_created()) == (0, 0, None)
+
+
 def test_reopened_spool_keeps_results_counters_and_order(tmp_path: Path) -> None:
     clock = FakeClock()
     path = tmp_path / "spool.sqlite"
