@@ -31,17 +31,9 @@ from bench.bench_aggregator import one_result
 from bench.common import median, report
 from probe.messages import result_topic
 from probe.mqtt import BufferedReads, Inbound, _lean_publish
+from probe.mqtt_publish import encode_variable_length
 
 HANG_GUARD = 60.0
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def publish_stream(count: int) -> bytes:
@@ -55,7 +47,7 @@ def publish_stream(count: int) -> bytes:
         topic = result_topic("agent-1", server).encode()
         payload = one_result(server, "agent-1", n, taken, rng)
         body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", n % 0xFFFF + 1) + b"\x00" + payload
-        packets.append(b"\x32" + _varint(len(body)) + body)
+        packets.append(b"\x32" + encode_variable_length(len(body)) + body)
     return b"".join(packets)
 
 

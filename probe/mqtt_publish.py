@@ -75,3 +75,14 @@ def decode_publish(header: int, body: bytes | bytearray) -> Publish:
     if start > size:
         raise MalformedPublish("the properties run past the packet")
     return Publish(topic, body[start:], qos, bool(header & 0x01), bool(header & 0x08), mid)
+
+
+def encode_variable_length(value: int) -> bytes:
+    """A Variable Byte Integer (section 1.5.5), the inverse of what decode_publish reads: for the packets the tests
+    and bench/bench_mqtt.py build (the broker builds the real ones)."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

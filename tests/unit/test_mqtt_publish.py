@@ -18,16 +18,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from probe.mqtt import BufferedReads, Inbound, _lean_publish
-from probe.mqtt_publish import PUBLISH, QOS_0_OR_1, MalformedPublish, Publish, decode_publish
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+from probe.mqtt_publish import (
+    PUBLISH,
+    QOS_0_OR_1,
+    MalformedPublish,
+    Publish,
+    decode_publish,
+    encode_variable_length,
+)
 
 
 def publish_packet(
@@ -43,7 +41,7 @@ def publish_packet(
     """(first byte of the fixed header, everything after the Remaining Length), as a broker sends them."""
     header = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if qos else b"")
-    return header, body + varint(len(properties)) + properties + payload
+    return header, body + encode_variable_length(len(properties)) + properties + payload
 
 
 def some_properties() -> bytes:
@@ -55,7 +53,7 @@ def some_properties() -> bytes:
     properties.UserProperty = [("agent", "se-got"), ("k", "v" * 200)]
     properties.SubscriptionIdentifier = [7]
     packed = bytes(properties.pack())  # type: ignore[no-untyped-call]
-    assert packed[:2] == varint(len(packed) - 2)
+    assert packed[:2] == encode_variable_length(len(packed) - 2)
     return packed[2:]
 
 
@@ -227,7 +225,7 @@ def test_qos_2_stays_with_paho() -> None:
 
 
 def wire(header: int, body: bytes) -> bytes:
-    return bytes([header]) + varint(len(body)) + body
+    return bytes([header]) + encode_variable_length(len(body)) + body
 
 
 def buffered(data: bytes) -> tuple[socket.socket, socket.socket, BufferedReads]:
