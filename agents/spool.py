@@ -198,8 +198,9 @@ class Spool:
                     tally.dropped_size += 1
                     row_id = None
                 else:
-                    if self.bytes + size > self.max_bytes:
-                        self._drop_oldest(self.bytes + size - self.max_bytes, tally)
+                    held = self.bytes + tally.bytes  # after the age drop above (the figures follow at commit)
+                    if held + size > self.max_bytes:
+                        self._drop_oldest(held + size - self.max_bytes, tally)
                     row_id = self._db.execute(_INSERT, (topic, payload, result_id, now, size)).lastrowid
                     tally.count += 1
                     tally.bytes += size

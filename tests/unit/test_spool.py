@@ -82,6 +82,23 @@ def test_a_result_larger_than_the_whole_bound_is_dropped_alone(tmp_path: Path) -
         assert spool.dropped_size == 1
 
 
+def test_a_put_that_ages_results_out_drops_for_size_only_what_is_still_over(tmp_path: Path) -> None:
+    # The age drop in the put's own transaction frees room: the size bound must see it, or a fresh result that
+    # would have fitted costs the newer ones beside it.
+    row = 100 + ROW_TOPIC
+    clock = FakeClock()
+    with open_spool(tmp_path / "spool.sqlite", clock, max_bytes=3 * row, max_age=HOUR) as spool:
+        put(spool, 0)
+        clock.advance(HOUR / 2)
+        put(spool, 1)
+        put(spool, 2)
+        clock.advance(HOUR / 2 + 1)  # a-0 is past the age bound, a-1 and a-2 are not
+        put(spool, 3)  # fits once a-0 is gone
+        assert [r.result_id for r in spool.peek(10)] == ["a-1", "a-2", "a-3"]
+        assert (spool.dropped_age, spool.dropped_size) == (1, 0)
+        assert spool.bytes == 3 * row
+
+
 def test_age_bound_drops_old_results_and_counts_them(tmp_path: Path) -> None:
     clock = FakeClock()
     with open_spool(tmp_path / "spool.sqlite", clock, max_age=HOUR) as spool:
