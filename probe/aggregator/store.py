@@ -248,6 +248,11 @@ class ResultStore:
         """The MQTT shell's word that its connection to the broker is up (subscribed) or has dropped. Returns how
         many agents' last wills are held because of it (see WILL_GRACE): for the shell's log."""
         now = self.now()
+        if not up and self.broker_connected is None:
+            # Not connected yet (the shell says so before its first attempt, so that a broker unreachable from the
+            # start shows as 0, not as an absent series no alert sees): nothing was lost.
+            self.broker_connected = False
+            return 0
         self.broker_connected = up
         if up:
             if self._lost_broker:

@@ -85,6 +85,7 @@ class Subscriber:
         """Consume until cancelled, reconnecting with backoff and jitter."""
         streak = 0
         short = 0  # connections in a row that the broker dropped soon after they were made
+        self.store.broker_connection(False)  # not yet: wgprobe_aggregator_broker_connected 0 until subscribed
         while True:
             since = None
             try:

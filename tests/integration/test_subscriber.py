@@ -210,6 +210,20 @@ async def test_one_aggregator_with_a_steady_connection_is_not_told_so(broker: Mo
         assert log.events(FLAPPING_EVENT) == []
 
 
+@pytest.mark.asyncio
+async def test_a_broker_unreachable_from_the_start_shows_as_not_connected(broker: Mosquitto) -> None:
+    # Not an absent series: an alert on wgprobe_aggregator_broker_connected == 0 must see an aggregator that never
+    # got through.
+    store = new_store()
+    assert store.broker_connected is None  # no broker at all (probe serve): the series is absent
+    broker.stop()
+    consumer = subscriber(broker, store)
+    async with running(consumer.run()):
+        await wait_until(lambda: store.broker_connected is False, "told it is not connected")
+        broker.start()
+        await wait_until(lambda: store.broker_connected is True, "subscribed once the broker is up")
+
+
 async def _agent_online(broker: Mosquitto, agent: str, connects: list[str], allowed: asyncio.Event) -> None:
     """An agent as the outbox keeps it: connected with a last will that says offline, its status online on every
     (re)connect, reconnecting when the broker goes away (once `allowed`)."""
