@@ -287,11 +287,8 @@ class Spool:
         self._head_created = None if row is None else float(row[0])
 
     def oldest_created(self) -> float | None:
-        try:
-            row = self._db.execute("SELECT created FROM results ORDER BY id LIMIT 1").fetchone()
-        except sqlite3.Error as e:
-            raise self._error(e) from None
-        return None if row is None else float(row[0])
+        self._find_head()
+        return self._head_created
 
     @property
     def dropped(self) -> int:

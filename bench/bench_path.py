@@ -174,6 +174,8 @@ def run_worker(
     rounds: int | None = None,
     under_valgrind: bool = False,
 ) -> dict[str, Any]:
+    from bench.common import VALGRIND, collected_instructions  # the parent's: a worker imports no bench module
+
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--sim-dir", str(sim_dir)]
     command += ["--what", args.what, "--rounds", str(rounds or args.rounds), "--warmup", str(args.warmup)]
     command += ["--floor-samples", str(args.floor_samples)]
@@ -181,7 +183,7 @@ def run_worker(
         command += ["--profile", profile]
     env = dict(os.environ, PYTHONPATH=str(tree))
     if under_valgrind:
-        command = [*_VALGRIND, *command]
+        command = [*VALGRIND, *command]
         env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run: counts differ only by the work done
     with tempfile.TemporaryDirectory(prefix="wgprobe-bench-path-") as cwd:  # evidence of a failure lands here
         done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=False)
@@ -191,14 +193,10 @@ def run_worker(
     if not Path(figures["probe"]).resolve().is_relative_to(tree.resolve()):
         sys.exit(f"worker imported {figures['probe']}, not the tree {tree}")
     if under_valgrind:
-        figures["instructions"] = _collected(done.stderr)
+        figures["instructions"] = collected_instructions(done.stderr)
     return figures
 
 
-# Instructions retired in user space, counted by callgrind: slow (about 50x) but the same from run to run whatever
-# else the machine is doing, so a change of a few percent shows that the CPU-time A/B cannot resolve. Not time:
-# the X25519 assembly retires instructions several times faster than the interpreter does.
-_VALGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 _FLOOR_SCRIPT = """
 import sys
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -208,16 +206,11 @@ for _ in range(int(sys.argv[1])):
 """
 
 
-def _collected(stderr: str) -> int:
-    found = [line for line in stderr.splitlines() if "Collected :" in line]
-    if not found:
-        sys.exit(f"no instruction count from valgrind:\n{stderr[-2000:]}")
-    return int(found[-1].rsplit(":", 1)[1].strip())
-
-
 def instructions(versions: dict[str, Path], sim_dir: Path, args: argparse.Namespace) -> dict[str, object]:
     """Instructions per path (or probe) of each version, from the difference of two runs of different lengths
     (start-up cancels out), and of four X25519 operations the same way."""
+    from bench.common import VALGRIND, collected_instructions
+
     per_path: dict[str, float] = {}
     for version, tree in versions.items():
         short = run_worker(tree, sim_dir, args, rounds=1, under_valgrind=True)
@@ -227,13 +220,13 @@ def instructions(versions: dict[str, Path], sim_dir: Path, args: argparse.Namesp
     counts = []
     for exchanges in (100, 100 + 400):
         done = subprocess.run(
-            [*_VALGRIND, sys.executable, "-c", _FLOOR_SCRIPT, str(exchanges)],
+            [*VALGRIND, sys.executable, "-c", _FLOOR_SCRIPT, str(exchanges)],
             env=dict(os.environ, PYTHONHASHSEED="0"),
             capture_output=True,
             text=True,
             check=True,
         )
-        counts.append(_collected(done.stderr))
+        counts.append(collected_instructions(done.stderr))
     floor = (counts[1] - counts[0]) / 100  # 400 more operations: 100 more floors of four
     figures: dict[str, object] = {"what": args.what, "floor_instructions": round(floor)}
     for name, count in per_path.items():

@@ -11,6 +11,7 @@ warm-up runs into a temporary PYTHONPYCACHEPREFIX, so the repository gets no __p
 repository as this machine's environment runs it (PYTHONDONTWRITEBYTECODE=1, no prefix): wgprobe's own modules
 are compiled from source on every start, the dependencies have their bytecode. Run as root:
 .venv/bin/python -m bench.bench_server [--runs 30]
+`--instructions` counts the cold start in instructions under valgrind instead, against a simulated relay (no root).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench.bench_engine import identities
-from bench.common import BenchLab, bench_lab, median, report
+from bench.common import VALGRIND, BenchLab, bench_lab, collected_instructions, median, report
 from probe.config import load_config
 from probe.inventory import load_inventory
-from probe.lab import fleet
+from probe.lab import DEFAULT_IDENTITIES, fleet
 from probe.lab.faults import Fault
 from probe.packets import build_icmp_echo
 from probe.runner import Prober
@@ -152,15 +153,67 @@ async def path_walls(config: Path, count: int, relay_index: int = 0) -> tuple[li
     return one, full
 
 
+def counted(argv: list[str], env: Mapping[str, str]) -> int:
+    """User-space instructions of one run of `argv` under callgrind (bench/common.py)."""
+    done = subprocess.run([*VALGRIND, *argv], capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{argv} failed under valgrind ({done.returncode}):\n{done.stderr[-2000:]}")
+    return collected_instructions(done.stderr)
+
+
+def cold_instructions(entry: list[str]) -> dict[str, object]:
+    """The cold start in instructions, exact from run to run where wall and CPU time move by +-5% on a shared
+    machine: `probe server` against a simulated relay (`probe sim up`: no root, no lab) and both baselines, each
+    with its bytecode compiled beforehand, as installed."""
+    from bench.bench_sim import start_sim
+
+    py = sys.executable
+    with (
+        tempfile.TemporaryDirectory(prefix="wgprobe-bench-server-") as tmp,
+        tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix,
+    ):
+        sim = start_sim(Path(tmp) / "sim", 3, identities=DEFAULT_IDENTITIES)
+        try:
+            # Plugins off for all three, as `probe` has them (probe/cli.py): the first model class is then
+            # pydantic's own cost, not the entry-point scan `probe` avoids.
+            env = {**installed_env(Path(prefix)), "PYTHONHASHSEED": "0", "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+            config = sim.directory / "agent.toml"
+            commands = {
+                "probe_server": [*entry, "server", "se-got-wg-001", "--config", str(config)],
+                "baseline": [py, "-c", BASELINE],
+                "with_model": [py, "-c", WITH_MODEL],
+            }
+            for argv in commands.values():  # the warm-up writes the bytecode
+                run_once(argv, env)
+            count = {name: counted(argv, env) for name, argv in commands.items()}
+        finally:
+            sim.stop()
+    return {
+        "probe_server_instructions": count["probe_server"],
+        "baseline_imports_instructions": count["baseline"],
+        "baseline_with_first_model_instructions": count["with_model"],
+        "instructions_over_baseline_imports": count["probe_server"] / count["baseline"],
+        "instructions_over_baseline_with_first_model": count["probe_server"] / count["with_model"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="the cold start in instructions under valgrind instead (no root; writes server_instructions.json)",
+    )
     args = parser.parse_args()
+    # The command as a user runs it: the console script if installed, else `python -m probe`.
+    script = Path(sys.executable).with_name("probe")
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
+    if args.instructions:
+        report("server_instructions", cold_instructions(entry))
+        return
     with bench_lab(3) as lab:
         config = lab.lab_dir / "agent.toml"
-        # The command as a user runs it: the console script if installed, else `python -m probe`.
-        script = Path(sys.executable).with_name("probe")
-        entry = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
         starts = cold_starts([*entry, "server", "se-got-wg-001", "--config", str(config)], args.runs)
         rtts = asyncio.run(tunnel_rtts(lab, 200))
         one, full = asyncio.run(path_walls(config, 200))

@@ -53,3 +53,18 @@ def report(name: str, figures: dict[str, object]) -> None:
     for key, value in figures.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
+
+
+# Instructions retired in user space, counted by callgrind: slow (about 50x) but the same from run to run whatever
+# else the machine is doing, so a change of a few percent shows that the CPU-time A/B cannot resolve. Not time:
+# the X25519 assembly retires instructions several times faster than the interpreter does. Run with
+# PYTHONHASHSEED=0: the same dict layouts in every run, so counts differ only by the work done.
+VALGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+
+
+def collected_instructions(stderr: str) -> int:
+    """The instruction count callgrind printed on the stderr of a run under VALGRIND."""
+    found = [line for line in stderr.splitlines() if "Collected :" in line]
+    if not found:
+        sys.exit(f"no instruction count from valgrind:\n{stderr[-2000:]}")
+    return int(found[-1].rsplit(":", 1)[1].strip())

@@ -246,12 +246,13 @@ NO_PYDANTIC_PLUGINS = ("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 def main() -> NoReturn:
     os.environ.setdefault(*NO_PYDANTIC_PLUGINS)
-    if command_of(sys.argv[1:]) in SERVICES:
+    command = command_of(sys.argv[1:])
+    if command in SERVICES:
         from probe import signals
 
         signals.hold()
     code = run()
-    if command_of(sys.argv[1:]) in QUICK_EXIT:
+    if command in QUICK_EXIT:
         os._exit(flushed(code))
     sys.exit(code)
 

@@ -257,6 +257,8 @@ class BufferedReads:
         size = len(buffer)
         if size - start < 2 or buffer[start] & mask != kind:
             return None
+        # The Remaining Length read inline, as decode_publish reads the properties' length: one shared function
+        # called twice per message cost ~10% of this path in bench_mqtt (lean/paho 0.35 against 0.31, paired).
         length, shift, position = 0, 0, start + 1
         while True:
             if position >= size or position - start > MAX_VARIABLE_BYTES:

@@ -203,7 +203,7 @@ def collect_samples(store: ResultStore) -> Samples:
                 duration.append(((name, agent, stage), seconds))
     out[SERVERS.name] = [((state.value,), float(count)) for state, count in states.items()]
     _agents(store, out)
-    _inventory(store, out)
+    _own_state(store, out)
     out[MESSAGES.name] = [((outcome.value,), float(store.messages[outcome])) for outcome in Outcome]
     sent, received = out[PACKETS_SENT.name], out[PACKETS_RECEIVED.name]
     for (server_name, agent), counts in store.packets.items():
@@ -225,7 +225,8 @@ def _agents(store: ResultStore, out: Samples) -> None:
     out[AGENTS.name] = [((state.value,), float(count)) for state, count in counts.items()]
 
 
-def _inventory(store: ResultStore, out: Samples) -> None:
+def _own_state(store: ResultStore, out: Samples) -> None:
+    """The aggregator's own inputs: its inventory, and its connection to the broker."""
     out[INVENTORY_OK.name] = [((), 1.0 if store.inventory_ok else 0.0)]
     out[INVENTORY_AGE.name] = [((), max(0.0, store.now() - store.inventory_loaded_at))]
     connected = store.broker_connected
@@ -514,7 +515,7 @@ class MetricsRenderer:
         store = self.store
         samples: Samples = {spec.name: [] for spec in (AGENT_UP, AGENT_CONTROL_OK, AGENTS)}
         _agents(store, samples)
-        _inventory(store, samples)
+        _own_state(store, samples)
         samples[MESSAGES.name] = [((o.value,), float(store.messages[o])) for o in Outcome]
         states = dict.fromkeys(HEALTH_STATES, 0)
         for server in store.servers.values():

@@ -139,7 +139,7 @@ class PathRecord(NamedTuple):
 
     @classmethod
     def of(
-        cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float | None = None
+        cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float
     ) -> PathRecord:
         return cls(
             slot,
@@ -154,7 +154,7 @@ class PathRecord(NamedTuple):
             taken_at,
             round,
             control_ok,
-            taken_at if fresh_at is None else fresh_at,
+            fresh_at,
         )
 
     @property

@@ -13,10 +13,9 @@ Every failure of a primitive on network input is converted here into a `Protocol
 import hashlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from probe.wireguard.constants import (
@@ -29,16 +28,27 @@ from probe.wireguard.errors import AuthenticationError, InvalidKeyError
 
 _blake2s = hashlib.blake2s
 
+
 # Loading an X25519 key through `X25519PrivateKey.from_private_bytes` / `X25519PublicKey.from_public_bytes` imports
 # cryptography's whole OpenSSL backend module (its cffi binding, RSA, EC, padding: 8 ms of `probe server`'s cold
 # start, on the first key) only to ask `backend.x25519_supported()`, which is "not in FIPS mode"; the methods then
 # return what these two functions of its Rust core return. They are called directly where this cryptography has them
 # (constraints.txt pins it; tests/unit/test_wg_crypto.py holds both ways equal) and FIPS mode is off; otherwise the
 # public methods are, and say what they say (in FIPS mode: UnsupportedAlgorithm).
+def _rust_core() -> Any:
+    """cryptography's Rust core (a private module), or None in a cryptography that has it elsewhere."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+    except ImportError:
+        return None
+    return openssl
+
+
+_rust_openssl = _rust_core()
 _load_private: Callable[[bytes], X25519PrivateKey] = X25519PrivateKey.from_private_bytes
 _load_public: Callable[[bytes], X25519PublicKey] = X25519PublicKey.from_public_bytes
 try:
-    if not _rust_openssl.is_fips_enabled():
+    if _rust_openssl is not None and not _rust_openssl.is_fips_enabled():
         _load_private, _load_public = _rust_openssl.x25519.from_private_bytes, _rust_openssl.x25519.from_public_bytes
 except AttributeError:  # another cryptography: the public methods it is
     pass
@@ -51,7 +61,7 @@ if TYPE_CHECKING:
 else:
     try:
         ChaCha20Poly1305 = _rust_openssl.aead.ChaCha20Poly1305
-    except AttributeError:
+    except AttributeError:  # None, or another cryptography
         from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 _HMAC_BLOCK_SIZE: Final = 64  # BLAKE2s block size, the HMAC padding length (RFC 2104)

@@ -115,6 +115,26 @@ def test_the_aead_is_cryptographys_own_class() -> None:
     assert crypto.ChaCha20Poly1305 is ChaCha20Poly1305
 
 
+def test_a_cryptography_without_the_private_rust_module_gets_the_public_api() -> None:
+    """The direct imports are of a private module: a cryptography that moved it must still load (the public methods
+    and the public AEAD class, already imported here as they would be), not fail at import."""
+    code = (
+        "import sys; import cryptography.hazmat.backends.openssl.backend; "
+        "from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey; "
+        "from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305; "
+        "sys.modules['cryptography.hazmat.bindings._rust'] = None; "  # `from ... import` of it: ImportError
+        "from probe.wireguard import crypto; "
+        "assert crypto._rust_openssl is None; "
+        "assert crypto._load_private == X25519PrivateKey.from_private_bytes; "
+        "assert crypto.ChaCha20Poly1305 is ChaCha20Poly1305; "
+        "k = crypto.dh_private(bytes(range(32))); crypto.dh(k, crypto.dh_public_bytes(crypto.dh_private(bytes(32)))); "
+        "sealed = crypto.aead_encrypt(bytes(32), 1, b'data', b''); "
+        "assert crypto.aead_decrypt(bytes(32), 1, sealed, b'') == b'data'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_keys_and_the_aead_leave_cryptographys_backend_and_cipher_modules_unimported() -> None:
     """What the direct imports are for (start-up time), in a fresh interpreter: a key pair, a DH, a sealed and opened
     message, and neither the OpenSSL backend nor the `ciphers` package loaded."""
