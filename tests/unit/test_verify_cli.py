@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -36,6 +37,11 @@ class Sim:
         request(self.directory, {"op": "break", "relay": relay, "fault": fault})
 
 
+def read_until(stream: IO[str], prefix: str) -> bool:
+    """Read lines until one starts with `prefix`: True when it came, False when the stream ended first."""
+    return any(line.startswith(prefix) for line in stream)
+
+
 @contextmanager
 def sim_fleet(directory: Path, relays: int = 5) -> Iterator[Sim]:
     """`probe sim up` as a process, with a config of short timeouts beside its own; stopped by its pid."""
@@ -47,10 +53,7 @@ def sim_fleet(directory: Path, relays: int = 5) -> Iterator[Sim]:
     )
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("ready"):
-                break
-        else:
+        if not read_until(proc.stdout, "ready"):
             pytest.fail(f"probe sim up ended: {proc.stderr.read() if proc.stderr else ''}")
         config = directory / "agent-fast.toml"
         config.write_text((directory / "agent.toml").read_text() + FAST)
@@ -214,9 +217,7 @@ def test_an_interrupted_soak_reports_what_it_saw_and_never_passes(sim: Sim, tmp_
     )
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.startswith("soak pass 2"):
-                break
+        assert read_until(proc.stderr, "soak pass 2"), "the soak ended before its second pass"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
