@@ -13,8 +13,10 @@ X25519 operations, the crypto one path's handshake cannot avoid.
 
 "Keeps up" means, for every measured round: a result from every relay, each with all of that round's paths (main
 port on both families plus the round's share of the rotating ones), no `probe_overrun` in the agent's log, and no
-path failing (the fleet is healthy: a failure means a reply was read too late). Run as root (the broker runs as
-root like the tests' one):
+path failing (the fleet is healthy: a failure means a reply was read too late). What the probes measured is reported
+too (the handshake's time and the forward stage's round trip, medians and p90 over every path): on loopback the true
+figures are small, so these show how long answers waited, in the simulated fleet's one process or in the agent.
+Run as root (the broker runs as root like the tests' one):
 
     .venv/bin/python -m bench.bench_agent [--relays 522] [--windows 8] [--sweep 1000,1500,2000] [--sweep-windows 4]
 """
@@ -40,6 +42,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -184,6 +187,11 @@ class Seen:
     duration: float
     delivery: float  # seconds from the probe's end to its arrival here, through agent spool, broker, subscriber
     arrived: float
+    # What the probes measured, per path: the handshake's time and the forward stage's round trip. On loopback the
+    # true figures are a fraction of a millisecond, so what shows here is the agent's own delay in reading answers
+    # (its event loop busy with other paths): how many relays start together is paid here.
+    handshake: tuple[float, ...] = ()
+    forward_rtt: tuple[float, ...] = ()
 
 
 @dataclass
@@ -206,12 +214,19 @@ class Tally:
                 duration=float(doc["duration_seconds"]),
                 delivery=arrived - started - float(doc["duration_seconds"]),
                 arrived=arrived,
+                handshake=_stage_seconds(doc, "handshake"),
+                forward_rtt=_stage_seconds(doc, "forward"),
             )
         except (ValueError, KeyError, TypeError):
             self.undecodable += 1
             return
         self.by_round[number].append(seen)
         self.reasons.update((number, str(path["reason"])) for path in doc["paths"] if not path["ok"])
+
+
+def _stage_seconds(doc: dict[str, Any], stage: str) -> tuple[float, ...]:
+    """The `seconds` of stage `stage` on every path of a result where it passed."""
+    return tuple(float(s["seconds"]) for path in doc["paths"] for s in path["stages"] if s["name"] == stage and s["ok"])
 
 
 async def subscribe(broker: Mosquitto, tally: list[Tally], ready: asyncio.Event) -> None:
@@ -422,6 +437,10 @@ def keeping_up(
         "probe_wall_ms_p99": 1000 * percentile([s.duration for s in seen_all], 0.99),
         "delivery_ms_median": 1000 * median([s.delivery for s in seen_all]),
         "delivery_ms_p99": 1000 * percentile([s.delivery for s in seen_all], 0.99),
+        "handshake_ms_median": 1000 * median([x for s in seen_all for x in s.handshake]),
+        "handshake_ms_p90": 1000 * percentile([x for s in seen_all for x in s.handshake], 0.90),
+        "forward_rtt_ms_median": 1000 * median([x for s in seen_all for x in s.forward_rtt]),
+        "forward_rtt_ms_p90": 1000 * percentile([x for s in seen_all for x in s.forward_rtt], 0.90),
     }
 
 

@@ -316,8 +316,9 @@ class Demux:
         self.stray = 0  # well-formed packets nobody claimed (another probe's late answer, relay chatter)
         self.unattributed = 0  # packets that did not parse and carry no identifier of ours
 
-    def dispatch(self, packet: bytes) -> None:
-        at = self.clock()
+    def dispatch(self, packet: bytes, waited: float = 0.0) -> None:
+        """Book `packet`, which came in `waited` seconds ago (the kernel's receive time): its answer time."""
+        at = self.clock() - waited
         # Almost every packet is the answer its exchange predicted: found by its raw identifiers and checked in one
         # pass, it is booked without being parsed into objects. Anything else takes the full path below.
         claim = raw_claim(packet)

@@ -224,6 +224,27 @@ async def test_healthy_relay_passes_every_stage_without_loss(family: int) -> Non
 
 
 @pytest.mark.asyncio
+@FAMILIES
+async def test_an_answer_is_timed_when_it_arrived_not_when_a_busy_loop_read_it(family: int) -> None:
+    # The relay answers the forward stage's echoes at once, then the event loop is kept busy for BUSY seconds
+    # before the prober's socket is read (as when many paths are in flight): the kernel's receive timestamp
+    # times the answers, so the round trip is the relay's, not the loop's delay.
+    busy = 0.12
+    blocked: list[bool] = []
+
+    def answer_then_block(conv: Conversation, ip: IPPacket) -> None:
+        conv.reply(ip)
+        if to_forward_target(ip) and not blocked:
+            blocked.append(True)
+            asyncio.get_running_loop().call_soon(time.sleep, busy)
+
+    stages, _, _ = await probe_fake(answer_then_block, family=family)
+    forward = stages[StageName.forward]
+    assert blocked and (forward.ok, forward.received) == (True, 3)
+    assert forward.seconds < busy / 2  # timed by the loop, every answer would read at least `busy`
+
+
+@pytest.mark.asyncio
 async def test_garbage_around_the_handshake_response_is_counted_and_said() -> None:
     stages, _, _ = await probe_fake(healthy, faults=("garbage",))
     # Three datagrams come before the response and a duplicate after it: the duplicate is the handshake's to reject
@@ -252,7 +273,7 @@ async def test_garbage_from_the_relay_is_counted_and_dropped_and_the_path_still_
                     break
                 await asyncio.sleep(0.01)
                 while tunnel.flow.buffer:
-                    tunnel._open(tunnel.flow.buffer.popleft())
+                    tunnel._open(tunnel.flow.buffer.popleft()[0])
             assert ctx.record is not None
             received = [packet for _, direction, packet in ctx.record.packets if direction == "in"]
             assert (tunnel.rejected + duplicate, len(received)) == (relay.stats.bad_sent, relay.stats.valid_sent)
