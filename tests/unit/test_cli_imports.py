@@ -111,6 +111,37 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     ]
 
 
+# `probe server` with ServerResult's repr() made to say when it is called.
+REPR_SEEN = """
+import sys
+from probe import results
+def seen(self):
+    sys.stderr.write("repr of a ServerResult\\n")
+    return "ServerResult(...)"
+results.ServerResult.__repr__ = seen
+sys.argv = ["probe", *sys.argv[1:]]
+from probe.cli import main
+main()
+"""
+
+
+def test_probe_server_formats_no_result_it_does_not_print(tmp_path: Path) -> None:
+    # CPython 3.11's asyncio.run formats its SIGINT handler, which holds the main task and the task's result, with
+    # repr() as it tears down (probe/cli_probe.py): a result the coroutine returned was formatted twice.
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
+    done = subprocess.run(
+        [sys.executable, "-c", REPR_SEEN, "server", "xx-one-wg-001", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["reason"] == "port_unreachable"
+    assert "repr of a ServerResult" not in done.stderr
+
+
 # A pydantic plugin, as a package installs one (an entry point in the group "pydantic"): loading it leaves a mark.
 PLUGIN = """
 import os
