@@ -100,8 +100,9 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     assert loaded(modules, ("ctypes", "difflib")) == []
     assert "probe.runner" in modules  # the check sees a real run, not an early exit
     assert "cryptography.hazmat.backends" not in modules  # keys load without cryptography's OpenSSL backend module
-    # pydantic's plugin loader names importlib.metadata, but with plugins off nothing calls it (probe/cli.py).
-    assert loaded(modules, ("importlib.metadata", "email", "zipfile")) == []
+    # pydantic's plugin loader names importlib.metadata, but with plugins off nothing calls it; argparse's help
+    # width is found without shutil (probe/cli.py).
+    assert loaded(modules, ("importlib.metadata", "email", "zipfile", "shutil", "bz2", "lzma")) == []
     # CPython 3.11 compiles every dataclass's methods when its module is imported (~1 ms a frozen one here): the
     # immutable records on this path are NamedTuples. The frozen dataclasses left are the WireGuard message layouts
     # (DESIGN.md: frozen dataclasses that check their fields); the mutable state objects stay dataclasses.
@@ -279,6 +280,31 @@ def test_the_parser_holds_only_the_running_command_unless_probes_own_help_may_li
     assert choices(["serve", "--help"]) == ["aggregator", "serve"]  # one register function adds both
     for argv in (["-h", "server"], ["--", "server"], [], ["no-such-command"]):
         assert choices(argv) == list(COMMANDS), argv
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "-3", "wide"])
+def test_help_is_laid_out_as_argparse_would_without_importing_shutil(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    from probe.cli import HelpFormatter
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert HelpFormatter("probe")._width == argparse.HelpFormatter("probe")._width
+    for argv in (["--help"], ["server", "--help"]):
+        ours, theirs = build_parser(argv), build_parser(argv)
+        pairs = [(ours, theirs), *zip(subparsers(ours), subparsers(theirs), strict=True)]
+        for _, parser in pairs:
+            parser.formatter_class = argparse.HelpFormatter
+        for mine, plain in pairs:
+            assert mine.format_help() == plain.format_help()
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices.values())
 
 
 def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
