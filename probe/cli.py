@@ -18,7 +18,8 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from probe import __version__
 from probe.errors import (
@@ -32,6 +33,8 @@ from probe.errors import (
 )
 
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -102,10 +105,44 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns`, the width argparse lays help out to, without importing shutil: argparse
+    imports it for that alone, and shutil imports bz2, lzma and zlib (6 M instructions, ~0.7% of `probe server`'s
+    cold start). The same rules: $COLUMNS if a positive number, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own layout, to the width argparse would find (see terminal_columns)."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, terminal_columns() - 2 if width is None else width)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every parser of `probe`, the commands' too (add_subparsers makes them of the parser's own class): argparse's,
+    with HelpFormatter unless a command asks for another."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for `argv`: the full parser of the command it names (its module imported), a one-line stub for
     every other command, in the table's order (enough for `probe --help` and for naming the choices)."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = ArgumentParser(
         prog="probe",
         description="End-to-end connectivity probing for fleets of WireGuard relays.",
         epilog="Exit codes: 0 all ok, 1 a relay failed, 2 usage or config error, 3 could not judge.",
@@ -244,8 +281,84 @@ SERVICES = frozenset({"agent", "aggregator", "serve"})
 NO_PYDANTIC_PLUGINS = ("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
+# pydantic's plugin loader imports `entry_points` from importlib.metadata when its module loads, at the first model
+# class, whether plugins are disabled or not; importlib.metadata brings email, zipfile, csv, tempfile and
+# importlib.resources with it: 37 M instructions, ~4% of `probe server`'s cold start, for a function never called
+# while plugins are disabled. importlib.util.LazyLoader cannot defer it: on CPython 3.11 an import statement naming
+# a lazy module reads its __spec__, which executes it. So, with plugins disabled, that one module of pydantic
+# executes with a stand-in for importlib.metadata whose entry_points imports the real module when called; the
+# stand-in is gone from sys.modules as soon as that module has run, so importlib.metadata stays unimported until
+# something uses it, and then loads as usual.
+PLUGIN_LOADER = "pydantic.plugin._loader"
+PLUGINS_OFF = frozenset({"__all__", "1", "true"})  # the values pydantic's loader reads as "no plugins at all"
+
+
+class _DeferMetadata:
+    """A sys.meta_path finder that acts once, on pydantic's plugin loader (above), and removes itself."""
+
+    @classmethod
+    def install(cls) -> None:
+        loaded = "importlib.metadata" in sys.modules or PLUGIN_LOADER in sys.modules
+        if os.environ.get("PYDANTIC_DISABLE_PLUGINS") in PLUGINS_OFF and not loaded:
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: object = None) -> ModuleSpec | None:
+        if name != PLUGIN_LOADER:
+            return None
+        sys.meta_path.remove(self)
+        spec = next(filter(None, (_find(finder, name, path, target) for finder in sys.meta_path)), None)
+        if spec is not None and hasattr(spec.loader, "exec_module"):
+            # Not an importlib.abc.Loader subclass: importlib.abc imports importlib.resources, part of the cost.
+            spec.loader = _WithoutMetadata(spec.loader)  # type: ignore[assignment]
+        return spec
+
+
+def _find(finder: object, name: str, path: Sequence[str] | None, target: object) -> ModuleSpec | None:
+    find = getattr(finder, "find_spec", None)
+    return None if find is None else find(name, path, target)
+
+
+class _WithoutMetadata:
+    """Runs a module with the stand-in for importlib.metadata in sys.modules, unless the real one is loaded."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        if "importlib.metadata" in sys.modules or os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in PLUGINS_OFF:
+            self._loader.exec_module(module)
+            return
+        stand_in = ModuleType("importlib.metadata")
+        stand_in.entry_points = _entry_points  # type: ignore[attr-defined]
+        stand_in.__getattr__ = _real_metadata_attribute  # type: ignore[method-assign]
+        sys.modules["importlib.metadata"] = stand_in
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if sys.modules.get("importlib.metadata") is stand_in:
+                del sys.modules["importlib.metadata"]
+
+
+def _entry_points(**params: Any) -> Any:
+    from importlib.metadata import entry_points
+
+    return entry_points(**params)
+
+
+def _real_metadata_attribute(name: str) -> Any:
+    """Any other name asked of the stand-in (a later pydantic may import more): the real module's. Dunders are not
+    forwarded: the import system asks the stand-in for __path__ and the like, which must not load the module."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(importlib.import_module("importlib.metadata"), name)
+
+
 def main() -> NoReturn:
     os.environ.setdefault(*NO_PYDANTIC_PLUGINS)
+    _DeferMetadata.install()
     command = command_of(sys.argv[1:])
     if command in SERVICES:
         from probe import signals

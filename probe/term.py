@@ -15,26 +15,24 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-# C0 controls, DEL, C1 controls, and the Unicode bidirectional overrides that can make text read backwards.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# For error messages only: compiled by `re` on first use (a compile is ~0.25 ms of every start-up).
-_UNSAFE_KEEP_LINES = r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+# C0 controls, DEL, C1 controls, and the Unicode bidirectional overrides that can make text read backwards, each
+# shown as its escape. A translation table rather than a pattern: compiling the pattern was ~2 M instructions of
+# every command's start-up.
+_UNSAFE_CODES = (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNSAFE = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _UNSAFE_CODES}
+# For error messages: newlines and tabs kept.
+_UNSAFE_KEEP_LINES = {code: shown for code, shown in _UNSAFE.items() if code not in (0x09, 0x0A)}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def clean(text: object) -> str:
     """`text` as a string safe for a terminal: control characters shown as \\xNN, never acted on."""
-    return _UNSAFE.sub(_escape, str(text))
+    return str(text).translate(_UNSAFE)
 
 
 def clean_lines(text: object) -> str:
     """As `clean`, but newlines and tabs stay (for multi-line messages of our own that quote outside strings)."""
-    return re.sub(_UNSAFE_KEEP_LINES, _escape, str(text))
+    return str(text).translate(_UNSAFE_KEEP_LINES)
 
 
 class Style:

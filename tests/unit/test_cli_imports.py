@@ -100,6 +100,9 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     assert loaded(modules, ("ctypes", "difflib")) == []
     assert "probe.runner" in modules  # the check sees a real run, not an early exit
     assert "cryptography.hazmat.backends" not in modules  # keys load without cryptography's OpenSSL backend module
+    # pydantic's plugin loader names importlib.metadata, but with plugins off nothing calls it; argparse's help
+    # width is found without shutil (probe/cli.py).
+    assert loaded(modules, ("importlib.metadata", "email", "zipfile", "shutil", "bz2", "lzma")) == []
     # CPython 3.11 compiles every dataclass's methods when its module is imported (~1 ms a frozen one here): the
     # immutable records on this path are NamedTuples. The frozen dataclasses left are the WireGuard message layouts
     # (DESIGN.md: frozen dataclasses that check their fields); the mutable state objects stay dataclasses.
@@ -107,6 +110,37 @@ def test_probe_server_imports_nothing_only_other_commands_need(tmp_path: Path) -
     assert frozen == [
         f"probe.wireguard.messages.{name}" for name in ("CookieReply", "Initiation", "Response", "Transport")
     ]
+
+
+# `probe server` with ServerResult's repr() made to say when it is called.
+REPR_SEEN = """
+import sys
+from probe import results
+def seen(self):
+    sys.stderr.write("repr of a ServerResult\\n")
+    return "ServerResult(...)"
+results.ServerResult.__repr__ = seen
+sys.argv = ["probe", *sys.argv[1:]]
+from probe.cli import main
+main()
+"""
+
+
+def test_probe_server_formats_no_result_it_does_not_print(tmp_path: Path) -> None:
+    # CPython 3.11's asyncio.run formats its SIGINT handler, which holds the main task and the task's result, with
+    # repr() as it tears down (probe/cli_probe.py): a result the coroutine returned was formatted twice.
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
+    done = subprocess.run(
+        [sys.executable, "-c", REPR_SEEN, "server", "xx-one-wg-001", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["reason"] == "port_unreachable"
+    assert "repr of a ServerResult" not in done.stderr
 
 
 # A pydantic plugin, as a package installs one (an entry point in the group "pydantic"): loading it leaves a mark.
@@ -126,18 +160,23 @@ plugin = _Plugin()
 """
 
 
-def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path: Path) -> None:
+def plugin_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment without PYDANTIC_DISABLE_PLUGINS, with a plugin installed; the file its loading writes."""
     site = tmp_path / "site"
     dist = site / "wgprobe_test_plugin-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wgprobe-test-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[pydantic]\nmark = wgprobe_test_plugin:plugin\n")
     (site / "wgprobe_test_plugin.py").write_text(PLUGIN)
-    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
     mark = tmp_path / "mark"
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
-    env |= {"PYTHONPATH": path, "WGPROBE_TEST_PLUGIN_MARK": str(mark)}
+    return env | {"PYTHONPATH": path, "WGPROBE_TEST_PLUGIN_MARK": str(mark)}, mark
+
+
+def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path: Path) -> None:
+    env, mark = plugin_env(tmp_path)
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
 
     def servers(env: dict[str, str]) -> None:
         done = subprocess.run(
@@ -156,6 +195,39 @@ def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path:
     # The user's own setting is kept: empty means "load every plugin", as pydantic reads it.
     servers({**env, "PYDANTIC_DISABLE_PLUGINS": ""})
     assert mark.read_text() == "loaded"
+
+
+# What `probe` does before its command runs (probe/cli.py main), then what a program could do after: use
+# importlib.metadata, turn plugins on and build a model.
+LATER_USE = """
+import os, sys
+from probe import cli
+os.environ.setdefault(*cli.NO_PYDANTIC_PLUGINS)
+cli._DeferMetadata.install()
+import pydantic
+class First(pydantic.BaseModel):
+    a: int
+assert First(a=1).a == 1
+assert "importlib.metadata" not in sys.modules, "ran before anything used it"
+assert not any(isinstance(finder, cli._DeferMetadata) for finder in sys.meta_path), "the finder stays installed"
+import importlib.metadata
+assert importlib.metadata.version("pydantic") == pydantic.VERSION
+assert importlib.metadata.distribution("wgprobe-test-plugin").entry_points[0].name == "mark"
+os.environ["PYDANTIC_DISABLE_PLUGINS"] = ""
+class Second(pydantic.BaseModel):
+    b: int
+print(sys.modules["importlib.metadata"].__file__)
+"""
+
+
+def test_importlib_metadata_loads_on_first_use_and_plugins_still_load_when_turned_on(tmp_path: Path) -> None:
+    env, mark = plugin_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", LATER_USE], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("importlib/metadata/__init__.py")  # the real module, not a stand-in
+    assert mark.read_text() == "loaded"  # pydantic's loader found the plugin through the real entry_points
 
 
 def test_probe_servers_needs_no_event_loop(tmp_path: Path) -> None:
@@ -208,6 +280,31 @@ def test_the_parser_holds_only_the_running_command_unless_probes_own_help_may_li
     assert choices(["serve", "--help"]) == ["aggregator", "serve"]  # one register function adds both
     for argv in (["-h", "server"], ["--", "server"], [], ["no-such-command"]):
         assert choices(argv) == list(COMMANDS), argv
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "-3", "wide"])
+def test_help_is_laid_out_as_argparse_would_without_importing_shutil(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    from probe.cli import HelpFormatter
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert HelpFormatter("probe")._width == argparse.HelpFormatter("probe")._width
+    for argv in (["--help"], ["server", "--help"]):
+        ours, theirs = build_parser(argv), build_parser(argv)
+        pairs = [(ours, theirs), *zip(subparsers(ours), subparsers(theirs), strict=True)]
+        for _, parser in pairs:
+            parser.formatter_class = argparse.HelpFormatter
+        for mine, plain in pairs:
+            assert mine.format_help() == plain.format_help()
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices.values())
 
 
 def test_the_command_is_the_first_word_that_is_not_an_option() -> None:
