@@ -201,10 +201,23 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+_keeper: list[socket.socket] = []
+
+
 def stamp(sock: socket.socket) -> None:
     """Ask the kernel to stamp each datagram `sock` receives with its arrival time (best effort: without it,
-    answers are timed when they are read)."""
+    answers are timed when they are read).
+
+    Linux stamps packets only while some socket of the machine asks for it, and turns that on and off through a
+    deferred work item: the datagrams that arrive before it has run are stamped when read, as if unstamped. With a
+    socket per path, every pause with no path open would turn stamping off, and the next path's first answers would
+    go unstamped (and each switch patches kernel code). So the first call also keeps one socket asking, for the
+    life of the process."""
     with contextlib.suppress(OSError):
+        if not _keeper:
+            keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            _keeper.append(keeper)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
