@@ -11,6 +11,7 @@ into the caller. Time is read through an injected clock (`clock`, monotonic; `wa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import socket
@@ -218,6 +219,7 @@ def stamp(sock: socket.socket) -> None:
             keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             _keeper.append(keeper)
+            atexit.register(keeper.close)  # closed, not left to the interpreter's teardown (a ResourceWarning)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
