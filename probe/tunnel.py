@@ -40,7 +40,7 @@ RECORD_MAX_BYTES = 1024 * 1024
 # Answers are timed by the kernel's receive timestamp (SO_TIMESTAMPNS), not by when the event loop got round to
 # them: with several paths in flight the loop can be busy for milliseconds, which read as round trip. Measured
 # (bench_agent) on loopback, where the true round trip is ~0.1 ms: handshakes of 2.4 ms median, 9.5 ms p90 timed by
-# the loop with relays spread one by one, 18 ms median with ten relays started together. Linux's generic value of
+# the loop with relays spread one by one, 18 ms median with nine relays started together. Linux's generic value of
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS); Python's socket module does not name it.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")  # struct timespec on a 64-bit kernel ABI
@@ -215,12 +215,13 @@ def stamp(sock: socket.socket) -> None:
     go unstamped (and each switch patches kernel code). So the first call also keeps one socket asking, for the
     life of the process."""
     with contextlib.suppress(OSError):
-        if not _keeper:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    if not _keeper:
+        with contextlib.suppress(OSError):  # no socket to spare: stamping still works, switched as sockets come and go
             keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             _keeper.append(keeper)
             atexit.register(keeper.close)  # closed, not left to the interpreter's teardown (a ResourceWarning)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
 def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:

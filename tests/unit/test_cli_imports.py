@@ -61,17 +61,17 @@ main()
 """
 
 
+def python(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in a fresh interpreter (this one's), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd, env=env
+    )
+
+
 def modules_of_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run `probe ARGS` in a fresh interpreter; its result and every module it had imported when it exited."""
     out = tmp_path / "modules.json"
-    done = subprocess.run(
-        [sys.executable, "-c", RUN, str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = python("-c", RUN, str(out), *args, cwd=tmp_path)
     return done, set(json.loads(out.read_text()))
 
 
@@ -130,14 +130,7 @@ def test_probe_server_formats_no_result_it_does_not_print(tmp_path: Path) -> Non
     # CPython 3.11's asyncio.run formats its SIGINT handler, which holds the main task and the task's result, with
     # repr() as it tears down (probe/cli_probe.py): a result the coroutine returned was formatted twice.
     config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
-    done = subprocess.run(
-        [sys.executable, "-c", REPR_SEEN, "server", "xx-one-wg-001", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = python("-c", REPR_SEEN, "server", "xx-one-wg-001", "--config", str(config), "--json", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["reason"] == "port_unreachable"
     assert "repr of a ServerResult" not in done.stderr
@@ -179,14 +172,7 @@ def test_probe_does_not_look_for_pydantic_plugins_unless_the_user_asks(tmp_path:
     config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", 51820))
 
     def servers(env: dict[str, str]) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "probe", "servers", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
+        done = python("-m", "probe", "servers", "--config", str(config), env=env)
         assert done.returncode == 0, done.stderr
         assert "xx-one-wg-001" in done.stdout
 
@@ -222,9 +208,7 @@ print(sys.modules["importlib.metadata"].__file__)
 
 def test_importlib_metadata_loads_on_first_use_and_plugins_still_load_when_turned_on(tmp_path: Path) -> None:
     env, mark = plugin_env(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", LATER_USE], capture_output=True, text=True, timeout=60, check=False, env=env
-    )
+    done = python("-c", LATER_USE, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("importlib/metadata/__init__.py")  # the real module, not a stand-in
     assert mark.read_text() == "loaded"  # pydantic's loader found the plugin through the real entry_points
