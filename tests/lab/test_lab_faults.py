@@ -3,11 +3,16 @@ namespace (the OS path), `ping`, and a capture on the outside host. Each fault k
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import socket
+import threading
 from collections.abc import Callable
 
 import pytest
 
-from probe.lab import fleet, netns
+from probe.errors import LabError
+from probe.lab import fleet, netns, osclient
 from probe.lab.faults import Fault
 from probe.lab.osclient import OsClient
 from probe.lab.processes import is_running
@@ -159,3 +164,45 @@ def test_down_fault_stops_wireguard_and_leaves_nothing(healed: Lab) -> None:
     fleet.set_faults(healed.lab_dir, relay.name, [])
     with client(healed, 3) as c:
         assert c.ping(healed.plan.outside_ipv4).ok, "heal brings the relay back with its peers"
+
+
+class Occupant:
+    """A control socket under `ifname` that answers every connection by closing it: wireguard-go started for that
+    name finds the socket in use and exits, and `wg show` fails at once instead of waiting for an answer."""
+
+    def __init__(self, ifname: str) -> None:
+        fleet.WG_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        self.path = fleet.WG_SOCKET_DIR / f"{ifname}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(self.path))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.sock.accept()[0].close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
+
+
+def test_client_that_fails_to_start_is_retried_and_says_why(healed: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(osclient, "_counter", itertools.count(900))
+    prefix = healed.plan.prefix
+    held = [Occupant(f"{prefix}c900")]
+    try:
+        with client(healed, 1) as c:  # the first try's wireguard-go exits; the second, under another name, works
+            assert c.ifname == f"{prefix}c901"
+            assert c.ping("10.64.0.1", count=1).ok
+        held += [Occupant(f"{prefix}c902"), Occupant(f"{prefix}c903")]
+        expected = rf"{prefix}c903 exited: .*socket in use \(an earlier try: .*{prefix}c902 exited: .*socket in use"
+        with pytest.raises(LabError, match=expected), client(healed, 1):
+            pass
+    finally:
+        for occupant in held:
+            occupant.close()
