@@ -39,8 +39,8 @@ from agents.commands import CommandIntake, CommandOutcome
 from agents.log import Log
 from agents.schedule import Job, Schedule, paths_for
 from probe import __version__
+from probe.agent_config import AgentConfig
 from probe.bus import Outbox
-from probe.config import AgentConfig
 from probe.control import control_check
 from probe.errors import WgProbeError
 from probe.inputs import redact_url

@@ -21,8 +21,8 @@ from probe.errors import EXIT_OK, ConfigError
 if TYPE_CHECKING:
     from agents.agent import Agent
     from agents.log import Log
+    from probe.agent_config import AgentConfig
     from probe.cli import Commands
-    from probe.config import AgentConfig
     from probe.inventory import Inventory
     from probe.inventory.configured import ConfiguredInventory
     from probe.service_config import MqttSection
@@ -47,7 +47,8 @@ def register(commands: Commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agents.log import Log
-    from probe.config import find_config, load_config
+    from probe.agent_config import load_config
+    from probe.config import find_config
     from probe.keylock import lock_keys
     from probe.service_config import load_mqtt_secrets
 

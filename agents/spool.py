@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from probe.config import SpoolSection
+from probe.agent_config import SpoolSection
 from probe.errors import ConfigError
 
 APPLICATION_ID = 0x77677370  # "wgsp": this file is a wgprobe spool (PRAGMA application_id)

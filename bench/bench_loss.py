@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.common import bench_lab, report
-from probe.config import load_config
+from probe.agent_config import load_config
 from probe.inventory import load_inventory
 from probe.lab import fleet
 from probe.lab.faults import Fault

@@ -54,7 +54,7 @@ def _floor(samples: int) -> float:
 
 
 async def _paths(sim_dir: Path, rounds: int, warmup: int, profile: str | None) -> dict[str, Any]:
-    from probe.config import load_config
+    from probe.agent_config import load_config
     from probe.inventory import load_inventory
     from probe.runner import Prober
 
@@ -83,7 +83,7 @@ async def _paths(sim_dir: Path, rounds: int, warmup: int, profile: str | None) -
 
 async def _probes(sim_dir: Path, rounds: int, warmup: int, profile: str | None) -> dict[str, Any]:
     """One probe at a time, as bench_engine's: handshake, one echo through the NAT, the reply verified."""
-    from probe.config import load_config
+    from probe.agent_config import load_config
     from probe.inventory import load_inventory
     from probe.packets import build_icmp_echo, verify_echo_reply
     from probe.tunnel import InitiationPacer, Tunnel

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.bench_engine import identities
 from bench.common import VALGRIND, BenchLab, bench_lab, collected_instructions, median, report
-from probe.config import load_config
+from probe.agent_config import load_config
 from probe.inventory import load_inventory
 from probe.lab import DEFAULT_IDENTITIES, fleet
 from probe.lab.faults import Fault

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median, report
-from probe.config import load_config
+from probe.agent_config import load_config
 from probe.inventory import Inventory, Relay, load_inventory
 from probe.runner import Prober
 from probe.sim.control import request

@@ -18,7 +18,7 @@ from probe.errors import EXIT_FAILED, EXIT_OK, EXIT_UNJUDGED, ConfigError
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
-    from probe.config import AgentConfig
+    from probe.config import ProbeConfig
     from probe.inventory import Inventory, Relay
     from probe.messages import ControlCheck
     from probe.results import ServerResult, StageResult
@@ -91,12 +91,12 @@ def register_dissect(commands: Commands) -> None:
     dissect_p.set_defaults(handler=dissect)
 
 
-def _load(config_path: Path | None) -> tuple[AgentConfig, Inventory]:
-    from probe.config import find_config, load_config
+def _load(config_path: Path | None) -> tuple[ProbeConfig, Inventory]:
+    from probe.config import find_config, load_probe_config
     from probe.inventory.configured import ConfiguredInventory
     from probe.term import clean
 
-    config = load_config(find_config(config_path))
+    config = load_probe_config(find_config(config_path))
     source = ConfiguredInventory(config.inventory)
     inventory = source.load()
     for problem in inventory.problems:
@@ -110,7 +110,7 @@ def _load(config_path: Path | None) -> tuple[AgentConfig, Inventory]:
     return config, inventory
 
 
-def _lock_keys(config: AgentConfig) -> None:
+def _lock_keys(config: ProbeConfig) -> None:
     """Hold this config's keys for the life of the command: a second process with one of them is refused."""
     from probe.keylock import lock_keys
 

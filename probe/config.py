@@ -17,7 +17,7 @@
     evidence_path_max_bytes = 1048576    # cap of one path's pcap: the first packets are kept, the rest counted
     evidence_max_bytes = 268435456       # the evidence wgprobe keeps in evidence_dir, in all (oldest removed first)
     evidence_max_age_hours = 168         # evidence older than this is removed
-    # The long-running agent (`probe agent`) only:
+    # The long-running agent (`probe agent`, `probe serve`) only; models in probe/agent_config.py:
     [schedule]
     interval_seconds = 15                # every relay's main port, both families, once per interval
     concurrency = 64                     # relays probed at once, at most
@@ -40,7 +40,7 @@ names the file, the key and the fix. IP addresses are strings: pydantic would re
 import os
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -57,12 +57,12 @@ from probe.configfile import (
     Section,
     check_agent_name,
     check_secret_file,
+    read_toml,
     resolve_path,
-    validate_file,
+    validate_data,
 )
 from probe.errors import ConfigError
 from probe.inputs import InputError, read_regular_file
-from probe.service_config import MAX_INTERVAL_SECONDS, HttpSection, MqttSection
 from probe.wireguard.constants import KEY_SIZE
 from probe.wireguard.errors import InvalidKeyError
 from probe.wireguard.keys import decode_base64_key
@@ -70,22 +70,24 @@ from probe.wireguard.keys import decode_base64_key
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
-    "AgentConfig",
     "AgentSection",
     "ChecksSection",
     "Endpoint",
     "Identity",
     "InventorySection",
+    "ProbeConfig",
     "ProbeSection",
     "find_config",
-    "load_config",
+    "load_probe_config",
     "read_private_key",
+    "with_keys",
 ]
 
 CONFIG_ENV = "WGPROBE_CONFIG"
 DEFAULT_CONFIG = "agent.toml"
 # A key file is one line.
 _KEY_FILE_MAX_BYTES = 4096
+C = TypeVar("C", bound="ProbeConfig")
 
 
 class AgentSection(Section):
@@ -206,38 +208,21 @@ class ProbeSection(Section):
         return self
 
 
-class ScheduleSection(Section):
-    """`[schedule]` of the long-running agent (agents/schedule.py)."""
+class ProbeConfig(Section):
+    """What probing needs: the agent, its keys, the relays, the checks beyond them and the probe's settings.
 
-    # Every relay's main port on both families is probed once per interval; the other paths rotate through it.
-    interval_seconds: float = Field(default=15.0, ge=1.0, le=MAX_INTERVAL_SECONDS)
-    concurrency: int = Field(default=64, ge=1, le=4096, strict=True)  # relays probed at once, at most
+    `probe server`, `sweep`, `servers` and `verify` validate a file through this model alone when it has none of the
+    service's tables (`load_probe_config`): the agent's whole model (probe/agent_config.py) and the [mqtt] and [http]
+    tables it shares with the aggregator cost ~10 M instructions of start-up (1% of `probe server`) to define.
+    """
 
-
-class SpoolSection(Section):
-    """`[spool]`: where the agent keeps results the broker has not acknowledged yet (SQLite, agents/spool.py)."""
-
-    path: Path = Field(default=Path("spool.sqlite"), validate_default=True)
-    # Bounds for a long broker outage: past them the oldest results are dropped first, and counted.
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, strict=True)
-    max_age_hours: float = Field(default=24.0, gt=0, le=24 * 365)
-
-    _resolve_path = field_validator("path")(resolve_path)
-
-
-class AgentConfig(Section):
     agent: AgentSection
     identities: tuple[Identity, ...]
     inventory: InventorySection
     checks: ChecksSection
-    # Dicts, validated, rather than ProbeSection() etc.: a default instance would skip the path resolution above,
-    # and would build that section's own validator besides this model's (start-up time: `probe server` validates
-    # one config per run, through this model alone).
+    # A dict, validated, rather than ProbeSection(): a default instance would skip the path resolution above, and
+    # would build that section's own validator besides this model's (start-up time: one config per run).
     probe: ProbeSection = Field(default_factory=dict, validate_default=True)
-    schedule: ScheduleSection = Field(default_factory=dict, validate_default=True)
-    mqtt: MqttSection | None = None  # required by `probe agent`; `probe server` and `probe serve` need none
-    http: HttpSection = Field(default_factory=dict, validate_default=True)
-    spool: SpoolSection = Field(default_factory=dict, validate_default=True)
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -250,7 +235,7 @@ class AgentConfig(Section):
         return identities
 
     @model_validator(mode="after")
-    def _identities_are_distinct(self) -> "AgentConfig":
+    def _identities_are_distinct(self) -> Self:
         # One key has one session per relay (DESIGN.md), and a relay routes each tunnel address to one key.
         for attr in ("private_key_file", "ipv4", "ipv6"):
             values = [getattr(identity, attr) for identity in self.identities]
@@ -264,6 +249,11 @@ class AgentConfig(Section):
     def path(self) -> Path | None:
         """The file this config was loaded from."""
         return self._path
+
+
+# The tables only AgentConfig (probe/agent_config.py) has: a file with any of them is validated whole, whichever
+# command reads it. A test holds this to AgentConfig's fields.
+SERVICE_TABLES = frozenset({"schedule", "mqtt", "http", "spool"})
 
 
 def read_private_key(path: Path) -> bytes:
@@ -281,9 +271,20 @@ def read_private_key(path: Path) -> bytes:
         raise ConfigError(f"key file {path}: {e}; expected one line as printed by `wg genkey`") from None
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read, validate and resolve an agent config, and load its identities' private keys."""
-    config = validate_file(AgentConfig, path)
+def load_probe_config(path: Path) -> ProbeConfig:
+    """As `load_config` (probe/agent_config.py), for the commands that only probe: a file without the service's
+    tables is validated as a ProbeConfig; with any of them as the whole AgentConfig, so a mistake in [mqtt] is
+    refused here too."""
+    data = read_toml(path)
+    if SERVICE_TABLES.intersection(data):
+        from probe.agent_config import AgentConfig
+
+        return with_keys(validate_data(AgentConfig, data, path), path)
+    return with_keys(validate_data(ProbeConfig, data, path), path)
+
+
+def with_keys(config: C, path: Path) -> C:
+    """`config`, read from `path`, with its identities' private keys loaded."""
     keys: dict[bytes, int] = {}
     for index, identity in enumerate(config.identities):
         try:

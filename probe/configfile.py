@@ -96,7 +96,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 def validate_file(model: type[M], path: Path) -> M:
     """`path` read and validated as `model`, relative paths resolved against the file's directory; every problem
     named by key, all of them in one ConfigError."""
-    data = read_toml(path)
+    return validate_data(model, read_toml(path), path)
+
+
+def validate_data(model: type[M], data: dict[str, Any], path: Path) -> M:
+    """`data`, read from `path` by `read_toml`, validated as `model` (see `validate_file`)."""
     try:
         return model.model_validate(data, context={"base_dir": path.absolute().parent})
     except ValidationError as e:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
-from probe.config import AgentConfig
+from probe.config import ProbeConfig
 from probe.evidence import EvidenceStore
 from probe.inventory import Inventory, Relay
 from probe.packets import EvidenceError
@@ -89,7 +89,7 @@ def plan_paths(
     return [PathSpec(port, entry) for entry in entries for port in ports]
 
 
-def settings_from(config: AgentConfig, inventory: Inventory) -> Settings:
+def settings_from(config: ProbeConfig, inventory: Inventory) -> Settings:
     checks, probe = config.checks, config.probe
     refl_v4 = checks.reflector_for(4)
     refl_v6 = checks.reflector_for(6)
@@ -112,7 +112,7 @@ class Prober:
     """Agent-wide probing state: keys (with their monotonic timestamps), cookies, per-key-per-relay locks, and each
     relay's last handshake round trip (it sets how soon a lost initiation is sent again)."""
 
-    def __init__(self, config: AgentConfig, inventory: Inventory, *, evidence: bool = True) -> None:
+    def __init__(self, config: ProbeConfig, inventory: Inventory, *, evidence: bool = True) -> None:
         self.config = config
         self.inventory = inventory
         self.settings = settings_from(config, inventory)

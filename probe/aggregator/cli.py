@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from agents.agent import Agent
     from agents.log import Log
     from probe.addresses import Endpoint
+    from probe.agent_config import AgentConfig
     from probe.aggregator.config import AggregatorConfig
     from probe.aggregator.verifications import Tagged
     from probe.cli import Commands
-    from probe.config import AgentConfig
 
 
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections in `probe aggregator` (see run_aggregator)
@@ -128,7 +128,8 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from agents.log import Log
-    from probe.config import find_config, load_config
+    from probe.agent_config import load_config
+    from probe.config import find_config
     from probe.keylock import lock_keys
 
     config = load_config(find_config(args.config))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probe.config import AgentConfig, load_config
+from probe.agent_config import AgentConfig, load_config
 from probe.inventory import Inventory, load_inventory
 from probe.sim import artifacts
 from probe.sim.faults import SimFault

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from probe.config import AgentConfig
+from probe.config import ProbeConfig
 from probe.control import control_check
 from probe.inventory import Inventory, Relay
 from probe.messages import ControlCheck
@@ -38,7 +38,7 @@ class DirectSource:
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: ProbeConfig,
         inventory: Inventory,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from probe.config import AgentConfig
+from probe.config import ProbeConfig
 from probe.inventory import Inventory, Relay
 from probe.term import Style, clean
 from probe.verify.baseline import Thresholds
@@ -73,7 +73,7 @@ class Printer:
 
 
 async def execute(
-    config: AgentConfig | None,
+    config: ProbeConfig | None,
     inventory: Inventory,
     verified: list[Relay],
     control: list[Relay],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import AgentConfig, load_config
+from probe.agent_config import AgentConfig, load_config
 from probe.inventory import Inventory, load_inventory
 from probe.lab import fleet
 from probe.lab.faults import Fault

@@ -14,8 +14,8 @@ import pytest
 
 from agents.agent import Agent, run_agent
 from agents.log import Log
+from probe.agent_config import AgentConfig, ScheduleSection
 from probe.bus import LocalOutbox
-from probe.config import AgentConfig, ScheduleSection
 from probe.inventory import load_inventory
 from probe.messages import AgentStatus, ResultMessage
 from probe.sim.faults import SimFault

@@ -19,8 +19,8 @@ from agents.agent import Agent, run_agent
 from agents.commands import MAX_QUEUED, CommandIntake, CommandOutcome
 from agents.log import Log
 from agents.metrics import exposition
+from probe.agent_config import ScheduleSection
 from probe.bus import LocalOutbox
-from probe.config import ScheduleSection
 from probe.inventory import load_inventory
 from probe.messages import Command, ResultMessage, command_topic
 from probe.results import ServerResult

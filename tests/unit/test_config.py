@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import AgentConfig, Endpoint, Identity, ScheduleSection, find_config, load_config
+from probe.agent_config import AgentConfig, ScheduleSection, load_config
+from probe.config import SERVICE_TABLES, Endpoint, Identity, ProbeConfig, find_config, load_probe_config
 from probe.errors import ConfigError
 from probe.service_config import HttpSection
 
@@ -172,3 +173,18 @@ def test_nothing_found_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest
     assert "--config (not given)" in message
     assert "$WGPROBE_CONFIG (not set)" in message
     assert f"{tmp_path / 'agent.toml'} (no such file)" in message
+
+
+def test_service_tables_are_what_only_the_agent_config_has() -> None:
+    # load_probe_config decides by these names which model validates a file, without defining AgentConfig.
+    assert frozenset(AgentConfig.model_fields) - frozenset(ProbeConfig.model_fields) == SERVICE_TABLES
+
+
+def test_commands_that_only_probe_validate_the_service_tables_when_a_file_has_them(config_dir: Path) -> None:
+    path = config_dir / "good.toml"
+    plain = load_probe_config(path)
+    assert type(plain) is ProbeConfig and plain.identities[0].private_key
+    with path.open("a") as file:
+        file.write('\n[mqtt]\nurl = "ftp://broker"\n')
+    with pytest.raises(ConfigError, match=r"mqtt\.url"):
+        load_probe_config(path)

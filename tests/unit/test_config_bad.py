@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import load_config
+from probe.agent_config import load_config
 from probe.errors import ConfigError
 
 DATA = Path(__file__).parent.parent / "data" / "config"

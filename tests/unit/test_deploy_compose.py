@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from agents.agent import STOP_GRACE
+from probe.agent_config import AgentConfig
 from probe.aggregator.config import AggregatorConfig
-from probe.config import AgentConfig
 from tests.unit.prometheus_server import promtool
 
 REPO = Path(__file__).resolve().parents[2]

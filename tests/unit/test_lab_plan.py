@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from probe.addresses import Endpoint
-from probe.config import load_config
+from probe.agent_config import load_config
 from probe.errors import ConfigError, LabError
 from probe.inventory import load_inventory
 from probe.lab import nfqueue

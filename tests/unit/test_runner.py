@@ -9,7 +9,8 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from probe.config import AgentConfig, AgentSection, ChecksSection, Identity, InventorySection, ProbeSection
+from probe.agent_config import AgentConfig
+from probe.config import AgentSection, ChecksSection, Identity, InventorySection, ProbeSection
 from probe.inventory import Inventory, InventoryFormat, Relay
 from probe.results import Reason, StageName, StageResult
 from probe.runner import Prober, plan_paths

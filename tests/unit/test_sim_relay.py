@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import AgentConfig, ChecksSection, Identity, InventorySection, ProbeSection
+from probe.agent_config import AgentConfig
+from probe.config import ChecksSection, Identity, InventorySection, ProbeSection
 from probe.inventory import Inventory, InventoryFormat, Relay
 from probe.packets import Echo, IPPacket, build_icmp_echo, parse_icmp, parse_ip
 from probe.results import Reason, StageName

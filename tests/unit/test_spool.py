@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agents.spool import Spool, SpoolError
+from probe.agent_config import SpoolSection
 from probe.aggregator.testing import FakeClock
-from probe.config import SpoolSection
 
 HOUR = 3600.0
 ROW_TOPIC = len("wgprobe/v1/results/a/s000")

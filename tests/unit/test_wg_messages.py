@@ -112,3 +112,18 @@ def test_decoders_raise_only_protocol_errors_on_random_bytes(data: bytes) -> Non
         except ProtocolError:
             continue
         assert message.pack() == data  # whatever parses must be exactly what was on the wire
+
+
+def test_messages_are_read_only_values() -> None:
+    copy = Initiation.unpack(INITIATION.pack())
+    assert copy == INITIATION and hash(copy) == hash(INITIATION) and copy is not INITIATION
+    assert Initiation(0x11223345, b"e" * 32, b"s" * 48, b"t" * 28, b"1" * 16, b"2" * 16) != INITIATION
+    assert TRANSPORT != COOKIE_REPLY and TRANSPORT != (0x55667788, 2**64 - 1, b"x" * 48)
+    with pytest.raises(AttributeError):
+        INITIATION.mac1 = b"3" * 16
+    with pytest.raises(AttributeError):
+        del TRANSPORT.counter
+    assert (
+        repr(COOKIE_REPLY)
+        == f"CookieReply(receiver_index=3735928559, nonce={b'n' * 24!r}, encrypted_cookie={b'c' * 32!r})"
+    )
