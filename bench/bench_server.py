@@ -95,7 +95,9 @@ def cold_start(probe_cmd: list[str], env: Mapping[str, str], runs: int, label: s
 def cold_starts(probe_cmd: list[str], runs: int) -> dict[str, object]:
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix:
-        env = installed_env(Path(prefix))
+        # Plugins off, as `probe` has them (probe/cli.py): otherwise the first model class's baseline would include
+        # the entry-point scan `probe` avoids.
+        env = {**installed_env(Path(prefix)), "PYDANTIC_DISABLE_PLUGINS": "__all__"}
         for _ in range(2):  # the warm-up writes the bytecode of every module the commands import
             for argv in (probe_cmd, [py, "-c", WITH_MODEL], [py, "-c", "import probe.cli, probe.runner"]):
                 run_once(argv, env)
@@ -110,7 +112,7 @@ def cold_starts(probe_cmd: list[str], runs: int) -> dict[str, object]:
         }
         figures |= cold_start(probe_cmd, env, runs, "")
     figures["source_tree_has_bytecode"] = any(REPO.glob("probe/**/__pycache__"))
-    figures |= cold_start(probe_cmd, source_env(), runs, "source_")
+    figures |= cold_start(probe_cmd, {**source_env(), "PYDANTIC_DISABLE_PLUGINS": "__all__"}, runs, "source_")
     return figures
 
 
