@@ -255,6 +255,7 @@ class ProbeConfig(Section):
 # The tables only AgentConfig (probe/agent_config.py) has: a file with any of them is validated whole, whichever
 # command reads it. A test holds this to AgentConfig's fields.
 SERVICE_TABLES = frozenset({"schedule", "mqtt", "http", "spool"})
+_PROBE_TABLES = frozenset(ProbeConfig.model_fields)
 
 
 def read_private_key(path: Path) -> bytes:
@@ -273,11 +274,11 @@ def read_private_key(path: Path) -> bytes:
 
 
 def load_probe_config(path: Path) -> ProbeConfig:
-    """As `load_config` (probe/agent_config.py), for the commands that only probe: a file without the service's
-    tables is validated as a ProbeConfig; with any of them as the whole AgentConfig, so a mistake in [mqtt] is
-    refused here too."""
+    """As `load_config` (probe/agent_config.py), for the commands that only probe: a file with only ProbeConfig's
+    tables is validated as a ProbeConfig; anything else as the whole AgentConfig, so a mistake in [mqtt] is refused
+    here too, and an unknown table is told every table there is."""
     data = read_toml(path)
-    if SERVICE_TABLES.intersection(data):
+    if not _PROBE_TABLES.issuperset(data):  # a service table, or a key no model knows: refused naming them all
         from probe.agent_config import AgentConfig
 
         return with_keys(validate_data(AgentConfig, data, path), path)

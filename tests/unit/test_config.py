@@ -180,11 +180,14 @@ def test_service_tables_are_what_only_the_agent_config_has() -> None:
     assert frozenset(AgentConfig.model_fields) - frozenset(ProbeConfig.model_fields) == SERVICE_TABLES
 
 
-def test_commands_that_only_probe_validate_the_service_tables_when_a_file_has_them(config_dir: Path) -> None:
+def test_commands_that_only_probe_validate_the_whole_file_when_it_has_more_than_probing_needs(config_dir: Path) -> None:
     path = config_dir / "good.toml"
     plain = load_probe_config(path)
     assert type(plain) is ProbeConfig and plain.identities[0].private_key
     with path.open("a") as file:
         file.write('\n[mqtt]\nurl = "ftp://broker"\n')
     with pytest.raises(ConfigError, match=r"mqtt\.url"):
+        load_probe_config(path)
+    path.write_text(path.read_text().replace("[mqtt]", "[mqqt]"))
+    with pytest.raises(ConfigError, match=r"mqqt: unknown key.*; allowed: .*probe, schedule, mqtt, http, spool"):
         load_probe_config(path)
