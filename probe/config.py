@@ -252,9 +252,7 @@ class ProbeConfig(Section):
         return self._path
 
 
-# The tables only AgentConfig (probe/agent_config.py) has: a file with any of them is validated whole, whichever
-# command reads it. A test holds this to AgentConfig's fields.
-SERVICE_TABLES = frozenset({"schedule", "mqtt", "http", "spool"})
+# A file with any other table (the agent's [schedule], [mqtt], [http], [spool], or a mistake) is validated whole.
 _PROBE_TABLES = frozenset(ProbeConfig.model_fields)
 
 
