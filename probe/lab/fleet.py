@@ -20,7 +20,7 @@ from probe.errors import LabError
 from probe.lab import DEFAULT_IDENTITIES, firewall, netns
 from probe.lab.artifacts import identity_public_keys, write_artifacts
 from probe.lab.faults import Fault, FaultKind
-from probe.lab.processes import has_exited, is_running, stop, wait_until
+from probe.lab.processes import has_exited, is_running, log_tail, stop, wait_until
 from probe.lab.state import LabState, RelayState, load_state, save_state, state_path
 from probe.lab.topology import (
     INET_V4_PREFIXLEN,
@@ -141,7 +141,8 @@ def _spawn_wireguard(lab_dir: Path, relay: RelayPlan) -> int:
 def _configure_wireguard(lab_dir: Path, relay: RelayPlan, pid: int, peers: list[tuple[str, str]]) -> None:
     def ready() -> bool:
         if has_exited(pid):
-            raise LabError(f"wireguard-go for {relay.name} exited; see {lab_dir / 'logs' / relay.name}.log")
+            log = lab_dir / "logs" / f"{relay.name}.log"
+            raise LabError(f"wireguard-go for {relay.name} exited: {log_tail(log)} (log: {log})")
         return netns.run_in(relay.netns, ["wg", "show", relay.wg_ifname], check=False).returncode == 0
 
     # The control socket appears before wireguard-go listens on it: wait until `wg show` answers.

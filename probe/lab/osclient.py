@@ -16,7 +16,7 @@ from types import TracebackType
 from probe.errors import LabError
 from probe.lab import netns
 from probe.lab.fleet import WG_ENV, WG_SOCKET_DIR
-from probe.lab.processes import has_exited, stop, wait_until
+from probe.lab.processes import has_exited, log_tail, stop, wait_until
 from probe.lab.topology import TUNNEL_V4_GATEWAY, TUNNEL_V6_GATEWAY, WG_PORT, LabPlan, RelayPlan
 
 _counter = itertools.count(1)
@@ -101,9 +101,9 @@ class OsClient:
         try:
             wait_until(ready, f"client wireguard-go {self.ifname}")
         except LabError as exc:
-            raise LabError(f"{exc}; its log: {_tail(log)}") from exc
+            raise LabError(f"{exc}; its log: {log_tail(log)}") from exc
         if has_exited(pid):
-            raise LabError(f"client wireguard-go {self.ifname} exited: {_tail(log)}")
+            raise LabError(f"client wireguard-go {self.ifname} exited: {log_tail(log)}")
 
     def _configure(self) -> None:
         netns.configure_link(self.netns, self.ifname, [(self.identity.ipv4, 32), (self.identity.ipv6, 128)])
@@ -163,14 +163,3 @@ class OsClient:
             stop(self.pid, "wireguard-go")
             self.pid = None
         (WG_SOCKET_DIR / f"{self.ifname}.sock").unlink(missing_ok=True)
-
-
-def _tail(log: Path, lines: int = 3) -> str:
-    """The last lines of a wireguard-go log, its ERROR lines first: its banner box would fill any plain tail."""
-    try:
-        text = log.read_text(errors="replace").strip()
-    except OSError as exc:
-        return f"(unreadable: {exc.strerror})"
-    every = text.splitlines()
-    errors = [line for line in every if "ERROR" in line]
-    return " | ".join((errors or every)[-lines:]) or "(empty)"

@@ -80,3 +80,14 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0, inte
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def log_tail(log: Path, lines: int = 3) -> str:
+    """The last lines of a log, only its ERROR lines if it has any: wireguard-go's banner would fill a plain tail."""
+    try:
+        text = log.read_text(errors="replace").strip()
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror})"
+    every = text.splitlines()
+    errors = [line for line in every if "ERROR" in line]
+    return " | ".join((errors or every)[-lines:]) or "(empty)"

@@ -12,6 +12,7 @@ from probe.errors import ConfigError, LabError
 from probe.lab import nfqueue
 from probe.lab.faults import Fault
 from probe.lab.firewall import render_ruleset
+from probe.lab.processes import log_tail
 from probe.lab.state import STATE_FILE, load_state
 from probe.lab.topology import plan_lab
 from probe.reflector import parse_listen
@@ -49,3 +50,15 @@ def test_a_packet_message_claiming_more_than_was_received_does_not_raise() -> No
 @given(st.integers(16, 300), st.binary(max_size=200))
 def test_random_packet_messages_never_crash_packet_ids(length: int, body: bytes) -> None:
     nfqueue.packet_ids(struct.pack("=IHHII", length, nfqueue.NFNL_SUBSYS_QUEUE << 8, 0, 0, 0) + body)
+
+
+def test_a_failed_start_is_told_by_its_log_errors_not_its_banner(tmp_path: Path) -> None:
+    log = tmp_path / "wg.log"
+    banner = "┌──────┐\n│ W A R N I N G │\n│ please visit │\n└──────┘\n"
+    log.write_text(banner + "ERROR: (wgtc1) 2026/12/03 09:35:39 UAPI listen error: unix socket in use\n")
+    assert log_tail(log) == "ERROR: (wgtc1) 2026/12/03 09:35:39 UAPI listen error: unix socket in use"
+    log.write_text(banner)
+    assert log_tail(log, lines=2) == "│ please visit │ | └──────┘"
+    log.write_text("")
+    assert log_tail(log) == "(empty)"
+    assert log_tail(tmp_path / "missing.log") == "(unreadable: No such file or directory)"
