@@ -47,7 +47,7 @@ from bench.bench_aggregator import (
     relay_names,
 )
 from bench.common import median, report
-from bench.mqtt_raw import RawPublisher, packet_id, publish_packet
+from bench.mqtt_raw import RawPublisher, RawSubscriber, packet_id, publish_packet
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory
 from probe.inventory import Inventory
@@ -280,6 +280,37 @@ def bare_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], 
     }
 
 
+def raw_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], count: int, n: int) -> dict[str, float]:
+    """The second baseline: a subscriber that spends next to nothing on a message (bench/mqtt_raw.py), receiving
+    what the same publishers send. What the broker delivers to one connection at most on this machine."""
+    total = count * n
+    credentials = broker.users["aggregator"]
+    client = RawSubscriber(
+        "127.0.0.1",
+        broker.port,
+        "bench-raw",
+        "aggregator",
+        credentials.password_file.read_text().strip(),
+        "wgprobe/v1/results/+/+",
+    )
+    got: list[tuple[int, float, float]] = []
+    reader = threading.Thread(target=lambda: got.append(client.receive(total, time.perf_counter)), daemon=True)
+    reader.start()
+    publishers = Publishers.start(broker, directory, relays, count, n)
+    cpu_before = time.process_time()
+    publishers.go()
+    publish_seconds = publishers.finish()
+    reader.join(600)
+    cpu = time.process_time() - cpu_before
+    client.close()
+    received, first, last = got[0] if got else (0, math.nan, math.nan)
+    return {
+        "raw_subscriber_messages_per_s": received / (last - first),
+        "raw_subscriber_cpu_ms_per_message": cpu / max(received, 1) * 1000,
+        "raw_publish_messages_per_s": total / max(publish_seconds),
+    }
+
+
 @contextlib.contextmanager
 def source_first(tree: Path | None) -> Iterator[None]:
     """Processes started inside import `probe` from `tree` (None: this checkout, as they would anyway): `tree` first
@@ -310,6 +341,7 @@ def end_to_end(relays: int, count: int, n: int, other: Path | None = None, ab_ro
         try:
             write_inventory(directory / "relays.toml", inventory)
             baseline = bare_subscriber_rate(broker, directory, names, count, n)
+            baseline.update(raw_subscriber_rate(broker, directory, names, count, n))
             figures = _aggregator_run(broker, directory, names, count, n, None)
             if other is not None:
                 figures.update(_ab_runs(broker, directory, names, count, n, other, ab_rounds))

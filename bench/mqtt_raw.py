@@ -1,5 +1,5 @@
-"""A bare MQTT v5 client for the benchmarks' publishers: CONNECT with a user and password, then PUBLISH packets
-built in advance (QoS 1, retained) written to a plain socket many at a time, and the broker's PUBACKs read back.
+"""Bare MQTT v5 clients for the service benchmark: a publisher that writes PUBLISH packets built in advance (QoS 1,
+retained) to a plain socket many at a time and reads the broker's PUBACKs back, and a subscriber that only counts.
 
 In the service benchmark the publishers stand for agents on other machines, yet share the development machine's two
 cores with the broker and the aggregator they measure. paho spends ~0.15-0.2 ms of CPU a message publishing (its
@@ -7,17 +7,22 @@ packet building, its in-flight bookkeeping, a thread handing packets over): at 5
 core. Packets built before the clock starts and written in batches cost a few microseconds a message, so what the
 run measures is the broker and the subscriber. Every PUBACK is read and checked (a refusal stops the publisher), and
 no more messages are in flight than the broker's Receive Maximum allows (MQTT v5 section 3.2.2.3.3).
+
+The subscriber (`RawSubscriber`) is the second baseline: what the broker delivers to one connection at most on this
+machine when the client spends next to nothing on a message (the other, a paho subscriber that only counts, is what
+a Python MQTT client delivers at most).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from probe.mqtt_publish import encode_variable_length
 
 CONNECT, CONNACK, PUBLISH_QOS1_RETAIN, PUBACK = 0x10, 0x20, 0x33, 0x40
+SUBSCRIBE, SUBACK, PUBLISH_TYPE = 0x82, 0x90, 0x30
 RECEIVE_MAXIMUM = 0x21
 BATCH = 32  # packets written per send
 _PROPERTY_SIZES = {0x01: 1, 0x02: 4, 0x11: 4, 0x13: 2, 0x17: 1, 0x19: 1, 0x21: 2, 0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1}
@@ -95,7 +100,9 @@ def receive_maximum(connack: bytes) -> int:
     return 65535
 
 
-class RawPublisher:
+class _RawClient:
+    """A connection past its CONNACK (clean start, user and password), and whole packets read off it."""
+
     def __init__(self, host: str, port: int, client_id: str, username: str, password: str) -> None:
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -119,6 +126,14 @@ class RawPublisher:
                 raise RawError("the broker closed the connection")
             self._pending += data
 
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT, normal (no will)
+        finally:
+            self.sock.close()
+
+
+class RawPublisher(_RawClient):
     def _acks(self, data: bytes) -> int:
         """PUBACKs whole in what has been read so far (the rest kept for the next read); RawError on a refusal or
         any other packet."""
@@ -158,8 +173,50 @@ class RawPublisher:
                 raise RawError("the broker closed the connection")
             acked += self._acks(data)
 
-    def close(self) -> None:
-        try:
-            self.sock.sendall(b"\xe0\x00")  # DISCONNECT, normal (no will)
-        finally:
-            self.sock.close()
+
+class RawSubscriber(_RawClient):
+    """A subscriber that only counts: SUBSCRIBE at QoS 1, then every PUBLISH read off the socket (its header and
+    topic stepped over, nothing decoded) and acknowledged, one write of PUBACKs per read."""
+
+    def __init__(self, host: str, port: int, client_id: str, username: str, password: str, topic_filter: str) -> None:
+        super().__init__(host, port, client_id, username, password)
+        # Packet id 1, no properties, the filter with options 0x01: QoS 1, retained messages sent on subscribe.
+        self.sock.sendall(_packet(SUBSCRIBE, b"\x00\x01\x00" + _string(topic_filter) + b"\x01"))
+        first, body = self._read_packet()
+        if first != SUBACK or not body or body[-1] >= 0x80:
+            raise RawError(f"subscription refused: {bytes([first]).hex()} {body.hex()}")
+
+    def receive(self, total: int, clock: Callable[[], float]) -> tuple[int, float, float]:
+        """Read until `total` live messages are in: (how many, when the first read holding one ended, when the last
+        did), by `clock`. Retained ones (sent because of the subscription, RETAIN set) are acknowledged, not counted;
+        the broker clears RETAIN on live messages (MQTT v5 section 3.3.1.3, Retain As Published off)."""
+        sock = self.sock
+        counted, first_at, last_at = 0, 0.0, 0.0
+        data = self._pending
+        while counted < total:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RawError("the broker closed the connection")
+            data = data + chunk if data else chunk
+            at, size, acks, before = 0, len(data), [], counted
+            while at + 2 <= size:
+                parsed = _variable(data, at + 1)
+                if parsed is None or parsed[1] + parsed[0] > size:
+                    break
+                length, start = parsed
+                header = data[at]
+                if header & 0xF0 == PUBLISH_TYPE:
+                    if header & 0x06:  # QoS 1 (2 is never asked for): the packet id follows the topic
+                        mid_at = start + 2 + ((data[start] << 8) | data[start + 1])
+                        acks.append(b"\x40\x02" + data[mid_at : mid_at + 2])
+                    if not header & 0x01:
+                        counted += 1
+                at = start + length
+            data = data[at:]
+            if acks:
+                sock.sendall(b"".join(acks))
+            if counted > before:
+                last_at = clock()
+                first_at = first_at or last_at
+        self._pending = data
+        return counted, first_at, last_at
