@@ -3,9 +3,12 @@
 relay broken with `probe lab break` (and healed) at the default and at a short interval.
 
 Baselines in the same run: `ResultMessage.model_validate_json` for the store (bench_aggregator's code); for the
-broker path, a bare paho subscriber that only counts what the same publishers send through the same mosquitto (what
-the broker and an MQTT client in Python deliver at most, before any of our work); for time to detect, the interval.
-CPU seconds of every process (aggregator, broker, publishers) say where the time goes.
+broker path, two subscribers that only count what the same publishers send through the same mosquitto: a paho one
+(what the broker and an MQTT client in Python deliver at most, before any of our work) and a raw one
+(bench/mqtt_raw.py: what the broker delivers to one connection at most on this machine); for time to detect, the
+interval. CPU seconds of every process (aggregator, broker, publishers) say where the time goes. The publishers
+write prebuilt QoS 1 packets to a plain socket (bench/mqtt_raw.py says why); `--paho-publishers` publishes through
+paho instead, as agents do.
 
 Needs root for the lab part (a lab of its own, prefix wgbs):
     .venv/bin/python -m bench.bench_service [--messages 30000] [--publishers 3] [--breaks 5] [--default-breaks 3]
