@@ -277,9 +277,6 @@ class PacketCounts:
     received: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
     judged: list[bool] = field(default_factory=lambda: [False] * len(STAGE_ORDER))
 
-    def add(self, stages: Iterable[Stage]) -> None:
-        self.add_paths((stages,))
-
     def add_paths(self, paths: Iterable[Iterable[Stage]]) -> None:
         """The judged stages of several paths (each path's stages): one call a result rather than one a path."""
         sent, received, judged = self.sent, self.received, self.judged
