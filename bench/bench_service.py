@@ -3,9 +3,12 @@
 relay broken with `probe lab break` (and healed) at the default and at a short interval.
 
 Baselines in the same run: `ResultMessage.model_validate_json` for the store (bench_aggregator's code); for the
-broker path, a bare paho subscriber that only counts what the same publishers send through the same mosquitto (what
-the broker and an MQTT client in Python deliver at most, before any of our work); for time to detect, the interval.
-CPU seconds of every process (aggregator, broker, publishers) say where the time goes.
+broker path, two subscribers that only count what the same publishers send through the same mosquitto: a paho one
+(what the broker and an MQTT client in Python deliver at most, before any of our work) and a raw one
+(bench/mqtt_raw.py: what the broker delivers to one connection at most on this machine); for time to detect, the
+interval. CPU seconds of every process (aggregator, broker, publishers) say where the time goes. The publishers
+write prebuilt QoS 1 packets to a plain socket (bench/mqtt_raw.py says why); `--paho-publishers` publishes through
+paho instead, as agents do.
 
 Needs root for the lab part (a lab of its own, prefix wgbs):
     .venv/bin/python -m bench.bench_service [--messages 30000] [--publishers 3] [--breaks 5] [--default-breaks 3]
@@ -35,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.bench_aggregator import (
     AGENTS,
@@ -47,6 +50,7 @@ from bench.bench_aggregator import (
     relay_names,
 )
 from bench.common import median, report
+from bench.mqtt_raw import RawPublisher, RawSubscriber, packet_id, publish_packet
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory
 from probe.inventory import Inventory
@@ -114,10 +118,11 @@ def write_inventory(path: Path, inventory: Inventory) -> None:
 
 def publisher_main(spec_file: str) -> None:
     """A publisher process: build its results, say `ready`, wait for `go` on stdin, publish them all (QoS 1,
-    retained, as agents do) with many in flight, say `done SECONDS` once every PUBACK is in."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+    retained, as agents do) with many in flight, say `done SECONDS` once every PUBACK is in.
 
+    By default the packets are built before `ready` and written by bench/mqtt_raw.py (a few microseconds of CPU a
+    message); with `paho` set, paho-mqtt publishes them as an agent's outbox would (~0.15-0.2 ms a message, which
+    on this 2-core machine takes a core from the broker and the subscriber at 5,000 messages a second)."""
     spec = json.loads(Path(spec_file).read_text())
     agent, relays, count = spec["agent"], spec["relays"], spec["count"]
     rng = random.Random(spec["seed"])
@@ -131,8 +136,26 @@ def publisher_main(spec_file: str) -> None:
         )
         for n in range(count)
     ]
+    password = Path(spec["password_file"]).read_text().strip()
+    if spec.get("paho"):
+        _publish_paho(spec, agent, password, payloads)
+        return
+    packets = [publish_packet(topic, body, packet_id(n)) for n, (topic, body) in enumerate(payloads)]
+    client = RawPublisher("127.0.0.1", spec["port"], f"bench-{agent}", agent, password)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter()
+    client.publish_all(packets)
+    print(f"done {time.perf_counter() - started:.3f}", flush=True)
+    client.close()
+
+
+def _publish_paho(spec: dict[str, Any], agent: str, password: str, payloads: list[tuple[str, bytes]]) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
     acked = threading.Event()
-    pending = [count]
+    pending = [len(payloads)]
 
     def on_publish(client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         pending[0] -= 1
@@ -140,7 +163,7 @@ def publisher_main(spec_file: str) -> None:
             acked.set()
 
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{agent}", protocol=paho.MQTTv5)
-    client.username_pw_set(agent, Path(spec["password_file"]).read_text().strip())
+    client.username_pw_set(agent, password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
@@ -160,6 +183,7 @@ def publisher_main(spec_file: str) -> None:
 @dataclass
 class Publishers:
     procs: list[subprocess.Popen[str]]
+    paho: ClassVar[bool] = False  # publish through paho-mqtt rather than prebuilt packets (--paho-publishers)
 
     @classmethod
     def start(cls, broker: Mosquitto, directory: Path, relays: list[str], count: int, n: int) -> Publishers:
@@ -178,6 +202,7 @@ class Publishers:
                         "run": os.urandom(4).hex(),
                         "port": broker.port,
                         "password_file": str(credentials.password_file),
+                        "paho": cls.paho,
                     }
                 )
             )
@@ -243,15 +268,49 @@ def bare_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], 
     client.loop_start()
     time.sleep(1.0)
     publishers = Publishers.start(broker, directory, relays, count, n)
+    cpu_before = time.process_time()  # this process: the subscriber's thread, and a main thread that waits
     publishers.go()
     publish_seconds = publishers.finish()
     done.wait(600)
+    cpu = time.process_time() - cpu_before
     client.disconnect()
     client.loop_stop()
     seconds = last[0] - first[0] if first else math.nan
     return {
         "bare_subscriber_messages_per_s": received[0] / seconds,
+        "bare_subscriber_cpu_ms_per_message": cpu / max(received[0], 1) * 1000,
         "bare_publish_messages_per_s": total / max(publish_seconds),
+    }
+
+
+def raw_subscriber_rate(broker: Mosquitto, directory: Path, relays: list[str], count: int, n: int) -> dict[str, float]:
+    """The second baseline: a subscriber that spends next to nothing on a message (bench/mqtt_raw.py), receiving
+    what the same publishers send. What the broker delivers to one connection at most on this machine."""
+    total = count * n
+    credentials = broker.users["aggregator"]
+    client = RawSubscriber(
+        "127.0.0.1",
+        broker.port,
+        "bench-raw",
+        "aggregator",
+        credentials.password_file.read_text().strip(),
+        "wgprobe/v1/results/+/+",
+    )
+    got: list[tuple[int, float, float]] = []
+    reader = threading.Thread(target=lambda: got.append(client.receive(total, time.perf_counter)), daemon=True)
+    reader.start()
+    publishers = Publishers.start(broker, directory, relays, count, n)
+    cpu_before = time.process_time()
+    publishers.go()
+    publish_seconds = publishers.finish()
+    reader.join(600)
+    cpu = time.process_time() - cpu_before
+    client.close()
+    received, first, last = got[0] if got else (0, math.nan, math.nan)
+    return {
+        "raw_subscriber_messages_per_s": received / (last - first),
+        "raw_subscriber_cpu_ms_per_message": cpu / max(received, 1) * 1000,
+        "raw_publish_messages_per_s": total / max(publish_seconds),
     }
 
 
@@ -285,6 +344,7 @@ def end_to_end(relays: int, count: int, n: int, other: Path | None = None, ab_ro
         try:
             write_inventory(directory / "relays.toml", inventory)
             baseline = bare_subscriber_rate(broker, directory, names, count, n)
+            baseline.update(raw_subscriber_rate(broker, directory, names, count, n))
             figures = _aggregator_run(broker, directory, names, count, n, None)
             if other is not None:
                 figures.update(_ab_runs(broker, directory, names, count, n, other, ab_rounds))
@@ -487,17 +547,22 @@ def main() -> None:
     parser.add_argument("--short-interval", type=float, default=3.0)
     parser.add_argument("--default-breaks", type=int, default=3, help="breaks at the default 15 s interval")
     parser.add_argument("--no-lab", action="store_true", help="skip time to detect (no root needed)")
+    parser.add_argument("--no-store", action="store_true", help="skip the store-alone and /metrics figures")
     parser.add_argument("--ab", type=Path, help="another checkout whose aggregator runs in turn with this one's")
     parser.add_argument("--ab-rounds", type=int, default=3)
+    parser.add_argument("--paho-publishers", action="store_true", help="publish through paho-mqtt, as before")
     args = parser.parse_args()
+    Publishers.paho = args.paho_publishers
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(),
         "cpus": os.cpu_count(),
         "relays": args.relays,
         "agents": len(AGENTS),
         "paths_per_result": 12,
+        "publishers": "paho" if args.paho_publishers else "prebuilt packets (bench/mqtt_raw.py)",
     }
-    figures.update(store_figures(args.relays, args.rounds))
+    if not args.no_store:
+        figures.update(store_figures(args.relays, args.rounds))
     figures.update(end_to_end(args.relays, args.messages, args.publishers, args.ab, args.ab_rounds))
     figures["e2e_target_per_s"] = 5000.0
     figures["needed_results_per_s"] = args.relays * len(AGENTS) / INTERVAL

@@ -297,7 +297,7 @@ class _ServerBlock:
 class _AgentLabels:
     """The label part of one (relay, agent)'s lines, kept across rebuilds: only the values change."""
 
-    __slots__ = ("age", "agent", "duration", "name", "stage", "success")
+    __slots__ = ("age", "agent", "duration", "name", "received", "sent", "stage", "success")
 
     def __init__(self, name: str, agent: str) -> None:
         self.name, self.agent = name, agent
@@ -307,6 +307,9 @@ class _AgentLabels:
             s: f'wgprobe_stage_duration_seconds{{agent="{agent}",server="{name}",stage="{s}"}} ' for s in STAGE_NAMES
         }
         self.age = f'wgprobe_result_age_seconds{{agent="{agent}",server="{name}"}} '
+        counter = [f'{{agent="{agent}",server="{name}",stage="{s}"}} ' for s in STAGE_NAMES]  # in STAGE_NAMES' order
+        self.sent = tuple(f"wgprobe_stage_packets_sent_total{labels}" for labels in counter)
+        self.received = tuple(f"wgprobe_stage_packets_received_total{labels}" for labels in counter)
 
     def path(self, slot: str, family: str) -> str:
         prefix = self.success.get((slot, family))
@@ -413,7 +416,7 @@ class MetricsRenderer:
             counts = store.packets.get(key)
             if counts is not None:
                 self._pass_due = self._pass_due or key not in self._counters
-                self._counters[key] = _counter_block(key, counts)
+                self._counters[key] = _counter_block(labels, counts)
             self._pass_due = self._pass_due or block is None
             self.written_on_arrival += 1
         except Exception:
@@ -506,7 +509,9 @@ class MetricsRenderer:
             if block is None or not (
                 counts.sent == block.sent and counts.received == block.received and counts.judged == block.judged
             ):
-                block = _counter_block(key, counts)
+                agent_block = self._agents.get(key)
+                labels = agent_block.labels if agent_block is not None else _AgentLabels(*key)
+                block = _counter_block(labels, counts)
             counters[key] = block
         self._counters = counters
 
@@ -578,18 +583,16 @@ def _agent_block(
     )
 
 
-def _counter_block(key: tuple[str, str], counts: PacketCounts) -> _CounterBlock:
-    name, agent = key
+def _counter_block(labels: _AgentLabels, counts: PacketCounts) -> _CounterBlock:
     sent, received = [], []
-    for index, stage in enumerate(STAGE_NAMES):
-        if counts.judged[index]:
-            labels = f'{{agent="{agent}",server="{name}",stage="{stage}"}} '
-            sent.append(f"wgprobe_stage_packets_sent_total{labels}{_count(counts.sent[index])}\n")
-            received.append(f"wgprobe_stage_packets_received_total{labels}{_count(counts.received[index])}\n")
+    for index, judged in enumerate(counts.judged):
+        if judged:
+            sent.append(f"{labels.sent[index]}{_count(counts.sent[index])}\n")
+            received.append(f"{labels.received[index]}{_count(counts.received[index])}\n")
     return _CounterBlock(
-        list(counts.sent),
-        list(counts.received),
-        list(counts.judged),
+        counts.sent.copy(),
+        counts.received.copy(),
+        counts.judged.copy(),
         "".join(sent).encode(),
         "".join(received).encode(),
     )

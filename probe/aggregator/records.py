@@ -101,20 +101,31 @@ SENT: Final = 5
 RECEIVED: Final = 6
 DETAIL: Final = 7
 JUDGED: Final = 8
-_PLAIN: dict[object, str | None] = {**{m: m.value for m in StageName}, **{m: m.value for m in Reason}, None: None}
 _STAGE_FIELDS = ("name", "ok", "reason", "seconds", "loss", "sent", "received", "detail", "judged", "rejected")
 if tuple(StageResult.model_fields) != _STAGE_FIELDS:  # a contract change lands here first
     raise ImportError("the aggregator's Stage no longer mirrors StageResult: update probe/aggregator/records.py")
 
 
-def stage_of(stage: StageResult) -> Stage:
-    # A validated model's __dict__ holds its fields in declaration order: one C-level read, no attribute lookups.
-    values = tuple(stage.__dict__.values())
-    return (_PLAIN[values[0]], values[1], _PLAIN[values[2]], *values[3:])
+def stages_of(stages: tuple[StageResult, ...]) -> tuple[Stage, ...]:
+    """A path's stages as the store keeps them, one call a path.
+
+    A validated model's __dict__ holds its fields in declaration order (checked above): one C-level read, no
+    attribute lookups. The enum members become their values through `_value_`, a plain instance attribute: a dict
+    keyed by the members hashes each through Enum.__hash__, a Python function, and `.value` is a Python-level
+    descriptor too (twice a stage, 60 stages a result)."""
+    out = []
+    for stage in stages:
+        name, ok, reason, seconds, loss, sent, received, detail, judged, rejected = stage.__dict__.values()
+        plain = None if reason is None else reason._value_
+        out.append((name._value_, ok, plain, seconds, loss, sent, received, detail, judged, rejected))
+    return tuple(out)
 
 
 def stage_result(stage: Stage) -> StageResult:
     return StageResult.model_validate(dict(zip(_STAGE_FIELDS, stage, strict=True)))
+
+
+_new_tuple = tuple.__new__
 
 
 class PathRecord(NamedTuple):
@@ -141,20 +152,24 @@ class PathRecord(NamedTuple):
     def of(
         cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float
     ) -> PathRecord:
-        return cls(
-            slot,
-            path.port,
-            path.family,
-            path.entry,
-            path.ok,
-            path.reason,
-            path.identity,
-            path.evidence,
-            tuple([stage_of(stage) for stage in path.stages]),
-            taken_at,
-            round,
-            control_ok,
-            fresh_at,
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, a frame more per path.
+        return _new_tuple(
+            cls,
+            (
+                slot,
+                path.port,
+                path.family,
+                path.entry,
+                path.ok,
+                path.reason,
+                path.identity,
+                path.evidence,
+                stages_of(path.stages),
+                taken_at,
+                round,
+                control_ok,
+                fresh_at,
+            ),
         )
 
     @property
@@ -262,14 +277,16 @@ class PacketCounts:
     received: list[int] = field(default_factory=lambda: [0] * len(STAGE_ORDER))
     judged: list[bool] = field(default_factory=lambda: [False] * len(STAGE_ORDER))
 
-    def add(self, stages: Iterable[Stage]) -> None:
+    def add_paths(self, paths: Iterable[Iterable[Stage]]) -> None:
+        """The judged stages of several paths (each path's stages): one call a result rather than one a path."""
         sent, received, judged = self.sent, self.received, self.judged
-        for stage in stages:
-            if stage[JUDGED]:
-                index = STAGE_RANK[stage[NAME]]
-                sent[index] += stage[SENT]
-                received[index] += stage[RECEIVED]
-                judged[index] = True
+        for stages in paths:
+            for stage in stages:
+                if stage[JUDGED]:
+                    index = STAGE_RANK[stage[NAME]]
+                    sent[index] += stage[SENT]
+                    received[index] += stage[RECEIVED]
+                    judged[index] = True
 
     def for_stage(self, stage: StageName) -> tuple[int, int] | None:
         """(sent, received) of one stage, None if it was never judged."""

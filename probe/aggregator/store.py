@@ -378,8 +378,7 @@ class ResultStore:
             counts = self.packets.get((message.server, message.agent))
             if counts is None:
                 counts = self.packets[(message.server, message.agent)] = PacketCounts()
-            for path in paths:
-                counts.add(path.stages)
+            counts.add_paths([path.stages for path in paths])
             self._note_failure(server, message.agent, paths, taken_at)
         for hook in self.on_kept:
             hook(message.server, message.agent, record)
@@ -431,9 +430,11 @@ class ResultStore:
             standing = self._standing(info)
             if standing != info.standing:
                 info.standing, everything = standing, True
+        # Each agent's staleness limit once a pass, not once per relay and agent (it reads the agent's status).
+        limits = {name: self.stale_after(name) for name in self._agents}
         for server in self._servers.values():
             if everything or now > server.due:
-                change = self._settle(server, now)
+                change = self._settle(server, now, limits)
                 if change is not None:
                     changes.append(change)
         self._changes.extend(changes)
@@ -460,11 +461,11 @@ class ResultStore:
             return AgentState.control_failed
         return AgentState.ok
 
-    def _exclusion(self, agent: str, record: AgentRecord, now: float) -> Exclusion | None:
+    def _exclusion(self, agent: str, record: AgentRecord, now: float, limit: float) -> Exclusion | None:
         info = self._agents[agent]
         if info.status is not None and not info.status.online:
             return Exclusion.offline
-        if now - record.newest.taken_at > self.stale_after(agent):
+        if now - record.newest.taken_at > limit:
             return Exclusion.stale
         if not (record.newest.control_ok and info.newest_control_ok and info.status_control_ok):
             return Exclusion.control_failed
@@ -472,16 +473,16 @@ class ResultStore:
             return Exclusion.no_paths
         return None
 
-    def _settle(self, server: ServerRecord, now: float) -> HealthChange | None:
+    def _settle(self, server: ServerRecord, now: float, limits: dict[str, float]) -> HealthChange | None:
         votes: list[Vote] = []
         judgements: list[AgentJudgement] = []
         failing: list[PathRecord] = []
         due = math.inf  # the first moment something counted here goes stale
         for agent, record in server.agents.items():
-            limit = self.stale_after(agent)
+            limit = limits[agent]
             if now - record.newest.taken_at <= limit:
                 due = min(due, record.newest.taken_at + limit)
-            exclusion = self._exclusion(agent, record, now)
+            exclusion = self._exclusion(agent, record, now, limit)
             vote = None
             if exclusion is None:
                 fresh = [p for p in record.paths.values() if p.control_ok and now - p.fresh_at <= limit]
