@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from probe.aggregator.metrics import ALL_METRICS
+from tests.unit.prometheus_server import Prometheus, running
 from tests.unit.prometheus_server import promtool as run_promtool
-from tests.unit.prometheus_server import running
 
 DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 CONFIG, RULES, RULE_TESTS = DIR / "prometheus.yml", DIR / "wgprobe-alerts.yml", DIR / "wgprobe-alerts.test.yml"
@@ -150,6 +150,18 @@ def stubs() -> Iterator[tuple[Stub, Stub, Stub]]:
         stub.close()
 
 
+def until_found(prometheus: Prometheus, query: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """The series `query` finds once there are `count` of them (or what it finds at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = prometheus.query(query)
+        assert status == 200, body
+        found: list[dict[str, Any]] = body["data"]["result"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def test_prometheus_routes_each_relay_to_its_agents_probe(tmp_path: Path, stubs: tuple[Stub, Stub, Stub]) -> None:
     agent_a, agent_b, aggregator = stubs
     config = yaml.safe_load(CONFIG.read_text())
@@ -176,10 +188,10 @@ def test_prometheus_routes_each_relay_to_its_agents_probe(tmp_path: Path, stubs:
         by_agent = {(s["metric"]["agent"], s["metric"]["instance"]): s["value"][1] for s in series}
         assert by_agent == {("se-got", r): "1" for r in relays} | {("de-fra", r): "0" for r in relays}
         assert all("__tmp_agent" not in s["metric"] for s in series)
-        status, body = prometheus.query('up{job=~"wgprobe-aggregator|wgprobe-agent"}')
-        assert sorted(s["value"][1] for s in body["data"]["result"]) == ["1", "1", "1"]
-        status, body = prometheus.query("wgprobe_server_up")
-        assert body["data"]["result"][0]["metric"]["server"] == "se-got-wg-001"
+        # Each job scrapes at its own offset within the interval: the other jobs' first scrape may still be due.
+        ups = until_found(prometheus, 'up{job=~"wgprobe-aggregator|wgprobe-agent"}', 3)
+        assert sorted(s["value"][1] for s in ups) == ["1", "1", "1"]
+        assert until_found(prometheus, "wgprobe_server_up", 1)[0]["metric"]["server"] == "se-got-wg-001"
     for stub in (agent_a, agent_b):
         probed = {
             urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("target", [""])[0]
