@@ -12,6 +12,7 @@ repository as this machine's environment runs it (PYTHONDONTWRITEBYTECODE=1, no 
 are compiled from source on every start, the dependencies have their bytecode. Run as root:
 .venv/bin/python -m bench.bench_server [--runs 30]
 `--instructions` counts the cold start in instructions under valgrind instead, against a simulated relay (no root).
+`--ab DIR` measures only the cold start, of this checkout and another (a worktree of an earlier commit) in turn.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def source_env() -> dict[str, str]:
     return {**env, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def run_once(argv: list[str], env: Mapping[str, str]) -> tuple[float, float]:
+def run_once(argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds of one run of `argv`, the CPU its process used (user + system)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, check=False, env=env)
+    done = subprocess.run(argv, capture_output=True, check=False, env=env, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == 0, done.stderr.decode()
@@ -113,6 +114,36 @@ def cold_starts(probe_cmd: list[str], runs: int) -> dict[str, object]:
         figures |= cold_start(probe_cmd, env, runs, "")
     figures["source_tree_has_bytecode"] = any(REPO.glob("probe/**/__pycache__"))
     figures |= cold_start(probe_cmd, {**source_env(), "PYDANTIC_DISABLE_PLUGINS": "__all__"}, runs, "source_")
+    return figures
+
+
+def ab_cold_starts(other: Path, probe_args: list[str], runs: int) -> dict[str, object]:
+    """`python -m probe ARGS` from this checkout and from `other`, and the baseline, run in turn (this, other,
+    baseline, this, ...) against the same lab: paired figures, where the absolute ones move with the machine's load.
+    Each runs from its own tree (`-m` puts the working directory first on sys.path), installed (bytecode)."""
+    py = sys.executable
+    trees = {"this": REPO, "other": other.resolve()}
+    with tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix:
+        env = {**installed_env(Path(prefix)), "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+        commands: dict[str, tuple[list[str], Path | None]] = {
+            **{name: ([py, "-m", "probe", *probe_args], tree) for name, tree in trees.items()},
+            "baseline": ([py, "-c", BASELINE], None),
+        }
+        for _ in range(2):  # the warm-up writes the bytecode
+            for argv, cwd in commands.values():
+                run_once(argv, env, cwd)
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, (argv, cwd) in commands.items():
+                samples[name].append(run_once(argv, env, cwd))
+    figures: dict[str, object] = {"ab_other": str(other), "ab_runs": runs}
+    for kind, index in (("wall", 0), ("cpu", 1)):
+        this, that, base = ([s[index] for s in samples[name]] for name in ("this", "other", "baseline"))
+        figures[f"ab_this_{kind}_s_median"] = median(this)
+        figures[f"ab_other_{kind}_s_median"] = median(that)
+        figures[f"ab_this_over_other_{kind}"] = median([a / b for a, b in zip(this, that, strict=True)])
+        figures[f"ab_this_{kind}_over_baseline_imports"] = median([a / b for a, b in zip(this, base, strict=True)])
+        figures[f"ab_other_{kind}_over_baseline_imports"] = median([a / b for a, b in zip(that, base, strict=True)])
     return figures
 
 
@@ -207,12 +238,23 @@ def main() -> None:
         action="store_true",
         help="the cold start in instructions under valgrind instead (no root; writes server_instructions.json)",
     )
+    parser.add_argument(
+        "--ab",
+        type=Path,
+        metavar="DIR",
+        help="only the cold start, of this checkout and the one in DIR in turn (writes server_ab.json)",
+    )
     args = parser.parse_args()
     # The command as a user runs it: the console script if installed, else `python -m probe`.
     script = Path(sys.executable).with_name("probe")
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
     if args.instructions:
         report("server_instructions", cold_instructions(entry))
+        return
+    if args.ab is not None:
+        with bench_lab(3) as lab:
+            probe_args = ["server", "se-got-wg-001", "--config", str(lab.lab_dir / "agent.toml")]
+            report("server_ab", ab_cold_starts(args.ab, probe_args, args.runs))
         return
     with bench_lab(3) as lab:
         config = lab.lab_dir / "agent.toml"

@@ -138,15 +138,25 @@ def _spawn_wireguard(lab_dir: Path, relay: RelayPlan) -> int:
     return netns.spawn_in(relay.netns, ["wireguard-go", "-f", relay.wg_ifname], log, env=WG_ENV)
 
 
-def _configure_wireguard(lab_dir: Path, relay: RelayPlan, pid: int, peers: list[tuple[str, str]]) -> None:
-    def ready() -> bool:
-        if has_exited(pid):
-            log = lab_dir / "logs" / f"{relay.name}.log"
-            raise LabError(f"wireguard-go for {relay.name} exited: {log_tail(log)} (log: {log})")
-        return netns.run_in(relay.netns, ["wg", "show", relay.wg_ifname], check=False).returncode == 0
+def wait_for_wireguard(namespace: str, ifname: str, pid: int, log: Path, what: str) -> None:
+    """Wait until the wireguard-go `pid`, started for `ifname` in `namespace`, answers `wg show` (its control socket
+    appears before it listens). A LabError quoting its log's errors when it exits first or does not answer in 10 s.
+    """
 
-    # The control socket appears before wireguard-go listens on it: wait until `wg show` answers.
-    wait_until(ready, f"wireguard-go of {relay.name}", timeout=10)
+    def ready() -> bool:
+        return has_exited(pid) or netns.run_in(namespace, ["wg", "show", ifname], check=False).returncode == 0
+
+    try:
+        wait_until(ready, what, timeout=10)
+    except LabError as exc:
+        raise LabError(f"{exc}; its log: {log_tail(log)}") from exc
+    if has_exited(pid):
+        raise LabError(f"{what} exited: {log_tail(log)}")
+
+
+def _configure_wireguard(lab_dir: Path, relay: RelayPlan, pid: int, peers: list[tuple[str, str]]) -> None:
+    log = lab_dir / "logs" / f"{relay.name}.log"
+    wait_for_wireguard(relay.netns, relay.wg_ifname, pid, log, f"wireguard-go of {relay.name} (log {log})")
     # Link up before adding peers, or the first initiation a peer sends is lost.
     netns.configure_link(relay.netns, relay.wg_ifname, [(TUNNEL_V4_GATEWAY, 10), (TUNNEL_V6_GATEWAY, 64)])
     key_file = lab_dir / "relays" / f"{relay.name}.key"

@@ -15,8 +15,8 @@ from types import TracebackType
 
 from probe.errors import LabError
 from probe.lab import netns
-from probe.lab.fleet import WG_ENV, WG_SOCKET_DIR
-from probe.lab.processes import has_exited, log_tail, stop, wait_until
+from probe.lab.fleet import WG_ENV, WG_SOCKET_DIR, wait_for_wireguard
+from probe.lab.processes import stop
 from probe.lab.topology import TUNNEL_V4_GATEWAY, TUNNEL_V6_GATEWAY, WG_PORT, LabPlan, RelayPlan
 
 _counter = itertools.count(1)
@@ -82,7 +82,7 @@ class OsClient:
         try:
             self._start()
         except LabError as first:
-            self._stop_process()
+            self.close()
             self.ifname = f"{self.plan.prefix}c{next(_counter) % 1000}"
             try:
                 self._start()
@@ -93,17 +93,7 @@ class OsClient:
     def _start(self) -> None:
         log = self.lab_dir / "logs" / f"osclient-{self.ifname}.log"
         self.pid = netns.spawn_in(self.netns, ["wireguard-go", "-f", self.ifname], log, env=WG_ENV)
-        pid = self.pid
-
-        def ready() -> bool:
-            return has_exited(pid) or netns.run_in(self.netns, ["wg", "show", self.ifname], check=False).returncode == 0
-
-        try:
-            wait_until(ready, f"client wireguard-go {self.ifname}")
-        except LabError as exc:
-            raise LabError(f"{exc}; its log: {log_tail(log)}") from exc
-        if has_exited(pid):
-            raise LabError(f"client wireguard-go {self.ifname} exited: {log_tail(log)}")
+        wait_for_wireguard(self.netns, self.ifname, self.pid, log, f"client wireguard-go {self.ifname}")
 
     def _configure(self) -> None:
         netns.configure_link(self.netns, self.ifname, [(self.identity.ipv4, 32), (self.identity.ipv6, 128)])
@@ -156,9 +146,6 @@ class OsClient:
         return any(line.split()[-1] != "0" for line in out.splitlines() if line.strip())
 
     def close(self) -> None:
-        self._stop_process()
-
-    def _stop_process(self) -> None:
         if self.pid is not None:
             stop(self.pid, "wireguard-go")
             self.pid = None
