@@ -28,7 +28,7 @@ from bench.common import BenchLab, bench_lab, median, report
 from probe.lab.osclient import OsClient
 from probe.packets import build_icmp_echo, verify_echo_reply
 from probe.sockets import udp_socket
-from probe.tunnel import INITIATION_SPACING, Flow, InitiationPacer, Tunnel
+from probe.tunnel import INITIATION_SPACING, MAX_DATAGRAM, Flow, InitiationPacer, Tunnel
 from probe.wireguard import HandshakeAccepted, Identity, InitiatorHandshake, PrivateKey, PublicKey, Responder
 
 
@@ -98,6 +98,51 @@ async def concurrent_probes(lab: BenchLab, batches: int) -> list[float]:
     return samples[2:]
 
 
+def minimal_probes(lab: BenchLab, count: int, echoes: int = 1) -> tuple[list[float], int]:
+    """(CPU seconds per probe, probes lost) with everything wgprobe puts around the protocol taken away: a blocking
+    socket from the same pool, the engine's own handshake and transport session, `echoes` echoes through the NAT one
+    after the other, and nothing else (no event loop, retransmission, pacer, demultiplexer, verifier, stage or
+    result). With `echoes=12` it is the packets of one full path (a handshake, then four stages of three answers).
+
+    Not a probe anyone should run: it has no retransmission, so a lost packet costs it a one-second wait, and such a
+    probe is dropped from the figures and counted instead. It is what the probe's packets cost on this machine
+    however the code around them were written: the baseline the probe's own overhead is read against."""
+    keys = identities(lab)
+    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
+    ns = lab.plan.agents[0].netns
+    target = lab.plan.outside_ipv4
+    pacer = InitiationPacer()
+    payload = b"wgprobe-bench-03"
+    cpu, lost = [], 0
+    time.sleep(INITIATION_SPACING)  # the benchmark before may have just used these key/relay pairs
+    for n in range(count + 20):  # the first 20 warm caches, as in userspace_probes
+        ident, src = keys[n % len(keys)]
+        relay_key, entry = relays[(n // len(keys)) % len(relays)]
+        while (delay := pacer.delay(ident, relay_key)) > 0:
+            time.sleep(delay)  # outside the measured CPU; with the rotation it does not happen
+        c0 = time.process_time()
+        sock = udp_socket(socket.AF_INET, ns)
+        sock.settimeout(1.0)
+        try:
+            sock.connect((str(entry), 51820))
+            handshake = InitiatorHandshake(ident, relay_key)
+            sock.send(handshake.create_initiation(time.time()))
+            session = handshake.consume_response(sock.recv(MAX_DATAGRAM), time.time())
+            for sequence in range(1, echoes + 1):
+                sock.send(session.encrypt(build_icmp_echo(src, target, 6000 + n % 1000, sequence, payload)))
+                session.decrypt(sock.recv(MAX_DATAGRAM))
+        except TimeoutError:
+            lost += 1
+            continue
+        finally:
+            sock.close()
+        c1 = time.process_time()
+        if n >= 20:
+            cpu.append(c1 - c0)
+    assert lost <= count // 20, f"{lost} of {count + 20} minimal probes lost a packet: the lab is not healthy"
+    return cpu, lost
+
+
 def handshake_work(count: int) -> float:
     """Median CPU of the initiator's side of one handshake alone (initiation + response), in memory, against the
     sans-I/O responder: the probe's protocol work with no socket or event loop."""
@@ -130,12 +175,17 @@ async def flow_lifecycle(count: int) -> float:
     return median(samples)
 
 
-def crypto_floor(count: int) -> float:
-    """Median CPU of the four X25519 operations one initiator handshake needs (ephemeral keygen is a fifth)."""
+def crypto_floor(count: int, pause: float = 0.0) -> float:
+    """Median CPU of the four X25519 operations one initiator handshake needs (ephemeral keygen is a fifth).
+
+    With `pause`, each sample follows a sleep of that many seconds: the state a probe meets its crypto in, after
+    waiting for the relay's answer (caches and branch predictors cooled by other work, the core idle)."""
     a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     pub = b.public_key()
     samples = []
     for _ in range(count):
+        if pause:
+            time.sleep(pause)
         c0 = time.process_time()
         for _ in range(4):
             a.exchange(pub)
@@ -234,7 +284,12 @@ def main() -> None:
         user_cpu, user_wall = asyncio.run(userspace_probes(lab, args.probes))
         after = resource.getrusage(resource.RUSAGE_SELF)
         busy = asyncio.run(concurrent_probes(lab, 200))
+        bare_before = resource.getrusage(resource.RUSAGE_SELF)
+        bare, bare_lost = minimal_probes(lab, args.probes)
+        bare_after = resource.getrusage(resource.RUSAGE_SELF)
+        bare_path, bare_path_lost = minimal_probes(lab, args.probes // 3, echoes=12)
         floor = crypto_floor(args.probes)
+        floor_paused = crypto_floor(args.probes, pause=0.004)
         protocol = handshake_work(args.probes)
         flow = asyncio.run(flow_lifecycle(args.probes))
         os_cpu, os_wall = os_path_probes(lab, args.os_probes)
@@ -259,6 +314,17 @@ def main() -> None:
             "handshake_alone_cpu_ms_median": protocol * 1000,
             "flow_setup_teardown_cpu_ms_median": flow * 1000,
             "probe_cpu_over_crypto_floor": u_cpu / floor,
+            # The floor as a probe meets it: each sample after a 4 ms sleep (see crypto_floor).
+            "x25519_x4_after_pause_cpu_ms_median": floor_paused * 1000,
+            # The probe's packets with nothing around them (minimal_probes): what the target leaves to everything
+            # else is the difference between the target and this.
+            "minimal_probe_cpu_ms_median": median(bare) * 1000,
+            "minimal_probe_over_crypto_floor": median(bare) / floor,
+            "probe_over_minimal_probe": u_cpu / median(bare),
+            "minimal_probes_lost": bare_lost,
+            # Its user-space share: not the lab's kernel work (the relay side of each send) that sets the figure.
+            "minimal_probe_user_share_of_cpu": (bare_after.ru_utime - bare_before.ru_utime)
+            / ((bare_after.ru_utime - bare_before.ru_utime) + (bare_after.ru_stime - bare_before.ru_stime)),
             "os_path_probes": len(os_cpu),
             "os_path_cpu_ms_median": o_cpu * 1000,
             "os_path_wall_ms_median": o_wall * 1000,
@@ -267,6 +333,10 @@ def main() -> None:
             "full_path_cpu_ms_median": median(path_cpu) * 1000,
             "full_path_user_cpu_ms_median": median(path_user) * 1000,
             "full_path_cpu_over_crypto_floor": median(path_cpu) / floor,
+            "minimal_path_cpu_ms_median": median(bare_path) * 1000,
+            "minimal_path_over_crypto_floor": median(bare_path) / floor,
+            "full_path_over_minimal_path": median(path_cpu) / median(bare_path),
+            "minimal_paths_lost": bare_path_lost,
             "full_path_paths_measured": f"{args.sweep_repeats} x {args.sweep_rounds} rounds x {args.servers * 12}",
             "handshake_rate_per_s": handshakes / elapsed,
             "handshake_rate_keys_x_relays": f"{len(lab.plan.agents[0].identities)} x {len(lab.plan.relays)}",
