@@ -12,6 +12,7 @@ repository as this machine's environment runs it (PYTHONDONTWRITEBYTECODE=1, no 
 are compiled from source on every start, the dependencies have their bytecode. Run as root:
 .venv/bin/python -m bench.bench_server [--runs 30]
 `--instructions` counts the cold start in instructions under valgrind instead, against a simulated relay (no root).
+`--increments` counts it step by step: what each of wgprobe's parts adds, in instructions (no root).
 `--ab DIR` measures only the cold start, of this checkout and another (a worktree of an earlier commit) in turn.
 """
 
@@ -230,6 +231,68 @@ def cold_instructions(entry: list[str]) -> dict[str, object]:
     }
 
 
+# The start-up of `probe server` step by step, each program the one before plus one step (`--increments`): what each
+# of wgprobe's parts adds in instructions. They begin as `probe` does: its entry module, with pydantic's plugin
+# loader deferred (probe/cli.py), then what the baseline imports and pydantic's first model class.
+_STEPS: tuple[tuple[str, str], ...] = (
+    (
+        "entry, baseline imports and first model class",
+        "import probe.cli\nprobe.cli._DeferMetadata.install()\n" + WITH_MODEL,
+    ),
+    ("the config module and what it needs (tomllib, the WireGuard core)", "import probe.config"),
+    ("the result models", "import probe.results"),
+    (
+        "the rest of the engine's modules (packet codec, inventory, tunnel, stages, runner)",
+        "import probe.runner, probe.inventory.configured",
+    ),
+    ("reading and validating the config", "config = probe.config.load_probe_config(CONFIG)"),
+    (
+        "reading and validating the inventory",
+        "inventory = probe.inventory.configured.ConfiguredInventory(config.inventory).load()",
+    ),
+)
+
+
+def cold_increments(entry: list[str]) -> dict[str, object]:
+    """`probe server`'s cold start in instructions as increments (see _STEPS), the last one the whole command:
+    the probe itself, its parser, its output and its exit. Against a simulated relay, bytecode compiled first."""
+    from bench.bench_sim import start_sim
+
+    py = sys.executable
+    with (
+        tempfile.TemporaryDirectory(prefix="wgprobe-bench-server-") as tmp,
+        tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix,
+    ):
+        sim = start_sim(Path(tmp) / "sim", 3, identities=DEFAULT_IDENTITIES)
+        try:
+            env = {**installed_env(Path(prefix)), "PYTHONHASHSEED": "0", "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+            config = sim.directory / "agent.toml"
+            program = f"from pathlib import Path\nCONFIG = Path({str(config)!r})"
+            commands: list[tuple[str, list[str]]] = []
+            for name, step in _STEPS:
+                program += "\n" + step
+                # Left as `probe server` leaves (os._exit): an interpreter shutdown would grow with each step's
+                # modules and make the last increment, the real command, look cheaper than it is.
+                commands.append((name, [py, "-c", program + "\nimport os\nos._exit(0)"]))
+            commands.append(
+                (
+                    "the probe itself, the parser, the output and the exit",
+                    [*entry, "server", "se-got-wg-001", "--config", str(config)],
+                )
+            )
+            for _, argv in commands:  # the warm-up writes the bytecode (and fails loudly if a step does)
+                run_once(argv, env)
+            counts = [(name, counted(argv, env)) for name, argv in commands]
+        finally:
+            sim.stop()
+    steps: dict[str, int] = {}
+    before = 0
+    for name, count in counts:
+        steps[name] = count - before
+        before = count
+    return {"increments_instructions": steps, "probe_server_instructions": counts[-1][1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
@@ -237,6 +300,11 @@ def main() -> None:
         "--instructions",
         action="store_true",
         help="the cold start in instructions under valgrind instead (no root; writes server_instructions.json)",
+    )
+    parser.add_argument(
+        "--increments",
+        action="store_true",
+        help="the cold start in instructions step by step, part by part (no root; writes server_increments.json)",
     )
     parser.add_argument(
         "--ab",
@@ -250,6 +318,9 @@ def main() -> None:
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "probe"]
     if args.instructions:
         report("server_instructions", cold_instructions(entry))
+        return
+    if args.increments:
+        report("server_increments", cold_increments(entry))
         return
     if args.ab is not None:
         with bench_lab(3) as lab:
