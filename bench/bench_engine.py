@@ -40,13 +40,19 @@ def identities(lab: BenchLab) -> list[tuple[Identity, IPv4Address]]:
     return out
 
 
+def rotation(
+    lab: BenchLab,
+) -> tuple[list[tuple[Identity, IPv4Address]], list[tuple[PublicKey, IPv4Address]], str | None, IPv4Address]:
+    """What the probes rotate over: the agent's keys (with their tunnel addresses), the relays (public key, entry),
+    the agent's namespace, and the outside target behind the relays' NAT."""
+    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
+    return identities(lab), relays, lab.plan.agents[0].netns, lab.plan.outside_ipv4
+
+
 async def userspace_probes(lab: BenchLab, count: int) -> tuple[list[float], list[float]]:
     """(cpu seconds, wall seconds) per probe, one probe at a time, rotating over relays and keys so the flood
     limit never makes a probe wait (waiting costs no CPU, but it would inflate wall)."""
-    keys = identities(lab)
-    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
-    ns = lab.plan.agents[0].netns
-    target = lab.plan.outside_ipv4
+    keys, relays, ns, target = rotation(lab)
     pacer = InitiationPacer()
     cpu, wall = [], []
     payload = b"wgprobe-bench-01"
@@ -74,10 +80,7 @@ async def userspace_probes(lab: BenchLab, count: int) -> tuple[list[float], list
 async def concurrent_probes(lab: BenchLab, batches: int) -> list[float]:
     """CPU per probe in a busy agent: one probe per key and relay in flight at once (24 here), CPU of each batch
     divided by its probes; one sample per batch."""
-    keys = identities(lab)
-    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
-    ns = lab.plan.agents[0].netns
-    target = lab.plan.outside_ipv4
+    keys, relays, ns, target = rotation(lab)
     pacer = InitiationPacer()
     payload = b"wgprobe-bench-02"
 
@@ -107,10 +110,7 @@ def minimal_probes(lab: BenchLab, count: int, echoes: int = 1) -> tuple[list[flo
     Not a probe anyone should run: it has no retransmission, so a lost packet costs it a one-second wait, and such a
     probe is dropped from the figures and counted instead. It is what the probe's packets cost on this machine
     however the code around them were written: the baseline the probe's own overhead is read against."""
-    keys = identities(lab)
-    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
-    ns = lab.plan.agents[0].netns
-    target = lab.plan.outside_ipv4
+    keys, relays, ns, target = rotation(lab)
     pacer = InitiationPacer()
     payload = b"wgprobe-bench-03"
     cpu, lost = [], 0
@@ -216,9 +216,7 @@ def os_path_probes(lab: BenchLab, count: int) -> tuple[list[float], list[float]]
 
 async def handshake_rate(lab: BenchLab, seconds: float) -> tuple[int, float]:
     """Handshakes completed per second from one process against every relay with every key, flood limit kept."""
-    keys = identities(lab)
-    relays = [(PublicKey.from_base64(lab.public_keys[r.name]), r.ipv4) for r in lab.plan.relays]
-    ns = lab.plan.agents[0].netns
+    keys, relays, ns, _ = rotation(lab)
     pacer = InitiationPacer()
     done = 0
     deadline = time.perf_counter() + seconds

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.bench_engine import identities
@@ -195,33 +196,46 @@ def counted(argv: list[str], env: Mapping[str, str]) -> int:
     return collected_instructions(done.stderr)
 
 
-def cold_instructions(entry: list[str]) -> dict[str, object]:
-    """The cold start in instructions, exact from run to run where wall and CPU time move by +-5% on a shared
-    machine: `probe server` against a simulated relay (`probe sim up`: no root, no lab) and both baselines, each
-    with its bytecode compiled beforehand, as installed."""
+@contextmanager
+def counting_setup() -> Iterator[tuple[Path, dict[str, str]]]:
+    """(agent config, environment) for counting instructions: a simulated relay (`probe sim up`: no root, no lab),
+    bytecode read from a temporary prefix as installed, the hash seed fixed (the same dict layouts in every run) and
+    pydantic's plugins off, as `probe` has them (probe/cli.py), so the first model class is pydantic's own cost, not
+    the entry-point scan `probe` avoids."""
     from bench.bench_sim import start_sim
 
-    py = sys.executable
     with (
         tempfile.TemporaryDirectory(prefix="wgprobe-bench-server-") as tmp,
         tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix,
     ):
         sim = start_sim(Path(tmp) / "sim", 3, identities=DEFAULT_IDENTITIES)
         try:
-            # Plugins off for all three, as `probe` has them (probe/cli.py): the first model class is then
-            # pydantic's own cost, not the entry-point scan `probe` avoids.
             env = {**installed_env(Path(prefix)), "PYTHONHASHSEED": "0", "PYDANTIC_DISABLE_PLUGINS": "__all__"}
-            config = sim.directory / "agent.toml"
-            commands = {
-                "probe_server": [*entry, "server", "se-got-wg-001", "--config", str(config)],
-                "baseline": [py, "-c", BASELINE],
-                "with_model": [py, "-c", WITH_MODEL],
-            }
-            for argv in commands.values():  # the warm-up writes the bytecode
-                run_once(argv, env)
-            count = {name: counted(argv, env) for name, argv in commands.items()}
+            yield sim.directory / "agent.toml", env
         finally:
             sim.stop()
+
+
+def count_each(commands: list[tuple[str, list[str]]], env: Mapping[str, str]) -> dict[str, int]:
+    for _, argv in commands:  # the warm-up writes the bytecode (and fails loudly if a command does)
+        run_once(argv, env)
+    return {name: counted(argv, env) for name, argv in commands}
+
+
+def cold_instructions(entry: list[str]) -> dict[str, object]:
+    """The cold start in instructions, exact from run to run where wall and CPU time move by +-5% on a shared
+    machine: `probe server` against a simulated relay and both baselines, each with its bytecode compiled
+    beforehand, as installed."""
+    py = sys.executable
+    with counting_setup() as (config, env):
+        count = count_each(
+            [
+                ("probe_server", [*entry, "server", "se-got-wg-001", "--config", str(config)]),
+                ("baseline", [py, "-c", BASELINE]),
+                ("with_model", [py, "-c", WITH_MODEL]),
+            ],
+            env,
+        )
     return {
         "probe_server_instructions": count["probe_server"],
         "baseline_imports_instructions": count["baseline"],
@@ -256,41 +270,24 @@ _STEPS: tuple[tuple[str, str], ...] = (
 def cold_increments(entry: list[str]) -> dict[str, object]:
     """`probe server`'s cold start in instructions as increments (see _STEPS), the last one the whole command:
     the probe itself, its parser, its output and its exit. Against a simulated relay, bytecode compiled first."""
-    from bench.bench_sim import start_sim
-
     py = sys.executable
-    with (
-        tempfile.TemporaryDirectory(prefix="wgprobe-bench-server-") as tmp,
-        tempfile.TemporaryDirectory(prefix="wgprobe-pycache-") as prefix,
-    ):
-        sim = start_sim(Path(tmp) / "sim", 3, identities=DEFAULT_IDENTITIES)
-        try:
-            env = {**installed_env(Path(prefix)), "PYTHONHASHSEED": "0", "PYDANTIC_DISABLE_PLUGINS": "__all__"}
-            config = sim.directory / "agent.toml"
-            program = f"from pathlib import Path\nCONFIG = Path({str(config)!r})"
-            commands: list[tuple[str, list[str]]] = []
-            for name, step in _STEPS:
-                program += "\n" + step
-                # Left as `probe server` leaves (os._exit): an interpreter shutdown would grow with each step's
-                # modules and make the last increment, the real command, look cheaper than it is.
-                commands.append((name, [py, "-c", program + "\nimport os\nos._exit(0)"]))
-            commands.append(
-                (
-                    "the probe itself, the parser, the output and the exit",
-                    [*entry, "server", "se-got-wg-001", "--config", str(config)],
-                )
-            )
-            for _, argv in commands:  # the warm-up writes the bytecode (and fails loudly if a step does)
-                run_once(argv, env)
-            counts = [(name, counted(argv, env)) for name, argv in commands]
-        finally:
-            sim.stop()
+    with counting_setup() as (config, env):
+        program = f"from pathlib import Path\nCONFIG = Path({str(config)!r})"
+        commands: list[tuple[str, list[str]]] = []
+        for name, step in _STEPS:
+            program += "\n" + step
+            # Left as `probe server` leaves (os._exit): an interpreter shutdown would grow with each step's
+            # modules and make the last increment, the real command, look cheaper than it is.
+            commands.append((name, [py, "-c", program + "\nimport os\nos._exit(0)"]))
+        last = "the probe itself, the parser, the output and the exit"
+        commands.append((last, [*entry, "server", "se-got-wg-001", "--config", str(config)]))
+        counts = count_each(commands, env)
     steps: dict[str, int] = {}
     before = 0
-    for name, count in counts:
+    for name, count in counts.items():  # in the order of the steps
         steps[name] = count - before
         before = count
-    return {"increments_instructions": steps, "probe_server_instructions": counts[-1][1]}
+    return {"increments_instructions": steps, "probe_server_instructions": counts[last]}
 
 
 def main() -> None:
