@@ -36,7 +36,12 @@ from probe.tunnel import FIRST_GAP_UNKNOWN, INITIATION_SPACING, Record
 from probe.wireguard import CookieState, Identity, PrivateKey, PublicKey
 from probe.wireguard.attempts import Schedule
 
-_SPREAD = 7919  # a prime stride: successive rotations visit a range's ports in a scattered, non-repeating order
+# A prime stride: successive rotations visit a range's ports in a scattered, non-repeating order, every port once
+# per `candidates` rotations, as long as the stride and the range's port count have no common factor. A range of a
+# multiple of 7919 ports (15,838 or 23,757 of them, say, in a fleet file) would visit only a few ports, so such a
+# range takes the second prime: no range of ports (at most 65,535) is a multiple of both.
+_SPREAD = 7919
+_SPREAD_ALTERNATIVE = 7907
 # With the relay's round trip known from its last handshake, a lost initiation is sent again after this many round
 # trips: late enough that an answer still in flight is rare (see probe/wireguard/attempts.py), soon enough that
 # loss costs little.
@@ -75,7 +80,8 @@ def plan_paths(
             candidates = high - low + 1 - (1 if low <= main <= high else 0)
             if candidates <= 0:
                 continue
-            offset = (rotation * _SPREAD + salt) % candidates
+            stride = _SPREAD if candidates % _SPREAD else _SPREAD_ALTERNATIVE
+            offset = (rotation * stride + salt) % candidates
             port = low + offset
             if low <= main <= port:
                 port += 1  # skip the main port: it is probed anyway

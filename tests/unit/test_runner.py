@@ -108,3 +108,18 @@ async def test_one_key_probes_one_path_of_a_relay_at_a_time_and_keys_run_side_by
     for result in results:
         assert len(result.paths) == 10 and result.reason is Reason.handshake_timeout
         assert Counter(p.identity for p in result.paths) == {0: 4, 1: 3, 2: 3}  # dealt round-robin
+
+
+@pytest.mark.parametrize("size", [7919 * 2, 7919 * 3, 7907 * 2, 7919 * 2 + 1])
+def test_rotation_visits_every_port_of_a_range_whose_size_shares_a_factor_with_the_stride(size: int) -> None:
+    """A range of 2 x 7919 ports walked with a stride of 7919 visited 2 of its ports forever."""
+    low = 1024
+    wide = Relay(
+        name="se-got-wg-001",
+        public_key=KEY,
+        ipv4_addr_in=IPv4Address("192.0.2.1"),
+        main_port=51820,  # outside the range: all `size` ports are candidates
+        port_ranges=((low, low + size - 1),),
+    )
+    seen = {plan_paths(wide, rotation=rotation)[1].port for rotation in range(size)}
+    assert seen == set(range(low, low + size))
