@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,3 +169,41 @@ def closed_tcp_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def test_the_table_shows_stages_after_a_failed_forward_as_not_judged() -> None:
+    """A relay whose NAT is broken: the table says forward_timeout, and egress and mtu "not judged", never their own
+    timeouts beside it (the JSON's `judged: false` has its own tests)."""
+    from datetime import UTC, datetime
+
+    from probe.cli_probe import render_server
+    from probe.results import PathResult, Reason, ServerResult, StageName, StageResult
+
+    def stage(name: StageName, *, ok: bool = True, reason: Reason | None = None, judged: bool = True) -> StageResult:
+        return StageResult(name=name, ok=ok, reason=reason, seconds=0.002, loss=0.0 if ok else 1.0, judged=judged)
+
+    stages = (
+        stage(StageName.handshake),
+        stage(StageName.tunnel),
+        stage(StageName.forward, ok=False, reason=Reason.forward_timeout),
+        stage(StageName.egress, ok=False, judged=False),
+        stage(StageName.mtu, ok=False, judged=False),
+    )
+    path = PathResult(
+        port=51820, family="ipv4", ok=False, reason=Reason.forward_timeout, stages=stages, entry="192.0.2.1"
+    )
+    result = ServerResult(
+        server="se-got-wg-002",
+        agent="test-agent",
+        ok=False,
+        reason=Reason.forward_timeout,
+        started_at=datetime(2026, 12, 3, tzinfo=UTC),
+        duration_seconds=1.0,
+        paths=(path,),
+    )
+    text = render_server(result)
+    [row] = [line for line in text.splitlines() if ":51820" in line]
+    cells = re.split(r"\s{2,}", row.strip())  # columns are padded apart by at least two spaces
+    assert cells[1:] == ["ok 2.0ms", "ok 2.0ms", "forward_timeout", "not judged", "not judged"], row
+    assert "egress_timeout" not in text and "mtu_blackhole" not in text
+    assert "se-got-wg-002: FAILED forward_timeout" in text
