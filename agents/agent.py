@@ -376,6 +376,8 @@ class Agent:
 
     async def _check_control(self) -> None:
         check = await control_check(self.prober.settings)
+        # The broker's side of the agent's reach is its outbox's connection, which logs its own comings and goings.
+        check = check.model_copy(update={"broker_ok": self.outbox.stats().connected})
         if self.control is None or check.ok != self.control.ok:
             level = "info" if check.ok else "warning"
             self.log.event(level, "control_check", ok=check.ok, detail=check.detail or "")

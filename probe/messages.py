@@ -58,6 +58,12 @@ class ControlCheck(BaseModel):
     ok: bool
     checked_at: datetime
     detail: str | None = None  # what failed, e.g. "reflector 198.18.0.2:7777: no answer in 1s"
+    # Whether the agent's link to the aggregator held at the check: its MQTT connection (`probe serve`'s in-process
+    # bus always holds; None where there is none, as in `probe server`). Reported, and not part of `ok`: a result
+    # taken while only the broker was out of reach measured the relay like any other; it waits in the spool and must
+    # count when it arrives, which is what the spool is for. The agent's own network down fails `ok` through the
+    # reflector and the forward target, which sit beyond the same network.
+    broker_ok: bool | None = None
 
 
 # An agent probes each extended port range one round in this many (agents/schedule.py); its status says so, and the

@@ -191,9 +191,12 @@ def make_status(
     control_ok: bool = True,
     interval_seconds: float | None = 15.0,
     detail: str | None = None,
+    broker_ok: bool | None = None,
 ) -> AgentStatus:
     moment = datetime.fromtimestamp(at, UTC)
-    control = ControlCheck(ok=control_ok, checked_at=moment, detail=detail if not control_ok else None)
+    control = ControlCheck(
+        ok=control_ok, checked_at=moment, detail=detail if not control_ok else None, broker_ok=broker_ok
+    )
     return AgentStatus(
         agent=agent,
         online=online,

@@ -132,6 +132,9 @@ class AgentView(_View):
     online: bool | None  # None: no status received yet
     control_ok: bool
     control_detail: str | None
+    # The agent's link to its broker at its last control check, as its status says (None: not said); not part of
+    # control_ok (probe/messages.py ControlCheck says why).
+    broker_ok: bool | None = None
     version: str | None
     interval_seconds: float | None
     round: int | None
@@ -318,6 +321,7 @@ def _agent(info: AgentInfo, relays_voting: int) -> AgentView:
         online=status.online if status else None,
         control_ok=info.newest_control_ok and info.status_control_ok,
         control_detail=control.detail if control and not control.ok else None,
+        broker_ok=control.broker_ok if control else None,
         version=status.version if status else None,
         interval_seconds=status.interval_seconds if status else None,
         round=status.round if status else None,

@@ -5,6 +5,7 @@ carried by every result, and an orderly stop that loses nothing. No root, no bro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 from agents.agent import Agent, run_agent
 from agents.log import Log
 from probe.agent_config import AgentConfig, ScheduleSection
-from probe.bus import LocalOutbox
+from probe.bus import LocalOutbox, OutboxStats
 from probe.inventory import load_inventory
 from probe.messages import AgentStatus, ResultMessage
 from probe.sim.faults import SimFault
@@ -213,3 +214,37 @@ def test_a_broker_user_not_named_after_the_agent_is_said_at_start() -> None:
             (line,) = lines
             assert line["level"] == "warning" and line["event"] == "mqtt_username_not_agent_name"
             assert "wgprobe/v1/results/agent-other/" in line["hint"] and "[agent] name" in line["hint"]
+
+
+class LinkOutbox(LocalOutbox):
+    """The in-process bus with a broker connection that a test can cut (the MQTT outbox's `connected`)."""
+
+    link = True
+
+    def stats(self) -> OutboxStats:
+        return dataclasses.replace(super().stats(), connected=self.link)
+
+
+@pytest.mark.asyncio
+async def test_the_control_check_reports_the_broker_link_without_failing_the_agents_results(tmp_path: Path) -> None:
+    async with agent_fleet(tmp_path / "sim", relays=2) as sim:
+        received = Received()
+        agent = make_agent(sim, received, tmp_path)
+        outbox = LinkOutbox(agent.config.agent.name, received.deliver)
+        agent.outbox = outbox
+        running = asyncio.create_task(run_agent(agent))
+        await until(lambda: agent.control is not None and agent.control.broker_ok is True)
+
+        outbox.link = False  # the broker is out of reach; reflector and forward target still answer
+        await until(lambda: agent.control is not None and agent.control.broker_ok is False)
+        assert agent.control is not None and agent.control.ok
+        count = len(received.results)
+        await until(lambda: len(received.results) >= count + 2)
+        # Results taken meanwhile measured the relays like any other: they would wait in the spool and must count.
+        assert all(r.control_ok for r in received.results[count:])
+        await until(lambda: (c := received.statuses[-1].control) is not None and c.broker_ok is False and c.ok)
+
+        outbox.link = True
+        await until(lambda: agent.control is not None and agent.control.broker_ok is True)
+        agent.stop()
+        await asyncio.wait_for(running, 10)

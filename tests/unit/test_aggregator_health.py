@@ -155,6 +155,16 @@ def test_an_agent_whose_status_reports_a_failed_control_check_is_left_out(store:
     assert view.control_detail == "reflector 198.18.0.2:7777: no answer in 1s"
 
 
+def test_an_agent_that_lost_its_broker_link_is_reported_and_still_counts(store: ResultStore, clock: FakeClock) -> None:
+    """broker_ok is reported, not part of the control check's verdict: the agent's results still vote."""
+    round_of(store, clock, 1, failing={"agent-a": [R0], "agent-b": [R0]})
+    status(store, "agent-a", clock(), broker_ok=False)
+    assert states(store)[R0] is HealthState.down
+    view = {view.name: view for view in agent_views(store)}["agent-a"]
+    assert view.broker_ok is False and view.control_ok and view.state is AgentState.ok
+    assert {view.name: view for view in agent_views(store)}["agent-b"].broker_ok is None  # its status said nothing
+
+
 def test_an_offline_agent_is_left_out_and_reported(store: ResultStore, clock: FakeClock) -> None:
     round_of(store, clock, 1, failing={"agent-c": RELAYS, "agent-a": [R0]})
     assert states(store)[R0] is HealthState.down  # agent-a and agent-c: 2 of 3
