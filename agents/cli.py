@@ -23,11 +23,7 @@ if TYPE_CHECKING:
     from agents.log import Log
     from probe.agent_config import AgentConfig
     from probe.cli import Commands
-    from probe.inventory import Inventory
-    from probe.inventory.configured import ConfiguredInventory
     from probe.service_config import MqttSection
-
-FIRST_LOAD_BACKOFF = (2.0, 60.0)  # seconds: first and longest wait between start-up attempts to load the inventory
 
 
 def register(commands: Commands) -> None:
@@ -85,6 +81,7 @@ def warn_foreign_username(mqtt: MqttSection, agent: str, log: Log) -> None:
 
 async def _serve(config: AgentConfig, log: Log) -> None:
     from agents.agent import Agent, run_agent
+    from agents.inventory import first_inventory, loader
     from agents.outbox import MqttOutbox
     from agents.spool import Spool
     from probe import signals
@@ -98,12 +95,12 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     if signals.take(signal.SIGTERM, signal.SIGINT):  # a stop asked for while the process started
         stopping.set()
     source = ConfiguredInventory(config.inventory)
-    inventory = await _first_inventory(source, log, stopping)
+    inventory = await first_inventory(source, log, stopping)
     if inventory is None:
         return  # stopped before the inventory could ever be loaded
     with Spool.open(config.spool, now=time.time) as spool:
         outbox = MqttOutbox(config.mqtt, config.agent.name, spool, log=log.event)
-        agent = Agent(config, inventory, outbox=outbox, load_inventory=source.load, log=log, http=_http(config))
+        agent = Agent(config, inventory, outbox=outbox, load_inventory=loader(source, log), log=log, http=_http(config))
         outbox.on_command = agent.take_command  # `probe verify --aggregator`: relays probed now, on command
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
         if signals.take(signal.SIGHUP):  # a reload asked for while starting
@@ -113,25 +110,6 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         if stopping.is_set():
             agent.stop()
         await run_agent(agent)
-
-
-async def _first_inventory(source: ConfiguredInventory, log: Log, stopping: asyncio.Event) -> Inventory | None:
-    """The inventory to start with; a source that cannot be fetched is tried again with backoff until it can (or
-    the agent is told to stop). A malformed one is a config error: nothing good would come of waiting."""
-    from probe.errors import UnavailableError
-
-    delay, longest = FIRST_LOAD_BACKOFF
-    while not stopping.is_set():
-        try:
-            return await asyncio.to_thread(source.load)
-        except UnavailableError as exc:
-            log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
-        try:
-            async with asyncio.timeout(delay):
-                await stopping.wait()
-        except TimeoutError:
-            delay = min(longest, delay * 2)
-    return None
 
 
 def _http(config: AgentConfig) -> Callable[[Agent], Coroutine[object, object, None]]:

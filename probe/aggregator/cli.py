@@ -81,9 +81,10 @@ def run_aggregator(args: argparse.Namespace) -> int:
 
 
 async def _aggregator(config: AggregatorConfig, log: Log) -> None:
+    from agents.inventory import first_inventory
     from probe import signals
     from probe.aggregator.http import make_app
-    from probe.aggregator.service import AggregatorShell, first_inventory
+    from probe.aggregator.service import AggregatorShell
     from probe.aggregator.store import ResultStore
     from probe.aggregator.subscriber import Subscriber
     from probe.aggregator.verifications import Tagged, Verifications
@@ -146,10 +147,11 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(config: AgentConfig, log: Log) -> None:
     from agents.agent import Agent, run_agent
     from agents.http import agent_http
+    from agents.inventory import first_inventory
     from probe import signals
     from probe.aggregator.config import HealthSection
     from probe.aggregator.http import make_app
-    from probe.aggregator.service import AggregatorShell, first_inventory
+    from probe.aggregator.service import AggregatorShell
     from probe.aggregator.store import ResultStore
     from probe.aggregator.verifications import Tagged, Verifications
     from probe.bus import LocalOutbox

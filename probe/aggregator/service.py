@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 
 from agents.agent import wait_event
+from agents.inventory import loader
 from agents.log import Log
 from probe.aggregator.records import AgentChange, HealthChange
 from probe.aggregator.store import ResultStore
-from probe.errors import UnavailableError, WgProbeError
-from probe.inventory import Inventory
+from probe.errors import WgProbeError
 from probe.inventory.configured import ConfiguredInventory
 
 JUDGE_EVERY = 1.0  # seconds: staleness and changes show within a second
-FIRST_LOAD_BACKOFF = (2.0, 60.0)  # seconds: first and longest wait between start-up attempts to load the inventory
 
 
 class AggregatorShell:
@@ -57,7 +56,7 @@ class AggregatorShell:
             asked = self._reload.is_set()  # a SIGHUP is answered in the log even when nothing changed
             self._reload.clear()
             try:
-                inventory = await asyncio.to_thread(self.source.load)
+                inventory = await asyncio.to_thread(loader(self.source, self.log))
             except WgProbeError as exc:
                 self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
                 self.store.inventory_ok = False  # wgprobe_inventory_ok 0 until a load succeeds
@@ -70,18 +69,3 @@ class AggregatorShell:
                 self.log.info("inventory_changed", relays=len(after), added=added, removed=removed)
             elif asked:
                 self.log.info("inventory_reloaded", relays=len(after), changed=False)
-
-
-async def first_inventory(source: ConfiguredInventory, log: Log, stopping: asyncio.Event) -> Inventory | None:
-    """The inventory to start with. A source that cannot be fetched is tried again with backoff until it can (or
-    the service is told to stop): a service should outlast its inventory's outage. A malformed one is a config
-    error, raised: nothing good comes of waiting for it."""
-    delay, longest = FIRST_LOAD_BACKOFF
-    while not stopping.is_set():
-        try:
-            return await asyncio.to_thread(source.load)
-        except UnavailableError as exc:
-            log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
-        await wait_event(stopping, delay)
-        delay = min(longest, delay * 2)
-    return None

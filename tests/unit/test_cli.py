@@ -78,6 +78,19 @@ def test_outside_strings_are_printed_as_data_never_markup_or_terminal_control(tm
     assert "evil\\x1b]0;title\\x07" in listed.stderr  # the skipped entry is named, harmlessly
 
 
+def test_labels_for_hosts_the_inventory_lacks_are_warned_of(tmp_path: Path) -> None:
+    """A typo in configuration management's labels file leaves a relay unlabelled: said, named, harmlessly."""
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", closed_port()))
+    (tmp_path / "labels.json").write_text('{"xx-one-wg-01": {"kernel": "6.6"}, "bad\\u001b[2Jhost": {"os": "x"}}')
+    config.write_text(
+        config.read_text().replace('source = "fleet.toml"\n', 'source = "fleet.toml"\nlabels = "labels.json"\n')
+    )
+    listed = probe("servers", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert "warning: labels for 2 host(s) not in the inventory: bad\\x1b[2Jhost, xx-one-wg-01" in listed.stderr
+    assert "\x1b" not in listed.stderr
+
+
 def test_evidence_that_cannot_be_written_loses_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "evidence-is-a-file"
     blocker.write_text("not a directory")
