@@ -77,7 +77,8 @@ class StageResult(_Model):
     detail: str | None = None  # one human line: what was seen (e.g. the egress address the reflector saw)
     # False when an earlier stage this one depends on failed (tunnel or forward): the stage ran or not, but its
     # outcome says nothing of its own, so `ok` is False, `reason` is None, and it counts as neither success nor
-    # failure. A relay whose NAT is broken shows `forward_timeout` alone, not egress and mtu failures beside it.
+    # failure. A relay whose NAT is broken shows `forward_timeout` alone, not egress and mtu failures beside it
+    # (a stage that got answers of its own through the NAT stays judged: its failure is its own).
     judged: bool = True
     # Datagrams from the relay for this stage that did not authenticate or parse (forged, corrupted, truncated):
     # for the handshake, answers that were not a valid response; afterwards, inner packets that did not parse.

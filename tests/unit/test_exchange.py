@@ -189,6 +189,19 @@ def test_stages_after_a_failed_tunnel_or_forward_are_not_judged_but_passes_stay_
     assert path_outcome(tuple(chain)) == (False, Reason.tunnel_timeout)
 
 
+def test_a_stage_answered_through_the_nat_keeps_its_own_failure_when_forward_failed() -> None:
+    # A relay that drops forwarded ICMP but NATs UDP to the wrong address: the reflector answered, so the NAT
+    # carried egress's traffic and the wrong address is egress's own finding, not an echo of forward_timeout.
+    mismatch = stage(StageName.egress, False, Reason.egress_mismatch).model_copy(
+        update={"sent": 3, "received": 3, "detail": "reflector saw 198.18.101.2, expected 198.18.1.2"}
+    )
+    out = unjudged_after_failures(
+        [stage(StageName.tunnel, True), stage(StageName.forward, False, Reason.forward_timeout), mismatch],
+        REGISTRY,
+    )
+    assert out[-1] == mismatch
+
+
 def path(*stages: StageResult) -> PathResult:
     ok, reason = path_outcome(stages)
     return PathResult(port=51820, family="ipv4", ok=ok, reason=reason, stages=stages, entry="192.0.2.1")
