@@ -257,6 +257,10 @@ class Exchange:
                 received += 1
             elif at <= horizon:
                 settled += 1
+        # A probe an ICMP error quoted was answered, by the error, however young: settled, not received (the
+        # handshake counts a port unreachable the same way). The stage ends at the first error, so a young probe's
+        # error would otherwise leave `sent: 0` beside `forward_unreachable`.
+        settled = max(settled, received + len(self.errors))
         return settled, received, (1 - received / settled) if settled else 0.0
 
     def verdict(self) -> tuple[Reason | None, str | None]:

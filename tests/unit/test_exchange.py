@@ -128,6 +128,9 @@ def test_an_icmp_error_about_our_probe_ends_the_stage_at_once_as_unreachable() -
     assert ex.done and ex.finished == 0.002
     result = ex.result()
     assert (result.reason, result.detail) == (Reason.forward_unreachable, "ICMP destination_unreachable from 10.64.0.1")
+    # The probe the error quoted was answered, by the error: settled and not received, as the handshake counts a
+    # port unreachable (it read sent 0, loss 0 when the error came back within the in-flight margin).
+    assert (result.sent, result.received, result.loss) == (1, 0, 1.0)
 
 
 def test_a_wrong_answer_is_reply_invalid_even_with_enough_good_ones() -> None:
