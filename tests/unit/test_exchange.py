@@ -127,10 +127,23 @@ def test_an_icmp_error_about_our_probe_ends_the_stage_at_once_as_unreachable() -
     ex.take(parse_ip(error), 0.002)
     assert ex.done and ex.finished == 0.002
     result = ex.result()
-    assert (result.reason, result.detail) == (Reason.forward_unreachable, "ICMP destination_unreachable from 10.64.0.1")
+    # The code tells a firewall (administratively prohibited) from a missing route: part of the detail.
+    assert (result.reason, result.detail) == (
+        Reason.forward_unreachable,
+        "ICMP destination_unreachable (code 1) from 10.64.0.1",
+    )
     # The probe the error quoted was answered, by the error: settled and not received, as the handshake counts a
     # port unreachable (it read sent 0, loss 0 when the error came back within the in-flight margin).
     assert (result.sent, result.received, result.loss) == (1, 0, 1.0)
+
+
+def test_a_packet_too_big_says_the_mtu_the_relay_reported() -> None:
+    ex = exchange()
+    probe = ex.next_probe(0.0)
+    error = build_icmp_error(IPv4Address("10.64.0.1"), INNER, IcmpErrorKind.packet_too_big, probe, mtu=1200)
+    ex.take(parse_ip(error), 0.002)
+    # The relay told us its next-hop MTU: the one number an operator needs to fix the link.
+    assert ex.result().detail == "ICMP packet_too_big (next-hop MTU 1200) from 10.64.0.1"
 
 
 def test_a_wrong_answer_is_reply_invalid_even_with_enough_good_ones() -> None:
