@@ -51,7 +51,8 @@ class Reason(StrEnum):
     egress_timeout = "egress_timeout"  # the reflector did not answer
     egress_mismatch = "egress_mismatch"  # the reflector saw another address than the relay's expected egress
     mtu_blackhole = "mtu_blackhole"  # large packets vanish while small ones pass
-    mtu_too_big = "mtu_too_big"  # a large DF packet drew "fragmentation needed / packet too big"
+    # A large DF packet drew "fragmentation needed / packet too big", or its answer came back fragmented.
+    mtu_too_big = "mtu_too_big"
     tunnel_unreachable = "tunnel_unreachable"  # the in-tunnel gateway's echo drew an ICMP error
     egress_unreachable = "egress_unreachable"  # the reflector request drew an ICMP error (port closed, no route)
     internal_error = "internal_error"  # a bug in wgprobe: reported as a failed probe, never a crash
