@@ -127,12 +127,36 @@ def could_not_judge(results: list[ServerResult]) -> bool:
     return bool(paths) and all(path.reason is Reason.socket_error for path in paths)
 
 
+def nothing_blamed(results: list[ServerResult]) -> bool:
+    """Some path failed, but every failure is this host's or wgprobe's own (socket_error, internal_error): passing
+    paths beside them do not make those paths judged, and no relay failed (`probe verify` counts such a round
+    unjudged too)."""
+    from probe.results import blames_relay
+
+    return not all(result.ok for result in results) and not any(blames_relay(result) for result in results)
+
+
 def exit_code(results: list[ServerResult], control: ControlCheck | None = None) -> int:
     if all(result.ok for result in results):
         return EXIT_OK
-    if could_not_judge(results) or (control is not None and not control.ok):
+    if could_not_judge(results) or nothing_blamed(results) or (control is not None and not control.ok):
         return EXIT_UNJUDGED
     return EXIT_FAILED
+
+
+def say_nothing_blamed(results: list[ServerResult]) -> None:
+    """Why a run with passing paths still could not judge (`could_not_judge` speaks for a run that sent nothing)."""
+    from probe.term import clean
+
+    if could_not_judge(results) or not nothing_blamed(results):
+        return
+    failed = [path for result in results for path in result.paths if not path.ok]
+    reasons = ", ".join(sorted({str(path.reason) for path in failed}))
+    print(
+        f"could not judge: {len(failed)} path(s) failed for this host's or wgprobe's own reasons ({clean(reasons)}), "
+        "not the relays'",
+        file=sys.stderr,
+    )
 
 
 async def own_reach(prober: Prober, results: list[ServerResult]) -> ControlCheck | None:
@@ -188,6 +212,7 @@ def server(args: argparse.Namespace) -> int:
         print(render_server(result))
     if could_not_judge([result]):
         print("could not judge: the agent could not send on any path (its own network is down)", file=sys.stderr)
+    say_nothing_blamed([result])
     say_unjudged(control)
     return exit_code([result], control)
 
@@ -227,6 +252,7 @@ def sweep(args: argparse.Namespace) -> int:
         progress.close()
     if not args.json_out:
         print(render_sweep(results, inventory))
+    say_nothing_blamed(results)
     say_unjudged(control)
     return exit_code(results, control)
 

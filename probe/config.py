@@ -163,6 +163,17 @@ class ChecksSection(Section):
     reflector: EndpointField | None = None  # no reflector: the egress check is not run
     reflector_v6: EndpointField | None = None  # for the IPv6 egress check when `reflector` is IPv4
 
+    @field_validator("forward_target", "forward_target_v6", "reflector", "reflector_v6")
+    @classmethod
+    def _one_host(cls, value: IPv4Address | IPv6Address | Endpoint | None) -> object:
+        # 0.0.0.0 or :: reaches this host itself, so the control check passes and every relay is blamed; no single
+        # host answers for a multicast address. Loopback stays allowed: the simulated fleet answers for it.
+        host = value.host if isinstance(value, Endpoint) else value
+        if host is not None and (host.is_unspecified or host.is_multicast):
+            kind = "an unspecified" if host.is_unspecified else "a multicast"
+            raise ValueError(f"{host} is {kind} address, not a host beyond the relays' NAT")
+        return value
+
     @field_validator("reflector_v6")
     @classmethod
     def _reflector_v6_is_v6(cls, endpoint: Endpoint | None) -> Endpoint | None:

@@ -51,7 +51,8 @@ class Reason(StrEnum):
     egress_timeout = "egress_timeout"  # the reflector did not answer
     egress_mismatch = "egress_mismatch"  # the reflector saw another address than the relay's expected egress
     mtu_blackhole = "mtu_blackhole"  # large packets vanish while small ones pass
-    mtu_too_big = "mtu_too_big"  # a large DF packet drew "fragmentation needed / packet too big"
+    # A large DF packet drew "fragmentation needed / packet too big", or its answer came back fragmented.
+    mtu_too_big = "mtu_too_big"
     tunnel_unreachable = "tunnel_unreachable"  # the in-tunnel gateway's echo drew an ICMP error
     egress_unreachable = "egress_unreachable"  # the reflector request drew an ICMP error (port closed, no route)
     internal_error = "internal_error"  # a bug in wgprobe: reported as a failed probe, never a crash
@@ -77,7 +78,8 @@ class StageResult(_Model):
     detail: str | None = None  # one human line: what was seen (e.g. the egress address the reflector saw)
     # False when an earlier stage this one depends on failed (tunnel or forward): the stage ran or not, but its
     # outcome says nothing of its own, so `ok` is False, `reason` is None, and it counts as neither success nor
-    # failure. A relay whose NAT is broken shows `forward_timeout` alone, not egress and mtu failures beside it.
+    # failure. A relay whose NAT is broken shows `forward_timeout` alone, not egress and mtu failures beside it
+    # (a stage that got answers of its own through the NAT stays judged: its failure is its own).
     judged: bool = True
     # Datagrams from the relay for this stage that did not authenticate or parse (forged, corrupted, truncated):
     # for the handshake, answers that were not a valid response; afterwards, inner packets that did not parse.

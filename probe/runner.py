@@ -304,7 +304,9 @@ async def run_stages(ctx: PathContext, registry: Registry = REGISTRY) -> StagesR
 
 def unjudged_after_failures(stages: list[StageResult], registry: Registry) -> list[StageResult]:
     """Mark a failed stage not judged when the stage it depends on failed: with the NAT broken, forward_timeout
-    is the finding, and egress and mtu timing out beside it are only its echo."""
+    is the finding, and egress and mtu timing out beside it are only its echo. A stage that got answers of its own
+    (`received`) crossed the NAT itself, so its failure is its own finding: a relay that drops forwarded ICMP and
+    NATs UDP to a wrong address must still show `egress_mismatch`, not have it hidden behind `forward_timeout`."""
     after = {stage.name: stage.after for stage in registry.stages}
     failed: set[StageName] = set()
     out = []
@@ -312,7 +314,7 @@ def unjudged_after_failures(stages: list[StageResult], registry: Registry) -> li
         prerequisite = after.get(stage.name)
         if not stage.ok:
             failed.add(stage.name)
-        if not stage.ok and prerequisite in failed:
+        if not stage.ok and prerequisite in failed and not stage.received:
             detail = f"not judged: {prerequisite} failed"
             out.append(stage.model_copy(update={"reason": None, "judged": False, "detail": detail}))
         else:

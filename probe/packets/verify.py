@@ -37,7 +37,8 @@ from probe.packets.udp import Udp, parse_udp
 class Mismatch(StrEnum):
     """Why a packet is not the answer to a probe. Closed: safe as a metric label."""
 
-    malformed = "malformed"  # not a parseable IP packet or message, or only a fragment of one
+    malformed = "malformed"  # not a parseable IP packet or message
+    fragmented = "fragmented"  # only a fragment of one: a link on the way back had a smaller MTU than the answer
     bad_checksum = "bad_checksum"  # IPv4 header, ICMP, ICMPv6 or UDP checksum does not verify (RFC 1071)
     wrong_destination = "wrong_destination"  # not addressed to the probe's own (tunnel) address
     wrong_protocol = "wrong_protocol"  # not the protocol the probe used (nor an ICMP error about it)
@@ -195,7 +196,7 @@ def _check_outer(ip: IPPacket, dst: bytes) -> Verdict | None:
     if ip.fragmented:
         # A fragment cannot be judged alone. Probe answers are small; a relay's NAT reassembles (conntrack
         # needs whole datagrams) and the tunnel MTU fits them, so a fragment here is itself a fault.
-        return Verdict(Mismatch.malformed, ip.ttl, ip.src, None)
+        return Verdict(Mismatch.fragmented, ip.ttl, ip.src, None)
     return None
 
 

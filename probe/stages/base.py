@@ -31,6 +31,7 @@ from probe.packets import (
     PROTO_ICMPV6,
     PROTO_UDP,
     IcmpError,
+    IcmpErrorKind,
     IPPacket,
     Mismatch,
     PacketError,
@@ -257,6 +258,10 @@ class Exchange:
                 received += 1
             elif at <= horizon:
                 settled += 1
+        # A probe an ICMP error quoted was answered, by the error, however young: settled, not received (the
+        # handshake counts a port unreachable the same way). The stage ends at the first error, so a young probe's
+        # error would otherwise leave `sent: 0` beside `forward_unreachable`.
+        settled = max(settled, received + len(self.errors))
         return settled, received, (1 - received / settled) if settled else 0.0
 
     def verdict(self) -> tuple[Reason | None, str | None]:
@@ -268,7 +273,7 @@ class Exchange:
             err = self.errors[0]
             icmp = err.icmp_error
             reason = self.error_reason(icmp) if icmp is not None else self.unreachable_reason
-            return reason, f"ICMP {icmp.kind if icmp else 'error'} from {address(err.source)}"
+            return reason, f"ICMP {icmp_detail(icmp) if icmp else 'error'} from {address(err.source)}"
         if self.invalid:
             return Reason.reply_invalid, f"{len(self.invalid)} invalid repl(ies): {self.invalid[0].mismatch}"
         if not self.answered:
@@ -296,6 +301,14 @@ class Exchange:
             judged=True,
             rejected=self.corrupt,
         )
+
+
+def icmp_detail(icmp: IcmpError) -> str:
+    """What the error said beyond its kind: the next-hop MTU of a packet too big (what the link must be raised
+    to), else the code: administratively prohibited (IPv4 13, IPv6 1) is a firewall, not a missing route."""
+    if icmp.kind is IcmpErrorKind.packet_too_big:
+        return f"{icmp.kind} (next-hop MTU {icmp.mtu})" if icmp.mtu else str(icmp.kind)
+    return f"{icmp.kind} (code {icmp.code})"
 
 
 def address(raw: bytes | None) -> str:

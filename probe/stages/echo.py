@@ -10,6 +10,7 @@ from probe.packets import (
     IcmpError,
     IcmpErrorKind,
     IPPacket,
+    Mismatch,
     Verdict,
     icmp_identifiers,
     judge_echo_reply,
@@ -42,6 +43,7 @@ class EchoExchange(Exchange):
         super().__init__(name, (ClaimKind.echo, identifier), ctx.settings.packets)
         self.timeout_reason = timeout_reason
         self.unreachable_reason = unreachable_reason
+        self.size = size
         header = (20 if src.version == 4 else 40) + 8
         pad = max(0, size - header - _NONCE - _SEQUENCE)
         self._ours, self._target = packed(src), packed(target)
@@ -72,6 +74,18 @@ class EchoExchange(Exchange):
 
 
 class MtuExchange(EchoExchange):
+    def verdict(self) -> tuple[Reason | None, str | None]:
+        # The large echo came back, but in fragments: a link between the target and us (most often the relay's
+        # tunnel interface) carries less than the probe's size. That is a size finding, not a corrupt reply.
+        reason, detail = super().verdict()
+        fragments = [v for v in self.invalid if v.mismatch is Mismatch.fragmented]
+        if reason is Reason.reply_invalid and fragments and len(fragments) == len(self.invalid):
+            return Reason.mtu_too_big, (
+                f"{len(self.invalid)} answer(s) came back fragmented: the path back carries less than {self.size} "
+                "bytes whole"
+            )
+        return reason, detail
+
     def error_reason(self, error: IcmpError) -> Reason:
         # Only "packet too big" / "fragmentation needed" is about size; any other error is plain unreachability.
         return Reason.mtu_too_big if error.kind is IcmpErrorKind.packet_too_big else Reason.forward_unreachable

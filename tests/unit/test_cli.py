@@ -11,8 +11,12 @@ import re
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+from probe.cli_probe import exit_code
+from probe.results import PathResult, Reason, ServerResult, StageName, StageResult
 from probe.wireguard import PrivateKey
 
 KEY = base64.b64encode(PrivateKey.generate().public_key().raw).decode()
@@ -220,3 +224,33 @@ def test_the_table_shows_stages_after_a_failed_forward_as_not_judged() -> None:
     assert cells[1:] == ["ok 2.0ms", "ok 2.0ms", "forward_timeout", "not judged", "not judged"], row
     assert "egress_timeout" not in text and "mtu_blackhole" not in text
     assert "se-got-wg-002: FAILED forward_timeout" in text
+
+
+def result_of(server: str, *paths: tuple[Literal["ipv4", "ipv6"], Reason | None]) -> ServerResult:
+    """A relay's result with one handshake-only path per (family, reason); reason None: the path passed."""
+    made = []
+    for family, reason in paths:
+        stage = StageResult(name=StageName.handshake, ok=reason is None, reason=reason, seconds=0.001, loss=0.0)
+        made.append(PathResult(port=51820, family=family, ok=reason is None, reason=reason, stages=(stage,), entry="x"))
+    ok = all(path.ok for path in made)
+    reason = next((path.reason for path in made if not path.ok), None)
+    return ServerResult(
+        server=server,
+        agent="a",
+        ok=ok,
+        reason=reason,
+        started_at=datetime.now(UTC),
+        duration_seconds=0.1,
+        paths=tuple(made),
+    )
+
+
+def test_failures_that_are_none_of_the_relays_could_not_judge_even_beside_passing_paths() -> None:
+    # The agent lost its IPv6 route: IPv4 passed, IPv6 could not send. Nothing the relay did failed, so the run
+    # could not judge it (3, as `probe verify` counts such a round); it exited 1, "a relay failed".
+    half = result_of("xx-one-wg-001", ("ipv4", None), ("ipv6", Reason.socket_error))
+    assert exit_code([half]) == 3
+    assert exit_code([half, result_of("xx-two-wg-002", ("ipv4", None))]) == 3
+    # A relay's own failure beside it is still the relay's (and the control check then decides).
+    assert exit_code([half, result_of("xx-two-wg-002", ("ipv4", Reason.port_unreachable))]) == 1
+    assert exit_code([result_of("xx-two-wg-002", ("ipv4", None))]) == 0

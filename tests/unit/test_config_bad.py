@@ -38,6 +38,13 @@ CASES: list[tuple[str, dict[str, int], list[str]]] = [
         {},
         ["checks.forward_target: an IP address is written as a string", "not as a number (got 3232235777)"],
     ),
+    # 0.0.0.0 reaches this host itself: the control check passed and every relay was blamed (exit 1).
+    (
+        "bad-forward-target-unspecified.toml",
+        {},
+        ["checks.forward_target: 0.0.0.0 is an unspecified address, not a host beyond the relays' NAT"],
+    ),
+    ("bad-reflector-multicast.toml", {}, ["checks.reflector: ff02::1 is a multicast address, not a host beyond"]),
     ("bad-evidence-max-bytes.toml", {}, ["probe.evidence_max_bytes: Input should be a valid integer (got 'lots')"]),
     (
         "bad-inventory-credentials.toml",

@@ -4,25 +4,34 @@ and the dependency rule that leaves stages after a failed one unjudged. Pure: no
 from __future__ import annotations
 
 import statistics
+import struct
 from ipaddress import IPv4Address
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probe.packets import Echo, IcmpErrorKind, build_icmp_echo, build_icmp_error, parse_icmp, parse_ip
+from probe.packets import (
+    Echo,
+    IcmpErrorKind,
+    build_icmp_echo,
+    build_icmp_error,
+    internet_checksum,
+    parse_icmp,
+    parse_ip,
+)
 from probe.results import PathResult, Reason, StageName, StageResult, path_outcome, worst_reason
 from probe.runner import unjudged_after_failures
 from probe.stages import REGISTRY
 from probe.stages.base import ClaimKind, Demux, PathContext, Settings, claim_of, median, raw_claim
-from probe.stages.echo import EchoExchange
+from probe.stages.echo import EchoExchange, MtuExchange
 from probe.wireguard import CookieState, Identity, PrivateKey
 
 INNER = IPv4Address("10.64.0.2")
 TARGET = IPv4Address("198.51.100.7")
 
 
-def exchange(packets: int = 3) -> EchoExchange:
+def exchange(packets: int = 3, mtu: bool = False) -> EchoExchange:
     key = PrivateKey.generate().public_key()
     ctx = PathContext(
         relay_name="xx-tst-wg-001",
@@ -37,6 +46,15 @@ def exchange(packets: int = 3) -> EchoExchange:
         settings=Settings(packets=packets, forward_target=TARGET),
         cookie_state=CookieState(key),
     )
+    if mtu:
+        return MtuExchange(
+            ctx,
+            StageName.mtu,
+            TARGET,
+            timeout_reason=Reason.mtu_blackhole,
+            unreachable_reason=Reason.forward_unreachable,
+            size=1280,
+        )
     return EchoExchange(
         ctx,
         StageName.forward,
@@ -127,7 +145,55 @@ def test_an_icmp_error_about_our_probe_ends_the_stage_at_once_as_unreachable() -
     ex.take(parse_ip(error), 0.002)
     assert ex.done and ex.finished == 0.002
     result = ex.result()
-    assert (result.reason, result.detail) == (Reason.forward_unreachable, "ICMP destination_unreachable from 10.64.0.1")
+    # The code tells a firewall (administratively prohibited) from a missing route: part of the detail.
+    assert (result.reason, result.detail) == (
+        Reason.forward_unreachable,
+        "ICMP destination_unreachable (code 1) from 10.64.0.1",
+    )
+    # The probe the error quoted was answered, by the error: settled and not received, as the handshake counts a
+    # port unreachable (it read sent 0, loss 0 when the error came back within the in-flight margin).
+    assert (result.sent, result.received, result.loss) == (1, 0, 1.0)
+
+
+def test_a_packet_too_big_says_the_mtu_the_relay_reported() -> None:
+    ex = exchange()
+    probe = ex.next_probe(0.0)
+    error = build_icmp_error(IPv4Address("10.64.0.1"), INNER, IcmpErrorKind.packet_too_big, probe, mtu=1200)
+    ex.take(parse_ip(error), 0.002)
+    # The relay told us its next-hop MTU: the one number an operator needs to fix the link.
+    assert ex.result().detail == "ICMP packet_too_big (next-hop MTU 1200) from 10.64.0.1"
+
+
+def first_fragment(packet: bytes, size: int) -> bytes:
+    """The first `size` bytes of an IPv4 packet as a router with a smaller MTU sends them: MF set, length fixed."""
+    fragment = bytearray(packet[:size])
+    struct.pack_into("!HHH", fragment, 2, size, 0, 0x2000)  # total length; identification; MF, offset 0
+    struct.pack_into("!H", fragment, 10, 0)
+    struct.pack_into("!H", fragment, 10, internet_checksum(bytes(fragment[:20])))
+    return bytes(fragment)
+
+
+def test_a_large_echo_answered_in_fragments_is_too_big_not_a_corrupt_reply() -> None:
+    # A relay whose tunnel MTU is 1000 fragments the 1280-byte reply on its way to us: the path cannot carry the
+    # size whole. That is the mtu stage's finding; it read "reply_invalid: malformed", as if the relay corrupted it.
+    ex = exchange(mtu=True)
+    probes = [ex.next_probe(0.0) for _ in range(3)]
+    for at, probe in zip((0.001, 0.002, 0.003), probes, strict=True):
+        ex.take(parse_ip(first_fragment(answer(probe), 996)), at)
+    ex.end(1.0)
+    result = ex.result()
+    assert (result.ok, result.reason) == (False, Reason.mtu_too_big)
+    assert result.detail == "3 answer(s) came back fragmented: the path back carries less than 1280 bytes whole"
+    ex.close()
+
+
+def test_a_fragment_answering_a_small_echo_is_still_an_invalid_reply() -> None:
+    ex = exchange()
+    probe = ex.next_probe(0.0)
+    ex.take(parse_ip(first_fragment(answer(probe, payload=bytes(100)), 64)), 0.001)
+    ex.end(1.0)
+    assert (ex.result().reason, ex.result().detail) == (Reason.reply_invalid, "1 invalid repl(ies): fragmented")
+    ex.close()
 
 
 def test_a_wrong_answer_is_reply_invalid_even_with_enough_good_ones() -> None:
@@ -187,6 +253,19 @@ def test_stages_after_a_failed_tunnel_or_forward_are_not_judged_but_passes_stay_
     )
     assert [s.judged for s in chain] == [True, False, False, False]
     assert path_outcome(tuple(chain)) == (False, Reason.tunnel_timeout)
+
+
+def test_a_stage_answered_through_the_nat_keeps_its_own_failure_when_forward_failed() -> None:
+    # A relay that drops forwarded ICMP but NATs UDP to the wrong address: the reflector answered, so the NAT
+    # carried egress's traffic and the wrong address is egress's own finding, not an echo of forward_timeout.
+    mismatch = stage(StageName.egress, False, Reason.egress_mismatch).model_copy(
+        update={"sent": 3, "received": 3, "detail": "reflector saw 198.18.101.2, expected 198.18.1.2"}
+    )
+    out = unjudged_after_failures(
+        [stage(StageName.tunnel, True), stage(StageName.forward, False, Reason.forward_timeout), mismatch],
+        REGISTRY,
+    )
+    assert out[-1] == mismatch
 
 
 def path(*stages: StageResult) -> PathResult:

@@ -145,7 +145,7 @@ def test_each_named_fault_is_declined_and_judged_in_full() -> None:
         (forged_source, "wrong_source"),
         (other_identifier, "wrong_identifier"),
         (request, "wrong_type"),
-        (fragment, "malformed"),
+        (fragment, "fragmented"),
         (good[:30], "malformed"),
     ]:
         assert template.reply_sequence(packet) is None

@@ -50,12 +50,21 @@ def corrupt_last_byte(packet: bytes) -> bytes:
     return packet[:-1] + bytes([packet[-1] ^ 0xFF])
 
 
+def first_fragment(packet: bytes) -> bytes:
+    """`packet` with more-fragments set (RFC 791 section 3.1), as a router with a smaller MTU would send it."""
+    fragment = bytearray(packet)
+    struct.pack_into("!HxxH", fragment, 6, 0x2000, 0)  # flags and offset; the header checksum, zeroed
+    struct.pack_into("!H", fragment, 10, internet_checksum(bytes(fragment[:20])))
+    return bytes(fragment)
+
+
 ECHO_PROBE = build_icmp_echo(US, TARGET, IDENT, SEQ, PAYLOAD)
 UDP_PROBE = build_udp(US, TARGET, SPORT, DPORT, PAYLOAD)
 TABLE: list[tuple[str, Verdict, Mismatch | None]] = [
     ("echo reply", judge_echo(echo_reply()), None),
     ("padded echo reply", judge_echo(echo_reply() + bytes(12)), None),
     ("truncated", judge_echo(echo_reply()[:30]), Mismatch.malformed),
+    ("fragment of a reply", judge_echo(first_fragment(echo_reply())), Mismatch.fragmented),
     ("corrupted payload", judge_echo(corrupt_last_byte(echo_reply())), Mismatch.bad_checksum),
     ("to someone else", judge_echo(echo_reply(dst=OTHER)), Mismatch.wrong_destination),
     ("udp to echo probe", judge_echo(build_udp(TARGET, US, 1, 2)), Mismatch.wrong_protocol),
@@ -122,7 +131,7 @@ def test_fragmented_reply_cannot_be_judged() -> None:
     struct.pack_into("!H", packet, 6, 0x2000)  # more fragments (RFC 791 section 3.1)
     struct.pack_into("!H", packet, 10, 0)
     struct.pack_into("!H", packet, 10, internet_checksum(bytes(packet[:20])))
-    assert judge_udp(bytes(packet)).mismatch is Mismatch.malformed
+    assert judge_udp(bytes(packet)).mismatch is Mismatch.fragmented
 
 
 def flips(packet: bytes) -> list[tuple[int, int, bytes]]:
