@@ -177,7 +177,8 @@ def say_unjudged(control: ControlCheck | None) -> None:
 
     if control is not None and not control.ok:
         print(
-            "could not judge: this host cannot reach the outside itself, through no relay (control check: "
+            # What failed is in the detail: the reflector alone down is not "the outside" gone.
+            "could not judge: this host's own check of the outside failed, through no relay (control check: "
             f"{clean(control.detail or 'failed')}); the failures above are not the relays' to answer for",
             file=sys.stderr,
         )

@@ -284,7 +284,7 @@ def test_probe_server_and_sweep_do_not_blame_the_relays_when_this_host_cannot_re
     for command in (["server", "se-got-wg-001"], ["sweep"]):
         done = probe(*command, "--config", str(sim.config))
         assert done.returncode == 3, (command, done.stdout, done.stderr)
-        assert "could not judge: this host cannot reach the outside itself" in done.stderr
+        assert "could not judge: this host's own check of the outside failed" in done.stderr
     # With the outside back, a relay's own fault is the relay's again (the control check holds).
     healed(sim)
     sim.fault("se-got-wg-002", "nat")
