@@ -194,6 +194,15 @@ def server(args: argparse.Namespace) -> int:
     _lock_keys(config)
     if args.family == "ipv6" and relay.ipv6_addr_in is None:
         raise ConfigError(f"{relay.name} has no IPv6 entry address in the inventory")
+    if args.port is not None and args.port != config.probe.main_port and not relay.accepts_port(args.port):
+        from probe.term import clean
+
+        # Probed all the same (the inventory may be behind the relay), but a closed port there is not a fault.
+        print(
+            f"warning: the inventory does not list port {args.port} for {clean(relay.name)}: "
+            "a failure there may not be the relay's",
+            file=sys.stderr,
+        )
     prober = Prober(config, inventory)
     outcome: list[tuple[ServerResult, ControlCheck | None]] = []
 

@@ -95,6 +95,17 @@ def test_labels_for_hosts_the_inventory_lacks_are_warned_of(tmp_path: Path) -> N
     assert "\x1b" not in listed.stderr
 
 
+def test_a_port_the_inventory_does_not_list_is_probed_with_a_warning(tmp_path: Path) -> None:
+    port = closed_port()
+    config = write_setup(tmp_path, relay_toml("xx-one-wg-001", "127.0.0.1", port))
+    unlisted = closed_port()
+    done = probe("server", "xx-one-wg-001", "--port", str(unlisted), "--config", str(config))
+    assert "warning: the inventory does not list port" in done.stderr and str(unlisted) in done.stderr
+    assert "port_unreachable" in done.stdout  # probed all the same
+    listed = probe("server", "xx-one-wg-001", "--port", str(port), "--config", str(config))
+    assert "does not list" not in listed.stderr
+
+
 def test_evidence_that_cannot_be_written_loses_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "evidence-is-a-file"
     blocker.write_text("not a directory")
