@@ -103,7 +103,15 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         return  # stopped before the inventory could ever be loaded
     with Spool.open(config.spool, now=time.time) as spool:
         outbox = MqttOutbox(config.mqtt, config.agent.name, spool, log=log.event)
-        agent = Agent(config, inventory, outbox=outbox, load_inventory=source.load, log=log, http=_http(config))
+        agent = Agent(
+            config,
+            inventory,
+            outbox=outbox,
+            load_inventory=source.load,
+            skipped=source.skipped,
+            log=log,
+            http=_http(config),
+        )
         outbox.on_command = agent.take_command  # `probe verify --aggregator`: relays probed now, on command
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
         if signals.take(signal.SIGHUP):  # a reload asked for while starting
@@ -123,9 +131,13 @@ async def _first_inventory(source: ConfiguredInventory, log: Log, stopping: asyn
     delay, longest = FIRST_LOAD_BACKOFF
     while not stopping.is_set():
         try:
-            return await asyncio.to_thread(source.load)
+            inventory = await asyncio.to_thread(source.load)
         except UnavailableError as exc:
             log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
+        else:
+            for event, problem in source.skipped(inventory):
+                log.warning(event, problem=problem)
+            return inventory
         try:
             async with asyncio.timeout(delay):
                 await stopping.wait()

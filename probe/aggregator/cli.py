@@ -168,7 +168,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     verifications = Verifications(now=time.time)
     sink = Tagged(store, verifications)
     bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(sink, topic, payload))
-    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, log=log)
+    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, skipped=source.skipped, log=log)
     app = make_app(store, verifications=verifications, send=_local_commands(agent))
     app.add_subapp("/agent/", agent_http(agent))
     loop = asyncio.get_running_loop()

@@ -62,6 +62,7 @@ class AggregatorShell:
                 self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
                 self.store.inventory_ok = False  # wgprobe_inventory_ok 0 until a load succeeds
                 continue
+            _say_skipped(self.source, inventory, self.log)
             before = set(self.store.inventory.names)
             self.store.set_inventory(inventory)
             after = set(inventory.names)
@@ -79,9 +80,19 @@ async def first_inventory(source: ConfiguredInventory, log: Log, stopping: async
     delay, longest = FIRST_LOAD_BACKOFF
     while not stopping.is_set():
         try:
-            return await asyncio.to_thread(source.load)
+            inventory = await asyncio.to_thread(source.load)
         except UnavailableError as exc:
             log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
+        else:
+            _say_skipped(source, inventory, log)
+            return inventory
         await wait_event(stopping, delay)
         delay = min(longest, delay * 2)
     return None
+
+
+def _say_skipped(source: ConfiguredInventory, inventory: Inventory, log: Log) -> None:
+    # A relay left out of the inventory is absent from every view, and its results are dropped as unknown_server:
+    # the log says which entry, and why, at every load (as `probe server` warns).
+    for event, problem in source.skipped(inventory):
+        log.warning(event, problem=problem)

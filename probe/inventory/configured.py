@@ -33,3 +33,14 @@ class ConfiguredInventory:
         labels = load_labels(self.section.labels, timeout=self.timeout)
         self.label_problems = labels.problems
         return merge_labels(inventory, labels.labels)
+
+    def skipped(self, inventory: Inventory) -> list[tuple[str, str]]:
+        """What the load that returned `inventory` left out, as (log event, line) pairs for the services' log: its
+        relay entries that did not validate, then its labels' (`probe server` prints the same as warnings). Without
+        them a relay the agent never probes, or whose results the aggregator drops as unknown_server, goes unsaid."""
+        return [*entry_problems(inventory), *(("labels_entry_skipped", line) for line in self.label_problems)]
+
+
+def entry_problems(inventory: Inventory) -> list[tuple[str, str]]:
+    """The relay entries an inventory left out, as `ConfiguredInventory.skipped` gives them (no labels source)."""
+    return [("inventory_entry_skipped", str(problem)) for problem in inventory.problems]
