@@ -46,7 +46,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.log import Log
+    from agents.log import Log, forwarding
     from probe.agent_config import load_config
     from probe.config import find_config
     from probe.keylock import lock_keys
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         require_namespace(config.agent.netns)
     log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
     warn_foreign_username(config.mqtt, config.agent.name, log)
-    with lock_keys([identity.private_key_file for identity in config.identities]):
+    with lock_keys([identity.private_key_file for identity in config.identities]), forwarding(log):
         asyncio.run(_serve(config, log))
     return EXIT_OK
 
