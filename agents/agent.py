@@ -45,6 +45,7 @@ from probe.control import control_check
 from probe.errors import WgProbeError
 from probe.inputs import redact_url
 from probe.inventory import Inventory, Relay
+from probe.inventory.configured import entry_problems
 from probe.messages import AgentStatus, ControlCheck, ResultMessage
 from probe.results import ServerResult
 from probe.runner import PathSpec, Prober, plan_paths, rotation_now, settings_from
@@ -90,11 +91,13 @@ class Agent:
         log: Log,
         now: Callable[[], float] = time.time,
         http: Callable[[Agent], Coroutine[object, object, None]] | None = None,
+        skipped: Callable[[Inventory], list[tuple[str, str]]] = entry_problems,
     ) -> None:
         self.config = config
         self.inventory = inventory
         self.outbox = outbox
         self.load_inventory = load_inventory
+        self.skipped = skipped  # what a load left out, to log: ConfiguredInventory.skipped, with its labels'
         self.log = log
         self.now = now
         self.http = http
@@ -343,8 +346,8 @@ class Agent:
         self.prober.settings = settings_from(self.config, inventory)
         self.counters.inventory_loaded_at, self.counters.inventory_error = self.now(), None
         added, removed = self.schedule.set_relays(inventory.names, self.now())
-        for problem in inventory.problems:
-            self.log.warning("inventory_entry_skipped", problem=str(problem))
+        for event, problem in self.skipped(inventory):
+            self.log.warning(event, problem=problem)
         if added or removed:
             self.log.info("inventory_changed", relays=len(inventory.relays), added=len(added), removed=len(removed))
         elif asked:

@@ -42,7 +42,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.log import Log
+    from agents.log import Log, forwarding
     from probe.agent_config import load_config
     from probe.config import find_config
     from probe.keylock import lock_keys
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         require_namespace(config.agent.netns)
     log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
     warn_foreign_username(config.mqtt, config.agent.name, log)
-    with lock_keys([identity.private_key_file for identity in config.identities]):
+    with lock_keys([identity.private_key_file for identity in config.identities]), forwarding(log):
         asyncio.run(_serve(config, log))
     return EXIT_OK
 
@@ -81,7 +81,7 @@ def warn_foreign_username(mqtt: MqttSection, agent: str, log: Log) -> None:
 
 async def _serve(config: AgentConfig, log: Log) -> None:
     from agents.agent import Agent, run_agent
-    from agents.inventory import first_inventory, loader
+    from agents.inventory import first_inventory
     from agents.outbox import MqttOutbox
     from agents.spool import Spool
     from probe import signals
@@ -100,7 +100,15 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         return  # stopped before the inventory could ever be loaded
     with Spool.open(config.spool, now=time.time) as spool:
         outbox = MqttOutbox(config.mqtt, config.agent.name, spool, log=log.event)
-        agent = Agent(config, inventory, outbox=outbox, load_inventory=loader(source, log), log=log, http=_http(config))
+        agent = Agent(
+            config,
+            inventory,
+            outbox=outbox,
+            load_inventory=source.load,
+            skipped=source.skipped,
+            log=log,
+            http=_http(config),
+        )
         outbox.on_command = agent.take_command  # `probe verify --aggregator`: relays probed now, on command
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
         if signals.take(signal.SIGHUP):  # a reload asked for while starting

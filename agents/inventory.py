@@ -1,10 +1,9 @@
-"""The inventory as the services (`probe agent`, `probe aggregator`, `probe serve`) load it: the first load waited
-for while the source cannot be fetched, and the labels source's problems said in the log, each once."""
+"""The inventory as the services (`probe agent`, `probe aggregator`, `probe serve`) load it first: waited for while
+the source cannot be fetched, and what it left out said in the log (each reload says it again)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from agents.agent import wait_event
 from agents.log import Log
@@ -22,22 +21,19 @@ async def first_inventory(source: ConfiguredInventory, log: Log, stopping: async
     delay, longest = FIRST_LOAD_BACKOFF
     while not stopping.is_set():
         try:
-            return await asyncio.to_thread(loader(source, log))
+            inventory = await asyncio.to_thread(source.load)
         except UnavailableError as exc:
             log.warning("inventory_unavailable", reason=str(exc), retry_seconds=delay)
+        else:
+            say_skipped(source, inventory, log)
+            return inventory
         await wait_event(stopping, delay)
         delay = min(longest, delay * 2)
     return None
 
 
-def loader(source: ConfiguredInventory, log: Log) -> Callable[[], Inventory]:
-    """`source.load`, saying what is wrong with its labels (entries skipped, hostnames the inventory lacks) once
-    each: a typo in configuration management's labels file otherwise leaves a relay unlabelled without a word."""
-
-    def load() -> Inventory:
-        inventory = source.load()
-        for line in source.new_label_lines():
-            log.warning("labels_problem", problem=line)
-        return inventory
-
-    return load
+def say_skipped(source: ConfiguredInventory, inventory: Inventory, log: Log) -> None:
+    # A relay left out of the inventory is absent from every view, and its results are dropped as unknown_server:
+    # the log says which entry, and why, at every load (as `probe server` warns).
+    for event, problem in source.skipped(inventory):
+        log.warning(event, problem=problem)

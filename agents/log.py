@@ -7,10 +7,13 @@ move a terminal's cursor. Callers never pass secrets: a URL goes through `redact
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -81,3 +84,37 @@ class Log:
 def _text(value: object) -> str:
     text = clean(value)
     return json.dumps(text) if (not text or any(c in text for c in ' "=')) else text
+
+
+class _Forward(logging.Handler):
+    """Records of wgprobe's Python loggers as lines of a service's log."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(logging.WARNING)
+        self.set_name("wgprobe-log")
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, object] = {"logger": record.name}
+            if record.exc_info:
+                fields["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+            # The message is the event's name, which a text line writes bare: escaped, as field values are.
+            self.log.event(record.levelno, clean(record.getMessage()), **fields)
+        except Exception:  # a record that cannot be formatted must not end the service: logging's own way
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def forwarding(log: Log) -> Iterator[None]:
+    """While a service runs, what its modules say through Python's `logging` (the `wgprobe` loggers: paho's socket
+    errors, a bug answering an HTTP request) goes to `log`, one line each like its own events. Otherwise Python's
+    last-resort handler wrote it to stderr as bare text, a traceback over many lines, among the JSON lines of
+    `--log-format json`. Warnings and above, as that handler showed: aiohttp's notes on clients stay out."""
+    handler = _Forward(log)
+    logger = logging.getLogger("wgprobe")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

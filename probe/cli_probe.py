@@ -103,8 +103,8 @@ def _load(config_path: Path | None) -> tuple[ProbeConfig, Inventory]:
         print(f"warning: inventory: {clean(problem)} (skipped)", file=sys.stderr)
     for line in source.label_problems:
         print(f"warning: labels: {clean(line)} (skipped)", file=sys.stderr)
-    if source.unmatched_labels:
-        print(f"warning: {clean(source.label_lines()[-1])}", file=sys.stderr)
+    if (unmatched := source.unmatched_line()) is not None:
+        print(f"warning: {clean(unmatched)}", file=sys.stderr)
     if config.agent.netns is not None:
         from probe.sockets import require_namespace
 

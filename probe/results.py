@@ -63,7 +63,9 @@ NOT_THE_RELAYS: frozenset[Reason] = frozenset({Reason.socket_error, Reason.inter
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or Infinity: JSON has neither (pydantic writes them as null, which these models then refuse), so a
+    # result holding one could not be read back from what the aggregator serves.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StageResult(_Model):
@@ -73,8 +75,9 @@ class StageResult(_Model):
     # Median round-trip time of the stage's answered exchanges; when nothing was answered, the time waited.
     seconds: float
     loss: float = Field(ge=0.0, le=1.0)  # share of the stage's packets that got no answer
-    sent: int = 0
-    received: int = 0
+    # Never negative: the aggregator adds them to counters (wgprobe_stage_packets_*_total), which only go up.
+    sent: int = Field(default=0, ge=0)
+    received: int = Field(default=0, ge=0)
     detail: str | None = None  # one human line: what was seen (e.g. the egress address the reflector saw)
     # False when an earlier stage this one depends on failed (tunnel or forward): the stage ran or not, but its
     # outcome says nothing of its own, so `ok` is False, `reason` is None, and it counts as neither success nor
@@ -83,7 +86,7 @@ class StageResult(_Model):
     judged: bool = True
     # Datagrams from the relay for this stage that did not authenticate or parse (forged, corrupted, truncated):
     # for the handshake, answers that were not a valid response; afterwards, inner packets that did not parse.
-    rejected: int = 0
+    rejected: int = Field(default=0, ge=0)
 
 
 class PathResult(_Model):
@@ -97,7 +100,7 @@ class PathResult(_Model):
     evidence: str | None = None  # pcap of the inner packets, saved when the path failed
     # Datagrams on this path no stage could take: transport messages that did not authenticate (forged,
     # corrupted, replayed) and inner packets that neither parsed nor carried one of our identifiers.
-    rejected: int = 0
+    rejected: int = Field(default=0, ge=0)
 
     @property
     def failed_stage(self) -> StageResult | None:

@@ -65,7 +65,7 @@ def _log_format(parser: argparse.ArgumentParser) -> None:
 
 
 def run_aggregator(args: argparse.Namespace) -> int:
-    from agents.log import Log
+    from agents.log import Log, forwarding
     from probe.aggregator.config import load_aggregator_config
 
     config = load_aggregator_config(args.config)
@@ -76,7 +76,8 @@ def run_aggregator(args: argparse.Namespace) -> int:
     # cycles that must go quickly; 20,000 makes young collections ~30 times rarer for a few MB more garbage at
     # most. The older generations keep their defaults (counted in young collections, so they run rarer too).
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    asyncio.run(_aggregator(config, log))
+    with forwarding(log):
+        asyncio.run(_aggregator(config, log))
     return EXIT_OK
 
 
@@ -128,7 +129,7 @@ async def _aggregator(config: AggregatorConfig, log: Log) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from agents.log import Log
+    from agents.log import Log, forwarding
     from probe.agent_config import load_config
     from probe.config import find_config
     from probe.keylock import lock_keys
@@ -139,7 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         require_namespace(config.agent.netns)
     log = Log(json_lines=args.log_format == "json", agent=config.agent.name)
-    with lock_keys([identity.private_key_file for identity in config.identities]):
+    with lock_keys([identity.private_key_file for identity in config.identities]), forwarding(log):
         asyncio.run(_serve(config, log))
     return EXIT_OK
 
@@ -170,7 +171,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     verifications = Verifications(now=time.time)
     sink = Tagged(store, verifications)
     bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(sink, topic, payload))
-    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, log=log)
+    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, skipped=source.skipped, log=log)
     app = make_app(store, verifications=verifications, send=_local_commands(agent))
     app.add_subapp("/agent/", agent_http(agent))
     loop = asyncio.get_running_loop()

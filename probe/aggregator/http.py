@@ -366,6 +366,10 @@ async def _verification_request(request: web.Request) -> VerificationRequest:
         raise _Problem(415, ApiError(error="unsupported_media_type", detail=detail))
     try:
         return VerificationRequest.model_validate_json(await request.read())
+    except ConnectionResetError:
+        # The client left before its body was all sent (aiohttp: "Connection lost"): its doing, not a bug of ours,
+        # and nobody is left to read the answer.
+        raise _Problem(400, ApiError(error="bad_request", detail="the request body ended early")) from None
     except ValidationError as e:
         raise _Problem(400, ApiError(error="bad_request", detail=_first_error(e))) from None
     except web.HTTPRequestEntityTooLarge:

@@ -21,10 +21,16 @@ from probe.inventory import Relay
 from probe.messages import AgentStatus, ResultMessage
 from probe.results import STAGE_ORDER, PathResult, Reason, StageName, StageResult
 
+# What a UTC datetime can hold: the views turn every kept time back into one. "0001-01-01T00:00:00+14:00" is valid
+# ISO 8601 a few hours before the first, and kept as it came it made every fleet view fail.
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC).timestamp()
+_LATEST: Final = datetime.max.replace(tzinfo=UTC).timestamp()
+
 
 def epoch(moment: datetime) -> float:
     # A timestamp without a zone is taken as UTC (agents write "Z"), never as the aggregator's local time.
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return min(max(seconds, _EARLIEST), _LATEST)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from agents.agent import wait_event
-from agents.inventory import loader
+from agents.inventory import say_skipped
 from agents.log import Log
 from probe.aggregator.records import AgentChange, HealthChange
 from probe.aggregator.store import ResultStore
@@ -56,11 +56,12 @@ class AggregatorShell:
             asked = self._reload.is_set()  # a SIGHUP is answered in the log even when nothing changed
             self._reload.clear()
             try:
-                inventory = await asyncio.to_thread(loader(self.source, self.log))
+                inventory = await asyncio.to_thread(self.source.load)
             except WgProbeError as exc:
                 self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
                 self.store.inventory_ok = False  # wgprobe_inventory_ok 0 until a load succeeds
                 continue
+            say_skipped(self.source, inventory, self.log)
             before = set(self.store.inventory.names)
             self.store.set_inventory(inventory)
             after = set(inventory.names)

@@ -233,8 +233,9 @@ class ResultStore:
             return self._drop(refused.outcome, sender, refused.detail)
         now = self.now()
         info = self._agent(agent, now)
-        # The newest arrival wins, whatever its updated_at: a last will carries the time it was registered at.
-        status_at = epoch(status.updated_at) if status.updated_at else now
+        # The newest arrival wins, whatever its updated_at: a last will carries the time it was registered at. Held to
+        # its arrival, as a result's time is: a status dated ahead would keep its agent from going silent for ever.
+        status_at = min(epoch(status.updated_at), now) if status.updated_at else now
         info.held = None  # a held will is superseded by anything newer from its agent
         if status.online or self.broker_connected is None:  # no broker (`probe serve`): no will but the agent's own
             info.status, info.status_at = status, status_at

@@ -24,7 +24,6 @@ class ConfiguredInventory:
         # Hostnames the labels source has and the inventory does not (decommissioned, or a typo that leaves a relay
         # unlabelled): said, since such a relay is missing from the labels failures are grouped by.
         self.unmatched_labels: tuple[str, ...] = ()
-        self._said: frozenset[str] = frozenset()
 
     def load(self) -> Inventory:
         """The inventory now; InventoryError (malformed) or InventoryUnavailable (cannot fetch) otherwise, from the
@@ -40,20 +39,27 @@ class ConfiguredInventory:
         self.unmatched_labels = tuple(unmatched_hosts(inventory, labels.labels))
         return merge_labels(inventory, labels.labels)
 
-    def label_lines(self) -> list[str]:
-        """What is wrong with the labels of the last load, one line each: entries skipped, then the hostnames the
-        inventory does not have (one line, the first ten named)."""
-        lines = list(self.label_problems)
-        if self.unmatched_labels:
-            shown = ", ".join(self.unmatched_labels[:10])
-            more = f" and {len(self.unmatched_labels) - 10} more" if len(self.unmatched_labels) > 10 else ""
-            lines.append(f"labels for {len(self.unmatched_labels)} host(s) not in the inventory: {shown}{more}")
-        return lines
+    def unmatched_line(self) -> str | None:
+        """The hostnames of the last load's labels that the inventory does not have, in one line (ten named)."""
+        if not self.unmatched_labels:
+            return None
+        shown = ", ".join(self.unmatched_labels[:10])
+        more = f" and {len(self.unmatched_labels) - 10} more" if len(self.unmatched_labels) > 10 else ""
+        return f"labels for {len(self.unmatched_labels)} host(s) not in the inventory: {shown}{more}"
 
-    def new_label_lines(self) -> list[str]:
-        """`label_lines` not already returned by an earlier call: a service reloading every few minutes says each
-        problem once, and again only after it was gone."""
-        lines = self.label_lines()
-        new = [line for line in lines if line not in self._said]
-        self._said = frozenset(lines)
-        return new
+    def skipped(self, inventory: Inventory) -> list[tuple[str, str]]:
+        """What the load that returned `inventory` left out, as (log event, line) pairs for the services' log: its
+        relay entries that did not validate, then its labels', then the labelled hosts it does not have (`probe
+        server` prints the same as warnings). Without them a relay the agent never probes, or whose results the
+        aggregator drops as unknown_server, or that a typo left unlabelled, goes unsaid."""
+        unmatched = self.unmatched_line()
+        return [
+            *entry_problems(inventory),
+            *(("labels_entry_skipped", line) for line in self.label_problems),
+            *([("labels_host_not_in_inventory", unmatched)] if unmatched else []),
+        ]
+
+
+def entry_problems(inventory: Inventory) -> list[tuple[str, str]]:
+    """The relay entries an inventory left out, as `ConfiguredInventory.skipped` gives them (no labels source)."""
+    return [("inventory_entry_skipped", str(problem)) for problem in inventory.problems]

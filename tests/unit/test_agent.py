@@ -130,6 +130,47 @@ async def test_the_inventory_is_followed_and_a_broken_one_is_kept_out(tmp_path: 
 
 
 @pytest.mark.asyncio
+async def test_what_an_inventory_load_skips_is_logged_at_start_and_on_reload(tmp_path: Path) -> None:
+    # Relay entries and labels that do not validate are left out; the agent says which, as `probe server` does,
+    # when it starts and at every reload, rather than leaving a relay unprobed without a word.
+    from agents.inventory import first_inventory
+    from probe.config import InventorySection
+    from probe.inventory.configured import ConfiguredInventory
+
+    async with agent_fleet(tmp_path / "sim", relays=2) as sim:
+        source_file = sim.directory / "relays.json"
+        whole = json.loads(source_file.read_text())
+        whole["wireguard"]["relays"][1]["public_key"] = "not-a-key"
+        source_file.write_text(json.dumps(whole))
+        labels = sim.directory / "labels.json"
+        labels.write_text(json.dumps({"se-got-wg-001": {"kernel": "6.1", "bad name!": "x"}, "se-got-wg-01": {"os": "x"}}))
+        source = ConfiguredInventory(InventorySection(source=str(source_file), labels=str(labels)))
+        said = io.StringIO()
+        log = Log(json_lines=True, stream=said, agent="sim-agent")
+        inventory = await first_inventory(source, log, asyncio.Event())
+        assert inventory is not None and inventory.names == ["se-got-wg-001"]
+
+        def lines(event: str) -> list[str]:
+            return [line["problem"] for line in map(json.loads, said.getvalue().splitlines()) if line["event"] == event]
+
+        assert ["se-got-wg-002" in line for line in lines("inventory_entry_skipped")] == [True]
+        assert ["bad name!" in line for line in lines("labels_entry_skipped")] == [True]
+        assert lines("labels_host_not_in_inventory") == ["labels for 1 host(s) not in the inventory: se-got-wg-01"]
+        config = sim.config()
+        agent = Agent(
+            config,
+            inventory,
+            outbox=LocalOutbox(config.agent.name, Received().deliver),
+            load_inventory=source.load,
+            skipped=source.skipped,
+            log=log,
+        )
+        await agent.refresh_inventory(asked=True)
+        assert len(lines("inventory_entry_skipped")) == 2 and len(lines("labels_entry_skipped")) == 2
+        assert len(lines("labels_host_not_in_inventory")) == 2
+
+
+@pytest.mark.asyncio
 async def test_results_carry_the_control_check_and_the_status_says_why(tmp_path: Path) -> None:
     async with agent_fleet(tmp_path / "sim", relays=2) as sim:
         received = Received()

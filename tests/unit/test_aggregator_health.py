@@ -466,3 +466,14 @@ def test_an_agents_status_says_how_often_it_visits_a_range() -> None:
     status = make_status("agent-a", at=clock(), interval_seconds=10.0).model_copy(update={"rotation_rounds": 6})
     store.ingest_status(payload(status), status_topic("agent-a"))
     assert store.rotation_grace("agent-a") == 5 * 10.0
+
+
+def test_an_agent_whose_clock_runs_ahead_still_goes_silent(store: ResultStore, clock: FakeClock) -> None:
+    # Its results are held to their arrival; its status must be too, or one status dated years ahead keeps the
+    # agent `ok` (and wgprobe_agent_up 1) for ever after it stops sending anything.
+    status(store, "agent-a", clock() + 10 * 365 * 86400)
+    store.refresh()
+    assert {view.name: view.state for view in agent_views(store)}["agent-a"] is AgentState.ok
+    clock.advance(45.001)  # 3 x 15 s after it arrived, nothing since
+    store.refresh()
+    assert {view.name: view.state for view in agent_views(store)}["agent-a"] is AgentState.silent

@@ -235,6 +235,47 @@ async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) ->
         task.cancel()
 
 
+@pytest.mark.asyncio
+async def test_what_an_inventory_load_skips_is_logged_at_start_and_on_reload(tmp_path: Path) -> None:
+    # A relay entry that does not validate is left out, and so are its labels' bad entries. Unsaid, the relay just
+    # never appears: its results are dropped as unknown_server and the operator is left to guess why.
+    import json
+
+    from agents.inventory import first_inventory
+    from agents.log import Log
+    from probe.aggregator.service import AggregatorShell
+    from probe.config import InventorySection
+    from probe.inventory.configured import ConfiguredInventory
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(_fleet_toml(RELAYS) + '[[relays]]\nname = "se-sto-wg-009"\npublic_key = "not-a-key"\n')
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({RELAYS[0]: {"kernel": "6.1", "bad name!": "x"}}))
+    source = ConfiguredInventory(InventorySection(source=str(fleet), labels=str(labels)))
+    said = io.StringIO()
+    log = Log(json_lines=True, agent="aggregator", stream=said)
+    inventory = await first_inventory(source, log, asyncio.Event())
+    assert inventory is not None and set(inventory.names) == set(RELAYS)
+
+    def lines(event: str) -> list[dict[str, str]]:
+        return [line for line in map(json.loads, said.getvalue().splitlines()) if line["event"] == event]
+
+    assert [line["problem"] for line in lines("inventory_entry_skipped")] == [
+        str(problem) for problem in inventory.problems
+    ]
+    assert "se-sto-wg-009" in lines("inventory_entry_skipped")[0]["problem"]
+    assert ["bad name!" in line["problem"] for line in lines("labels_entry_skipped")] == [True]
+    store = ResultStore(inventory, now=FakeClock())
+    shell = AggregatorShell(store, source, log)
+    task = asyncio.create_task(shell.following_inventory())
+    try:
+        shell.reload()
+        await _until(lambda: len(lines("labels_entry_skipped")) == 2)
+        assert len(lines("inventory_entry_skipped")) == 2 * len(inventory.problems)
+    finally:
+        task.cancel()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not condition():

@@ -80,12 +80,26 @@ def test_kept_stages_are_plain_values_the_collector_stops_tracking(store: Result
     assert {stage[REASON] for stage in stages} >= {"forward_timeout", None}
 
 
+def _nonfinite(data: dict[str, Any], literal: str, field: str = "seconds") -> bytes:
+    """`data` as JSON with its first `field` written as the bare `literal` (NaN, Infinity)."""
+    marker = 123456.789
+    if field == "seconds":
+        data["paths"][0]["stages"][0]["seconds"] = marker
+    else:
+        data[field] = marker
+    return _json(data).replace(str(marker).encode(), literal.encode(), 1)
+
+
 def _malformed_cases(clock: FakeClock) -> list[tuple[str, bytes, str, Outcome, str]]:
     topic = result_topic(A, RELAYS[0])
     missing = good(clock)
     del missing["paths"]
     bad_loss = good(clock)
     bad_loss["paths"][0]["stages"][0]["loss"] = 2.0
+    negative_sent = good(clock)
+    negative_sent["paths"][0]["stages"][1]["sent"] = -100  # would take a packet counter down: a "reset" to rate()
+    negative_rejected = good(clock)
+    negative_rejected["paths"][0]["rejected"] = -1
     future = good(clock, schema_version=2)
     future_shape = {"schema_version": 2, "relay": RELAYS[0], "verdicts": []}
     return [
@@ -96,6 +110,13 @@ def _malformed_cases(clock: FakeClock) -> list[tuple[str, bytes, str, Outcome, s
         ("missing field", _json(missing), topic, Outcome.malformed, "paths: Field required"),
         ("extra field", _json(good(clock, colour="red")), topic, Outcome.malformed, "colour: Extra inputs"),
         ("loss above 1", _json(bad_loss), topic, Outcome.malformed, "paths.0.stages.0.loss"),
+        ("negative sent", _json(negative_sent), topic, Outcome.malformed, "paths.0.stages.1.sent"),
+        ("negative rejected", _json(negative_rejected), topic, Outcome.malformed, "paths.0.rejected"),
+        # JSON has no NaN or Infinity, but parsers take them; kept, they are served as null, which the API's own
+        # models refuse: `probe verify --aggregator` read every verification that agent answered as "not a
+        # verification" (inconclusive).
+        ("nan seconds", _nonfinite(good(clock), "NaN"), topic, Outcome.malformed, "paths.0.stages.0.seconds"),
+        ("inf duration", _nonfinite(good(clock), "Infinity", "duration_seconds"), topic, Outcome.malformed, "duration"),
         ("deep nesting", b"[" * 100_000 + b"]" * 100_000, topic, Outcome.malformed, "recursion limit exceeded"),
         ("nested labels", _json(good(clock, labels={"a": [[[[[[1]]]]]]})), topic, Outcome.malformed, "labels.a"),
         ("deep and small", b'{"labels":' + b"[" * 5000 + b"]" * 5000 + b"}", topic, Outcome.malformed, "not JSON"),

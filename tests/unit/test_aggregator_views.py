@@ -156,6 +156,25 @@ def test_views_round_trip_through_json(fleet: ResultStore) -> None:
         FleetView.model_validate(data)
 
 
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_times_beyond_what_a_datetime_holds_still_serve_the_views(
+    fleet: ResultStore, clock: FakeClock, moment: str
+) -> None:
+    # Valid ISO 8601 that no UTC datetime can hold: one status or result carrying it made /api/v1/servers and
+    # /api/v1/agents (and with them the status page) answer 500 until something replaced it.
+    status = json.loads(payload(make_status("agent-b", at=clock())))
+    status["updated_at"] = moment
+    assert fleet.ingest_status(json.dumps(status).encode(), status_topic("agent-b")).accepted
+    result = json.loads(payload(make_result("au-syd-wg-001", "agent-b", taken_at=clock())))
+    result["started_at"] = moment
+    assert fleet.ingest_result(json.dumps(result).encode(), result_topic("agent-b", "au-syd-wg-001")).accepted
+    view = fleet_view(fleet)
+    assert FleetView.model_validate_json(view.model_dump_json()) == view
+    detail = server_detail(fleet, "au-syd-wg-001")
+    assert detail is not None
+    assert ServerDetail.model_validate_json(detail.model_dump_json()) == detail
+
+
 # -- labels from configuration management ------------------------------------------------------------------------------
 
 

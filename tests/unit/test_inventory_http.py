@@ -135,12 +135,9 @@ def test_unreachable_server_is_unavailable() -> None:
         InventorySource(url, timeout=2.0).load()
 
 
-def test_labels_come_from_a_url_too_and_their_problems_are_said_once(
-    served: tuple[Served, str], tmp_path: Path
-) -> None:
+def test_labels_come_from_a_url_too_and_what_they_leave_out_is_said(served: tuple[Served, str], tmp_path: Path) -> None:
     """[inventory] labels as an http(s) URL (only the file branch had a test), and what is wrong with them: an entry
-    skipped, and a hostname the inventory does not have (a typo leaves lab-wg-002 unlabelled), each said once by a
-    service that reloads, and again after it was gone."""
+    skipped, and a hostname the inventory does not have (a typo leaves lab-wg-002 unlabelled)."""
     from probe.config import InventorySection
     from probe.inventory.configured import ConfiguredInventory
 
@@ -152,41 +149,9 @@ def test_labels_come_from_a_url_too_and_their_problems_are_said_once(
     inventory = source.load()
     relay = inventory.get("lab-wg-001")
     assert relay is not None and relay.labels["kernel"] == "6.6"
-    assert source.label_lines() == [
-        'lab-wg-003: must be a table of labels, e.g. {"kernel": "5.15"}',
-        "labels for 1 host(s) not in the inventory: lab-wg-02",
+    assert source.skipped(inventory) == [
+        ("labels_entry_skipped", 'lab-wg-003: must be a table of labels, e.g. {"kernel": "5.15"}'),
+        ("labels_host_not_in_inventory", "labels for 1 host(s) not in the inventory: lab-wg-02"),
     ]
-    assert source.new_label_lines() == source.label_lines()
-    source.load()
-    assert source.new_label_lines() == []  # the next reload: nothing new to say
     state.body, state.etag = b'{"lab-wg-001": {"kernel": "6.6"}}', '"v2"'
-    source.load()
-    assert source.label_lines() == [] and source.new_label_lines() == []
-    state.body, state.etag = b'{"lab-wg-02": {"kernel": "6.6"}}', '"v3"'
-    source.load()
-    assert source.new_label_lines() == ["labels for 1 host(s) not in the inventory: lab-wg-02"]  # back: said again
-
-
-def test_the_services_log_each_labels_problem_once(tmp_path: Path) -> None:
-    import io
-    import json
-
-    from agents.inventory import loader
-    from agents.log import Log
-    from probe.config import InventorySection
-    from probe.inventory.configured import ConfiguredInventory
-
-    fleet, labels = tmp_path / "fleet.toml", tmp_path / "labels.json"
-    fleet.write_bytes(FLEET)
-    labels.write_text('{"lab-wg-02": {"kernel": "6.6"}}')
-    stream = io.StringIO()
-    load = loader(
-        ConfiguredInventory(InventorySection(source=str(fleet), labels=str(labels))),
-        Log(stream=stream, json_lines=True),
-    )
-    load()
-    load()
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [(line["event"], line["problem"]) for line in lines] == [
-        ("labels_problem", "labels for 1 host(s) not in the inventory: lab-wg-02")
-    ]
+    assert source.skipped(source.load()) == []  # mended: nothing more to say
