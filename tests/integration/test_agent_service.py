@@ -172,7 +172,7 @@ async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm
             )
             assert status.started_at is not None and status.updated_at is not None
             running_for = (status.updated_at - status.started_at).total_seconds()
-            assert status.inventory_age_seconds == pytest.approx(running_for, abs=0.01)  # loaded at the start
+            assert status.inventory_age_seconds == pytest.approx(running_for, abs=0.5)  # loaded at the start
 
             subprocess.run(
                 [sys.executable, "-m", "probe", "sim", "break", "se-got-wg-003", "nat", "--dir", str(fleet)],
