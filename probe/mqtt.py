@@ -385,9 +385,23 @@ def _tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
         return None
     # Verified always (hostname and chain); a private CA goes in ca_file, there is no switch to turn it off.
     try:
-        return ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
+        context = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
     except (OSError, ssl.SSLError) as e:
         raise BrokerUnavailable(f"mqtt.ca_file {mqtt.ca_file}: {e}") from None
+    context.sslsocket_class = _ClosedOnFailedHandshake
+    return context
+
+
+class _ClosedOnFailedHandshake(ssl.SSLSocket):
+    """paho (2.2) neither closes nor keeps the socket whose TLS handshake failed (a broker certificate that does
+    not verify): it stayed open until the garbage collector found it, one more on every reconnect attempt."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def _connect_properties(session_expiry: int) -> Properties | None:

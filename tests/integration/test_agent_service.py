@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from probe import __version__
 from probe.messages import RESULTS_FILTER, STATUS_FILTER, AgentStatus, ResultMessage
 from probe.mqtt import connect
 from tests.integration.broker import AGGREGATOR_USER, Mosquitto, free_port
@@ -72,11 +73,18 @@ def fleet(tmp_path: Path) -> Iterator[Path]:
         proc.stdout.close()
 
 
-def agent_config(fleet: Path, broker: Mosquitto, http_port: int | None = None) -> Path:
+def agent_config(
+    fleet: Path, broker: Mosquitto, http_port: int | None = None, *, refresh_seconds: float | None = None
+) -> Path:
     credentials = broker.users.get(AGENT) or broker.add_user(AGENT)
     config = fleet / "agent-mqtt.toml"
+    base = (fleet / "agent.toml").read_text()
+    if refresh_seconds is not None:  # in the [inventory] table `probe sim up` wrote
+        source = 'source = "relays.json"\n'
+        assert source in base
+        base = base.replace(source, f"{source}refresh_seconds = {refresh_seconds}\n")
     config.write_text(
-        (fleet / "agent.toml").read_text()
+        base
         + "\n[schedule]\ninterval_seconds = 2\n"
         + "[probe]\ntimeout = 0.5\nhandshake_timeout = 0.3\nhandshake_attempts = 2\n"
         + f'[mqtt]\nurl = "{broker.url}"\nusername = "{AGENT}"\npassword_file = "{credentials.password_file}"\n'
@@ -150,6 +158,21 @@ async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm
             assert {r.reason for r in seen.of("se-got-wg-002")} == {"forward_timeout"}
             assert f"wgprobe/v1/results/{AGENT}/se-got-wg-003" in seen.topics
             assert seen.statuses and seen.statuses[-1].online and seen.statuses[-1].inventory_size == 3
+            # The status says which round was last done, how long it took, and how old the inventory is. The
+            # agent's first round is only the slots left when it started: wait for a status after a whole one.
+            first = min(r.round for r in seen.results)
+            await wait_until(lambda: (seen.statuses[-1].round or 0) > first, "a status after a whole round")
+            status = seen.statuses[-1]
+            assert status.version == __version__ and status.interval_seconds == 2.0
+            assert status.round_seconds is not None and status.round_seconds > 0.0
+            assert status.round is not None and status.round < max(r.round for r in seen.results)
+            await wait_until(
+                lambda: all(any(r.round == status.round for r in seen.of(f"se-got-wg-00{n}")) for n in (1, 2, 3)),
+                "every relay's result of the status's round",
+            )
+            assert status.started_at is not None and status.updated_at is not None
+            running_for = (status.updated_at - status.started_at).total_seconds()
+            assert status.inventory_age_seconds == pytest.approx(running_for, abs=0.5)  # loaded at the start
 
             subprocess.run(
                 [sys.executable, "-m", "probe", "sim", "break", "se-got-wg-003", "nat", "--dir", str(fleet)],
@@ -161,11 +184,24 @@ async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm
             assert seen.of("se-got-wg-003")[-1].reason == "forward_timeout"
 
             relays = fleet / "relays.json"
-            doc = json.loads(relays.read_text())
+            whole = json.loads(relays.read_text())
+            doc = json.loads(json.dumps(whole))
             doc["wireguard"]["relays"] = doc["wireguard"]["relays"][:2]
             relays.write_text(json.dumps(doc))
             agent.send_signal(signal.SIGHUP)
             await wait_until(lambda: seen.statuses[-1].inventory_size == 2, "the inventory reloaded on SIGHUP")
+            status = seen.statuses[-1]
+            assert status.started_at is not None and status.updated_at is not None
+            assert status.inventory_age_seconds is not None  # reloaded just now: well after the start
+            assert status.inventory_age_seconds < (status.updated_at - status.started_at).total_seconds() - 1.0
+
+            # And a relay added: probed from its next slot on (not only the one in flight when it was removed).
+            relays.write_text(json.dumps(whole))
+            removed_at = len(seen.of("se-got-wg-003"))
+            agent.send_signal(signal.SIGHUP)
+            await wait_until(lambda: seen.statuses[-1].inventory_size == 3, "the added relay taken on SIGHUP")
+            await wait_until(lambda: len(seen.of("se-got-wg-003")) >= removed_at + 3, "the added relay probed")
+            assert seen.of("se-got-wg-003")[-1].reason == "forward_timeout"  # still broken: the sim's, not ours
         except AssertionError as exc:
             stop(agent)
             assert agent.stderr is not None
@@ -180,6 +216,42 @@ async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "agent_started" in events and "agent_stopped" in events and "inventory_changed" in events
     assert broker.users[AGENT].password_file.read_text().strip() not in log  # no secret in the log
+
+
+def write_atomically(path: Path, doc: object) -> None:
+    """The whole file or the old one, never half: the agent may read it at any moment here."""
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(doc))
+    os.replace(part, path)
+
+
+@pytest.mark.asyncio
+async def test_the_inventory_is_reloaded_every_refresh_seconds_without_a_signal(fleet: Path, broker: Mosquitto) -> None:
+    config = agent_config(fleet, broker, refresh_seconds=1)
+    relays = fleet / "relays.json"
+    whole = json.loads(relays.read_text())
+    fewer = json.loads(json.dumps(whole))
+    fewer["wireguard"]["relays"] = fewer["wireguard"]["relays"][:2]
+    async with watching(broker) as seen:
+        agent = probe_process("agent", "--config", str(config), "--log-format", "json", stderr=subprocess.PIPE)
+        try:
+            await wait_until(lambda: len(seen.of("se-got-wg-003")) >= 1, "se-got-wg-003 probed")
+            write_atomically(relays, fewer)
+            await wait_until(lambda: seen.statuses[-1].inventory_size == 2, "the removal taken by the refresh")
+            write_atomically(relays, whole)
+            count = len(seen.of("se-got-wg-003"))
+            await wait_until(lambda: seen.statuses[-1].inventory_size == 3, "the addition taken by the refresh")
+            await wait_until(lambda: len(seen.of("se-got-wg-003")) >= count + 2, "the added relay probed")
+        finally:
+            code = stop(agent)
+            assert agent.stderr is not None
+            log = agent.stderr.read().decode()
+            agent.stderr.close()
+            if sys.exc_info()[0] is AssertionError:
+                print(log[-3000:])  # shown with the failure: what the agent said meanwhile
+        assert code == 0, log
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert events.count("inventory_changed") == 2 and "inventory_reloaded" not in events  # no SIGHUP was sent
 
 
 @pytest.mark.asyncio

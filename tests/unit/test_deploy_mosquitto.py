@@ -4,6 +4,8 @@ port moved to a temporary directory and a free loopback port); MQTT v5 clients o
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import re
 import shutil
@@ -12,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from probe.messages import command_topic, result_topic, status_topic
+from probe.mqtt import BrokerUnavailable, connect
+from probe.service_config import MqttSection, load_mqtt_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -257,8 +261,6 @@ def test_plain_mqtt_is_not_served(broker: Broker) -> None:
 def test_new_agent_prints_a_config_table_wgprobe_accepts(broker: Broker, tmp_path: Path) -> None:
     import tomllib
 
-    from probe.service_config import MqttSection, load_mqtt_secrets
-
     table = new_client(broker.pki, "agent-c")
     section = tomllib.loads(table)["mqtt"]
     assert section == {
@@ -360,3 +362,95 @@ def test_the_printed_install_lets_mosquitto_read_its_files_as_its_own_user(tmp_p
             proc.communicate(timeout=10)
     finally:
         shutil.rmtree(top)
+
+
+# -- wgprobe's own client (probe/mqtt.py) against the TLS listener ------------------------------------------------
+
+
+def _wgprobe_section(broker: Broker, name: str, *, host: str = "127.0.0.1", ca_file: Path | None = None) -> MqttSection:
+    """`name`'s `[mqtt]` table as new-agent.sh prints it, with the broker's real port, `host` and `ca_file` (default:
+    the one new-agent.sh gave the client)."""
+    client_dir = broker.pki / "clients" / name
+    section = MqttSection.model_validate(
+        {
+            "url": f"mqtts://{host}:{broker.port}",
+            "username": name,
+            "password_file": str(client_dir / "mqtt.password"),
+            "ca_file": str(ca_file or client_dir / "ca.pem"),
+        }
+    )
+    load_mqtt_secrets(section)
+    return section
+
+
+async def _results_heard(broker: Broker, publish: Callable[[], Awaitable[None]]) -> list[str]:
+    """The result topics agg-1 (wgprobe's client too) hears while and shortly after `publish` runs."""
+    async with connect(_wgprobe_section(broker, "agg-1"), "test-agg-1") as aggregator:
+        await aggregator.subscribe(["wgprobe/v1/results/#"])
+        try:
+            await publish()
+        finally:
+            heard = []
+            while (message := await aggregator.receive(timeout=1.0)) is not None:
+                heard.append(message.topic)
+    return heard
+
+
+@pytest.mark.asyncio
+async def test_wgprobes_client_delivers_over_tls_with_the_brokers_ca(broker: Broker) -> None:
+    async def publish() -> None:
+        async with connect(_wgprobe_section(broker, "agent-a"), "test-agent-a") as connection:
+            await connection.publish(result_topic("agent-a", "se-got-wg-001"), b"{}", timeout=TIMEOUT)
+
+    assert await _results_heard(broker, publish) == [result_topic("agent-a", "se-got-wg-001")]
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA made as the broker's was (new-agent.sh, same host and name), that did not sign the broker's certificate."""
+    pki = tmp_path_factory.mktemp("other-pki")
+    new_client(pki, "agent-a", broker="127.0.0.1")
+    return pki / "ca.pem"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("host", "foreign_ca", "words"),
+    [
+        ("127.0.0.1", True, "CERTIFICATE_VERIFY_FAILED"),
+        # The broker's certificate names IP:127.0.0.1 only: the right CA, but not the name the client dialled.
+        ("localhost", False, "Hostname mismatch"),
+    ],
+)
+async def test_wgprobes_client_refuses_a_broker_it_cannot_verify(
+    broker: Broker, other_ca: Path, host: str, foreign_ca: bool, words: str
+) -> None:
+    section = _wgprobe_section(broker, "agent-a", host=host, ca_file=other_ca if foreign_ca else None)
+    refused: list[BrokerUnavailable] = []
+
+    async def publish() -> None:
+        try:
+            async with connect(section, "test-agent-a") as connection:
+                await connection.publish(result_topic("agent-a", "se-got-wg-001"), b"{}", timeout=TIMEOUT)
+        except BrokerUnavailable as e:
+            refused.append(e)
+
+    assert await _results_heard(broker, publish) == []  # nothing went through
+    (error,) = refused
+    assert words in str(error) and f"mqtts://{host}:{broker.port}" in str(error), error
+    # The refused attempt's socket is closed, not left for the garbage collector (the error, still held here,
+    # reaches paho's frames and the socket in them): an agent retries this every few seconds.
+    assert _connections_to(broker.port) == 0
+
+
+def _connections_to(port: int) -> int:
+    """This process's open TCP sockets whose far end is 127.0.0.1:`port` (from /proc: no library has it)."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                mine.add(target[len("socket:[") : -1])
+    far = f"0100007F:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[2] == far and row[9] in mine)

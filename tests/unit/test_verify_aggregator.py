@@ -257,11 +257,11 @@ async def until_agent_ok(base: str) -> None:
             await asyncio.sleep(0.1)
 
 
-@pytest.mark.asyncio
-async def test_probe_serve_answers_probe_verify_aggregator(tmp_path: Path) -> None:
-    """The embedded default: `probe serve` (agent and aggregator in one process, no broker) takes the command."""
+@asynccontextmanager
+async def probe_serve(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[str]:
+    """`probe sim up` with two relays (se-got-wg-002's NAT broken) and `probe serve` on it, as processes; yields
+    the service's base URL once its agent is online with a good control check. Both stopped by PID."""
     sim_dir = tmp_path / "sim"
-    env = {**os.environ, "NO_COLOR": "1"}
     sim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "probe", "sim", "up", "--relays", "2", "--dir", str(sim_dir),
         "--fault", "se-got-wg-002:nat", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -283,6 +283,20 @@ async def test_probe_serve_answers_probe_verify_aggregator(tmp_path: Path) -> No
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
+        await until_agent_ok(base)
+        yield base
+    finally:
+        for proc in (serve, sim):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.mark.asyncio
+async def test_probe_serve_answers_probe_verify_aggregator(tmp_path: Path) -> None:
+    """The embedded default: `probe serve` (agent and aggregator in one process, no broker) takes the command."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    async with probe_serve(tmp_path, env) as base:
 
         async def verify_process(*args: str) -> tuple[int, dict[str, object]]:
             done = await asyncio.create_subprocess_exec(
@@ -293,14 +307,33 @@ async def test_probe_serve_answers_probe_verify_aggregator(tmp_path: Path) -> No
             assert out, err.decode()
             return done.returncode or 0, json.loads(out)
 
-        await until_agent_ok(base)
         code, report = await verify_process("se-got-wg-001")
         assert code == 0 and report["vantage_points"] == ["sim-agent"], report
         code, report = await verify_process("se-got-wg-002")
         assert code == 1, report
         assert report["servers"][0]["stage"] == "forward"  # type: ignore[index]
-    finally:
-        for proc in (serve, sim):
-            if proc is not None and proc.returncode is None:
-                proc.terminate()
-                await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.mark.asyncio
+async def test_probe_serve_mounts_the_agents_own_endpoints_under_agent(tmp_path: Path) -> None:
+    """`probe serve`'s agent answers at /agent/metrics and /agent/probe?target=NAME, as `probe agent` does at /metrics
+    and /probe: its own series (not the aggregator's), and a probe now of an inventory name, never of another."""
+    async with probe_serve(tmp_path, {**os.environ, "NO_COLOR": "1"}) as base, aiohttp.ClientSession() as http:
+
+        async def get(path: str) -> tuple[int, str]:
+            async with http.get(base + path, timeout=aiohttp.ClientTimeout(total=HANG_GUARD)) as response:
+                return response.status, await response.text()
+
+        status, own = await get("/agent/metrics")
+        assert status == 200, own
+        assert 'wgprobe_agent_info{agent="sim-agent",' in own and "wgprobe_agent_relays 2.0" in own
+        assert "wgprobe_server_up" not in own  # the aggregator's series stay at /metrics
+        status, aggregated = await get("/metrics")
+        assert status == 200 and "wgprobe_server_up" in aggregated and "wgprobe_agent_relays" not in aggregated
+        status, healthy = await get("/agent/probe?target=se-got-wg-001")
+        assert status == 200 and "probe_success 1.0" in healthy, healthy
+        status, broken = await get("/agent/probe?target=se-got-wg-002")
+        assert status == 200 and "probe_success 0.0" in broken, broken
+        status, unknown = await get("/agent/probe?target=se-got-wg-009")
+        assert status == 400 and "unknown target 'se-got-wg-009'" in unknown, unknown
+        assert "probe_success" not in unknown
