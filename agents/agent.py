@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import math
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -183,10 +184,26 @@ class Agent:
             for job in self.schedule.due(self.now()):
                 task = asyncio.create_task(self._job(job), name=f"probe {job.relay}")
                 self._jobs.add(task)
-                task.add_done_callback(self._jobs.discard)
+                task.add_done_callback(self._job_done)
             upcoming = self.schedule.next_due()
             delay = self.interval if upcoming is None else max(0.0, upcoming - self.now())
             await wait_event(self._stopping, min(delay, self.interval))
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        """A job's task ended. Jobs run beside the tree of tasks (one per relay and round), so an exception in one
+        (a bug, or the spool refusing a result when the disk does) would reach nobody until the task was collected,
+        as asyncio's 'exception was never retrieved': said here at once, with its traceback, and counted. The agent
+        goes on with the other relays; the next round tries this one again."""
+        self._jobs.discard(task)
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        self.counters.count("error")
+        self.log.error(
+            "probe_job_failed",
+            relay=task.get_name().removeprefix("probe "),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
 
     async def _job(self, job: Job) -> None:
         relay = self.inventory.get(job.relay)

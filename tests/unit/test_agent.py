@@ -143,7 +143,9 @@ async def test_what_an_inventory_load_skips_is_logged_at_start_and_on_reload(tmp
         whole["wireguard"]["relays"][1]["public_key"] = "not-a-key"
         source_file.write_text(json.dumps(whole))
         labels = sim.directory / "labels.json"
-        labels.write_text(json.dumps({"se-got-wg-001": {"kernel": "6.1", "bad name!": "x"}, "se-got-wg-01": {"os": "x"}}))
+        labels.write_text(
+            json.dumps({"se-got-wg-001": {"kernel": "6.1", "bad name!": "x"}, "se-got-wg-01": {"os": "x"}})
+        )
         source = ConfiguredInventory(InventorySection(source=str(source_file), labels=str(labels)))
         said = io.StringIO()
         log = Log(json_lines=True, stream=said, agent="sim-agent")

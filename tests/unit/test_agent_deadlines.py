@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,3 +102,38 @@ async def test_a_probe_past_its_interval_is_cut_at_the_deadline_and_the_concurre
     assert overruns >= len(hung) >= 2 and stream.getvalue().count('"event": "probe_overrun"') == overruns
     assert not received.of(HANGS)
     assert fake.most == CAP  # reached, never passed
+
+
+@pytest.mark.asyncio
+async def test_a_job_that_raises_is_said_at_once_and_the_others_go_on(tmp_path: Path) -> None:
+    """A probe job runs beside the agent's tree of tasks: an exception in it (a bug, a spool that refuses a result)
+    reached nobody but asyncio's 'never retrieved' at collection. Now: logged with its traceback, counted."""
+    async with agent_fleet(tmp_path / "sim", relays=3) as sim:
+        base = sim.config()
+        config = base.model_copy(update={"schedule": ScheduleSection(interval_seconds=1.0)})
+        received, stream = Received(), io.StringIO()
+        agent = Agent(
+            config,
+            load_inventory(config.inventory.source),
+            outbox=LocalOutbox(config.agent.name, received.deliver),
+            load_inventory=lambda: load_inventory(config.inventory.source),
+            log=Log(json_lines=True, stream=stream, agent=config.agent.name),
+        )
+        fake = FakeProbe(config.agent.name, seconds=0.01)
+
+        async def broken(relay: Relay, job: Job | None = None, *, finish_by: float | None = None) -> ServerResult:
+            if relay.name == HANGS:
+                raise RuntimeError("a bug in a probe")
+            return await fake(relay, job, finish_by=finish_by)
+
+        agent.probe = broken  # type: ignore[method-assign]
+        running = asyncio.create_task(run_agent(agent))
+        try:
+            await until(lambda: '"event": "probe_job_failed"' in stream.getvalue() and len(received.results) >= 2)
+        finally:
+            agent.stop()
+            await asyncio.wait_for(running, 20)
+    failed = [json.loads(line) for line in stream.getvalue().splitlines() if '"probe_job_failed"' in line]
+    assert failed[0]["relay"] == HANGS and failed[0]["error"] == "RuntimeError: a bug in a probe"
+    assert "Traceback" in failed[0]["traceback"] and agent.counters.probes.get("error", 0) == len(failed)
+    assert {r.server for r in received.results} >= {"se-got-wg-002", "se-got-wg-003"}  # the others went on
