@@ -16,7 +16,7 @@ import pytest
 from agents.agent import Agent, run_agent
 from agents.log import Log
 from agents.schedule import Job
-from probe.agent_config import ScheduleSection
+from probe.agent_config import AgentConfig, ScheduleSection
 from probe.aggregator.testing import make_result
 from probe.bus import LocalOutbox
 from probe.inventory import Relay, load_inventory
@@ -62,6 +62,17 @@ class FakeProbe:
         return make_result(relay.name, self.agent, taken_at=time.time())
 
 
+def logged_agent(config: AgentConfig, received: Received, stream: io.StringIO) -> Agent:
+    """An agent on the in-process bus whose JSON log lines go to `stream`."""
+    return Agent(
+        config,
+        load_inventory(config.inventory.source),
+        outbox=LocalOutbox(config.agent.name, received.deliver),
+        load_inventory=lambda: load_inventory(config.inventory.source),
+        log=Log(json_lines=True, stream=stream, agent=config.agent.name),
+    )
+
+
 @pytest.mark.asyncio
 async def test_a_probe_past_its_interval_is_cut_at_the_deadline_and_the_concurrency_cap_holds(tmp_path: Path) -> None:
     # Six relays in a 1 s round's four slots (agents/schedule.py): se-got-wg-002 and -006 share one, and HANGS is
@@ -71,13 +82,7 @@ async def test_a_probe_past_its_interval_is_cut_at_the_deadline_and_the_concurre
         base = sim.config()
         config = base.model_copy(update={"schedule": ScheduleSection(interval_seconds=1.0, concurrency=CAP)})
         received, stream = Received(), io.StringIO()
-        agent = Agent(
-            config,
-            load_inventory(config.inventory.source),
-            outbox=LocalOutbox(config.agent.name, received.deliver),
-            load_inventory=lambda: load_inventory(config.inventory.source),
-            log=Log(json_lines=True, stream=stream, agent=config.agent.name),
-        )
+        agent = logged_agent(config, received, stream)
         fake = FakeProbe(config.agent.name)
         agent.probe = fake  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
@@ -112,13 +117,7 @@ async def test_a_job_that_raises_is_said_at_once_and_the_others_go_on(tmp_path: 
         base = sim.config()
         config = base.model_copy(update={"schedule": ScheduleSection(interval_seconds=1.0)})
         received, stream = Received(), io.StringIO()
-        agent = Agent(
-            config,
-            load_inventory(config.inventory.source),
-            outbox=LocalOutbox(config.agent.name, received.deliver),
-            load_inventory=lambda: load_inventory(config.inventory.source),
-            log=Log(json_lines=True, stream=stream, agent=config.agent.name),
-        )
+        agent = logged_agent(config, received, stream)
         fake = FakeProbe(config.agent.name, seconds=0.01)
 
         async def broken(relay: Relay, job: Job | None = None, *, finish_by: float | None = None) -> ServerResult:
