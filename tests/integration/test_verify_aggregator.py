@@ -192,9 +192,14 @@ def test_a_verification_is_answered_on_command_healthy_passes_and_a_broken_nat_f
         rounds = server["rounds"]
         assert server["verdict"] == "passed" and sorted(server["vantage_points"]) == sorted(AGENTS), server
         # Two good rounds from each agent, each on every path (main port and every range, both families), every
-        # one taken after the verification began: on command, not from the 60 s schedule.
-        assert sorted(r["vantage"] for r in rounds) == sorted(AGENTS * 2), rounds
-        assert all(r["outcome"] == "passed" and r["paths"] == 12 for r in rounds), rounds
+        # one taken after the verification began: on command, not from the 60 s schedule. One failed round beside
+        # them is the rules' "one lost-packet accident" (probe/verify/judge.py): on a loaded machine the simulated
+        # fleet, one Python process, can answer a path after its stage timeout (seen 1 run in 5 beside other suites).
+        good = [r for r in rounds if r["outcome"] == "passed"]
+        assert sorted(r["vantage"] for r in good) == sorted(AGENTS * 2), rounds
+        for agent in AGENTS:
+            assert sum(r["vantage"] == agent for r in rounds) <= 3, rounds
+        assert all(r["outcome"] in ("passed", "failed") and r["paths"] == 12 for r in rounds), rounds
         assert all(datetime.fromisoformat(r["started_at"]) >= began for r in rounds), (began, rounds)
     print(f"healthy: {report['duration_seconds']:.2f} s for 2 servers x 2 agents x 2 rounds")
 
