@@ -91,7 +91,7 @@ class Agent:
         load_inventory: Loader,
         log: Log,
         now: Callable[[], float] = time.time,
-        http: Callable[[Agent], Coroutine[object, object, None]] | None = None,
+        http: Callable[[Agent, Callable[[], None]], Coroutine[object, object, None]] | None = None,
         skipped: Callable[[Inventory], list[tuple[str, str]]] = entry_problems,
     ) -> None:
         self.config = config
@@ -145,6 +145,17 @@ class Agent:
         await self._check_control()  # the first results must already know whether the agent's network works
         try:
             async with asyncio.TaskGroup() as tree:
+                if self.http is not None:
+                    # [http] listen is bound before the outbox connects: a bind that fails (another process has
+                    # the port: exit 2) ends this agent before it is on the broker under the agent's name, where it
+                    # would take a running agent's session (same client id) away on its way out.
+                    bound = asyncio.Event()
+                    http = tree.create_task(self.http(self, bound.set), name="http")
+                    waiter = asyncio.ensure_future(bound.wait())
+                    try:
+                        await asyncio.wait([http, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
                 # The outbox is in the tree too: if it fails, the agent fails with it, loudly. On the orderly stop
                 # it is cancelled after probing has ended and the offline status is in, and flushes on its way out.
                 tree.create_task(self.outbox.run(), name="outbox")
@@ -152,8 +163,6 @@ class Agent:
                 tree.create_task(self._inventory_loop(), name="inventory")
                 tree.create_task(self._control_loop(), name="control")
                 tree.create_task(self._status_loop(), name="status")
-                if self.http is not None:
-                    tree.create_task(self.http(self), name="http")
                 tree.create_task(self._until_stopped(), name="stop")
         finally:
             self.log.info("agent_stopped", **self._probe_totals())

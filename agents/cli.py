@@ -120,7 +120,7 @@ async def _serve(config: AgentConfig, log: Log) -> None:
         await run_agent(agent)
 
 
-def _http(config: AgentConfig) -> Callable[[Agent], Coroutine[object, object, None]]:
+def _http(config: AgentConfig) -> Callable[[Agent, Callable[[], None]], Coroutine[object, object, None]]:
     """The agent's /metrics and /probe endpoints on [http] listen (agents/http.py)."""
     from agents.http import serve_agent_http
 

@@ -192,8 +192,9 @@ def agent_http(agent: Agent) -> web.Application:
     )
 
 
-async def serve_agent_http(agent: Agent) -> None:
-    """The agent's HTTP endpoints on its `[http] listen`, for as long as the agent runs (a task of its tree)."""
+async def serve_agent_http(agent: Agent, bound: Callable[[], None]) -> None:
+    """The agent's HTTP endpoints on its `[http] listen`, for as long as the agent runs (a task of its tree);
+    `bound` is called once the address is listening."""
     from probe.http import serve
 
-    await serve(agent_http(agent), agent.config.http.listen)
+    await serve(agent_http(agent), agent.config.http.listen, ready=lambda _address: bound())

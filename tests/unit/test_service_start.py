@@ -108,3 +108,34 @@ def test_sighup_and_sigterm_while_starting_neither_kill_nor_lose_the_stop(sim: S
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_an_agent_whose_listen_address_is_in_use_exits_before_it_is_on_the_broker(sim: Sim, tmp_path: Path) -> None:
+    """A second `probe agent` under a running one's name (a copied config) that cannot bind [http] listen exits 2
+    without ever connecting: on the broker, its client id would take the running agent's session away."""
+    password = tmp_path / "mqtt.password"
+    password.write_text("secret\n")
+    password.chmod(0o600)
+    with socket.socket() as broker, socket.socket() as taken:
+        broker.bind(("127.0.0.1", 0))
+        broker.listen()
+        broker.settimeout(0.5)  # stands for the broker: it only has to notice a connection
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = serve_config(sim, f"127.0.0.1:{taken.getsockname()[1]}")
+        config.write_text(
+            config.read_text()
+            + f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.getsockname()[1]}"\nusername = "sim-agent"\n'
+            f'password_file = "{password}"\n[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "probe", "agent", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "already in use" in done.stderr
+        with pytest.raises(TimeoutError):
+            broker.accept()[0].close()  # nobody knocked
