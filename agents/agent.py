@@ -149,13 +149,10 @@ class Agent:
                     # [http] listen is bound before the outbox connects: a bind that fails (another process has
                     # the port: exit 2) ends this agent before it is on the broker under the agent's name, where it
                     # would take a running agent's session (same client id) away on its way out.
+                    # If the bind fails, the task group cancels this wait and raises the task's error.
                     bound = asyncio.Event()
-                    http = tree.create_task(self.http(self, bound.set), name="http")
-                    waiter = asyncio.ensure_future(bound.wait())
-                    try:
-                        await asyncio.wait([http, waiter], return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
+                    tree.create_task(self.http(self, bound.set), name="http")
+                    await bound.wait()
                 # The outbox is in the tree too: if it fails, the agent fails with it, loudly. On the orderly stop
                 # it is cancelled after probing has ended and the offline status is in, and flushes on its way out.
                 tree.create_task(self.outbox.run(), name="outbox")

@@ -91,6 +91,14 @@ def register_dissect(commands: Commands) -> None:
     dissect_p.set_defaults(handler=dissect)
 
 
+# The events of ConfiguredInventory.skipped, worded for a terminal.
+_SKIPPED = {
+    "inventory_entry_skipped": "inventory: {} (skipped)",
+    "labels_entry_skipped": "labels: {} (skipped)",
+    "labels_host_not_in_inventory": "{}",
+}
+
+
 def _load(config_path: Path | None) -> tuple[ProbeConfig, Inventory]:
     from probe.config import find_config, load_probe_config
     from probe.inventory.configured import ConfiguredInventory
@@ -99,12 +107,8 @@ def _load(config_path: Path | None) -> tuple[ProbeConfig, Inventory]:
     config = load_probe_config(find_config(config_path))
     source = ConfiguredInventory(config.inventory)
     inventory = source.load()
-    for problem in inventory.problems:
-        print(f"warning: inventory: {clean(problem)} (skipped)", file=sys.stderr)
-    for line in source.label_problems:
-        print(f"warning: labels: {clean(line)} (skipped)", file=sys.stderr)
-    if (unmatched := source.unmatched_line()) is not None:
-        print(f"warning: {clean(unmatched)}", file=sys.stderr)
+    for event, line in source.skipped(inventory):  # what the services log, as warnings
+        print(f"warning: {_SKIPPED[event].format(clean(line))}", file=sys.stderr)
     if config.agent.netns is not None:
         from probe.sockets import require_namespace
 
@@ -139,7 +143,8 @@ def nothing_blamed(results: list[ServerResult]) -> bool:
 def exit_code(results: list[ServerResult], control: ControlCheck | None = None) -> int:
     if all(result.ok for result in results):
         return EXIT_OK
-    if could_not_judge(results) or nothing_blamed(results) or (control is not None and not control.ok):
+    # nothing_blamed covers could_not_judge too: a run that could send nothing blamed no relay.
+    if nothing_blamed(results) or (control is not None and not control.ok):
         return EXIT_UNJUDGED
     return EXIT_FAILED
 

@@ -44,6 +44,17 @@ def serve_config(sim: Sim, listen: str, inventory: str | None = None) -> Path:
     return config
 
 
+def run(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """`probe COMMAND --config CONFIG` to its end (a service that ends by itself: refused at start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "probe", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
 def serve(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "probe", "serve", "--config", str(config)],
@@ -58,13 +69,7 @@ def test_a_listen_address_in_use_is_a_config_error_not_a_bug(sim: Sim) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "probe", "serve", "--config", str(serve_config(sim, f"127.0.0.1:{port}"))],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        done = run("serve", serve_config(sim, f"127.0.0.1:{port}"))
     assert done.returncode == 2, done.stderr
     assert "already in use" in done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
@@ -128,13 +133,7 @@ def test_an_agent_whose_listen_address_is_in_use_exits_before_it_is_on_the_broke
             + f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.getsockname()[1]}"\nusername = "sim-agent"\n'
             f'password_file = "{password}"\n[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "probe", "agent", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        done = run("agent", config)
         assert done.returncode == 2, done.stderr
         assert "already in use" in done.stderr
         with pytest.raises(TimeoutError):
