@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
+import msgspec
+
 from probe.aggregator.health import AgentState, Exclusion, HealthState, Verdict, Vote
+from probe.aggregator.wire import WirePath, WireResult, WireStage
 from probe.inventory import Relay
-from probe.messages import AgentStatus, ResultMessage
-from probe.results import STAGE_ORDER, PathResult, Reason, StageName, StageResult
+from probe.messages import AgentStatus
+from probe.results import STAGE_ORDER, Reason, StageName, StageResult
 
 # What a UTC datetime can hold: the views turn every kept time back into one. "0001-01-01T00:00:00+14:00" is valid
 # ISO 8601 a few hours before the first, and kept as it came it made every fleet view fail.
@@ -112,19 +115,10 @@ if tuple(StageResult.model_fields) != _STAGE_FIELDS:  # a contract change lands 
     raise ImportError("the aggregator's Stage no longer mirrors StageResult: update probe/aggregator/records.py")
 
 
-def stages_of(stages: tuple[StageResult, ...]) -> tuple[Stage, ...]:
-    """A path's stages as the store keeps them, one call a path.
-
-    A validated model's __dict__ holds its fields in declaration order (checked above): one C-level read, no
-    attribute lookups. The enum members become their values through `_value_`, a plain instance attribute: a dict
-    keyed by the members hashes each through Enum.__hash__, a Python function, and `.value` is a Python-level
-    descriptor too (twice a stage, 60 stages a result)."""
-    out = []
-    for stage in stages:
-        name, ok, reason, seconds, loss, sent, received, detail, judged, rejected = stage.__dict__.values()
-        plain = None if reason is None else reason._value_
-        out.append((name._value_, ok, plain, seconds, loss, sent, received, detail, judged, rejected))
-    return tuple(out)
+def stages_of(stages: tuple[WireStage, ...]) -> tuple[Stage, ...]:
+    """A path's stages as the store keeps them: each struct's fields in order, in one C call a stage (the struct
+    reads stage names and reasons as their string values; probe/aggregator/wire.py)."""
+    return tuple(map(_astuple, stages))  # a Stage by the mirror check (probe/aggregator/wire.py)
 
 
 def stage_result(stage: Stage) -> StageResult:
@@ -132,6 +126,7 @@ def stage_result(stage: Stage) -> StageResult:
 
 
 _new_tuple = tuple.__new__
+_astuple = msgspec.structs.astuple
 
 
 class PathRecord(NamedTuple):
@@ -156,7 +151,7 @@ class PathRecord(NamedTuple):
 
     @classmethod
     def of(
-        cls, path: PathResult, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float
+        cls, path: WirePath, slot: str, taken_at: float, round: int, control_ok: bool, fresh_at: float
     ) -> PathRecord:
         # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, a frame more per path.
         return _new_tuple(
@@ -209,7 +204,7 @@ class ResultSummary(NamedTuple):
     paths: tuple[PathRecord, ...]
 
     @classmethod
-    def of(cls, message: ResultMessage, paths: tuple[PathRecord, ...], taken_at: float, now: float) -> ResultSummary:
+    def of(cls, message: WireResult, paths: tuple[PathRecord, ...], taken_at: float, now: float) -> ResultSummary:
         return cls(
             message.result_id,
             message.round,

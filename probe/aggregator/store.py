@@ -63,6 +63,7 @@ from probe.aggregator.records import (
     epoch,
     worst_reason,
 )
+from probe.aggregator.wire import Read, WireResult, from_model, read_result
 from probe.configfile import check_agent_name
 from probe.inventory import Inventory
 from probe.messages import DEFAULT_ROTATION_ROUNDS, MAX_ROTATION_ROUNDS, AgentStatus, ResultMessage
@@ -207,13 +208,13 @@ class ResultStore:
         names = result_topic_names(topic)
         sender = printable(names[0], 64) if names else None
         try:
-            message = self._admit_result(payload, topic, names)
+            message, started_at = self._admit_result(payload, topic, names)
         except _Refused as refused:
             return self._drop(refused.outcome, sender, refused.detail)
         self._remember((message.agent, message.result_id))
         server = self._servers[message.server]
         now = self.now()
-        self._keep(server, message, now)
+        self._keep(server, message, epoch(started_at), now)
         self.messages[Outcome.accepted] += 1
         return Ingested(Outcome.accepted, sender=sender)
 
@@ -269,7 +270,7 @@ class ResultStore:
                 held += 1
         return held
 
-    def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> ResultMessage:
+    def _admit_result(self, payload: bytes | bytearray, topic: str, names: tuple[str, str] | None) -> Read:
         self._check_size(payload)
         if names is None:
             raise _Refused(Outcome.topic_mismatch, f"not a results topic: {printable(topic, 120)}")
@@ -280,7 +281,15 @@ class ResultStore:
         claimed = claimed_result_id(payload)
         if claimed is not None and (names[0], claimed) in self._seen:
             raise _Refused(Outcome.duplicate, f"result_id {printable(claimed, 64)}")
-        message = self._parse(ResultMessage, payload)
+        read = read_result(payload)
+        if read is None:
+            # What the compiled reader refuses, the contract's model decides: it refuses with its reason, or it
+            # accepts what msgspec is too strict for (1.0 for an int, say). See probe/aggregator/wire.py.
+            read = from_model(self._parse(ResultMessage, payload))
+        message = read.message
+        if message.schema_version != SCHEMA_VERSION:
+            detail = f"schema_version {message.schema_version}; this aggregator speaks {SCHEMA_VERSION}"
+            raise _Refused(Outcome.unknown_schema, detail)
         if names != (message.agent, message.server):
             detail = f"payload is from {printable(message.agent, 64)} on {printable(message.server, 64)}"
             raise _Refused(Outcome.topic_mismatch, detail)
@@ -291,7 +300,7 @@ class ResultStore:
         self._check_agent(message.agent)
         if (message.agent, message.result_id) in self._seen:
             raise _Refused(Outcome.duplicate, f"result_id {printable(message.result_id, 64)}")
-        return message
+        return read
 
     def _check_size(self, payload: bytes | bytearray) -> None:
         if len(payload) > self._max_payload:
@@ -338,9 +347,9 @@ class ResultStore:
             info = self._agents[name] = AgentInfo(name=name, since=now)
         return info
 
-    def _keep(self, server: ServerRecord, message: ResultMessage, now: float) -> None:
+    def _keep(self, server: ServerRecord, message: WireResult, started_at: float, now: float) -> None:
         # An agent whose clock runs ahead cannot make a result fresher than its arrival (nor fresh for ever).
-        taken_at = min(epoch(message.started_at), now)
+        taken_at = min(started_at, now)
         info = self._agent(message.agent, now)
         info.results += 1
         if info.newest_taken_at is None or taken_at > info.newest_taken_at:
