@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from probe.aggregator.health import HEALTH_STATES, AgentState, HealthState
 from probe.aggregator.intake import Outcome
-from probe.aggregator.records import JUDGED, NAME, OK, SECONDS, AgentRecord, PacketCounts, PathRecord, Stage
+from probe.aggregator.records import AgentRecord, PacketCounts, PathRecord, Stage
 from probe.aggregator.store import ResultStore
 from probe.results import STAGE_ORDER
 
@@ -162,19 +162,19 @@ def agent_series(record: AgentRecord, limit: float, now: float) -> tuple[list[Pa
             continue
         paths.append((path.slot, path.family, 1.0 if path.ok else 0.0))
         for stage in path.stages:
-            if stage[JUDGED]:
-                judged = by_stage.get(stage[NAME])
+            if stage.judged:
+                judged = by_stage.get(stage.name)
                 if judged is None:
-                    by_stage[stage[NAME]] = [stage]
+                    by_stage[stage.name] = [stage]
                 else:
                     judged.append(stage)
     stages: list[StageSample] = []
     for stage_name in STAGE_NAMES:
         judged = by_stage.get(stage_name)
         if judged:
-            passed = [stage[SECONDS] for stage in judged if stage[OK]]
+            passed = [stage.seconds for stage in judged if stage.ok]
             # Where it passed nowhere: the time it waited.
-            seconds = _median(passed or [stage[SECONDS] for stage in judged])
+            seconds = _median(passed or [stage.seconds for stage in judged])
             stages.append((stage_name, 1.0 if len(passed) == len(judged) else 0.0, seconds))
     return paths, stages
 

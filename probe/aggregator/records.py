@@ -2,9 +2,10 @@
 
 Times are seconds since the epoch from the store's clock (results' own timestamps converted by `epoch`).
 
-Results are validated by the contract's pydantic models and then kept as slotted dataclasses: a validated 12-path
-result is ~83 KB of model objects but ~10 KB as these records, and the store holds one per relay and agent (plus
-older paths per port slot), so at 1,000 relays x 3 agents the difference is ~250 MB against ~30 MB.
+Results are read into the structs of probe/aggregator/wire.py (checked against the contract's pydantic models) and
+kept as these records, which hold each path's stage structs as they were read: a validated 12-path result is ~83 KB
+of pydantic model objects but ~10 KB as these, and the store holds one per relay and agent (plus older paths per port
+slot), so at 1,000 relays x 3 agents the difference is ~250 MB against ~30 MB.
 """
 
 from __future__ import annotations
@@ -97,36 +98,18 @@ class Failure:
 
 STAGE_RANK: dict[str, int] = {stage.value: rank for rank, stage in enumerate(STAGE_ORDER)}
 
-# A stage as the store keeps it: a plain tuple of StageResult's fields in its field order, enums as their string
-# values. Plain tuples of strings, numbers and None are the one kind of object the cyclic garbage collector stops
-# tracking; a 1,000-relay, 3-agent store holds ~180,000 stages, and as tracked objects (named tuples, dataclasses, or
-# tuples holding enum members) the collector's passes over them took ~15% of ingest time. Read with the indices below.
-Stage = tuple[str, bool, str | None, float, float, int, int, str | None, bool, int]
-NAME: Final = 0
-OK: Final = 1
-REASON: Final = 2
-SECONDS: Final = 3
-SENT: Final = 5
-RECEIVED: Final = 6
-DETAIL: Final = 7
-JUDGED: Final = 8
-_STAGE_FIELDS = ("name", "ok", "reason", "seconds", "loss", "sent", "received", "detail", "judged", "rejected")
-if tuple(StageResult.model_fields) != _STAGE_FIELDS:  # a contract change lands here first
-    raise ImportError("the aggregator's Stage no longer mirrors StageResult: update probe/aggregator/records.py")
-
-
-def stages_of(stages: tuple[WireStage, ...]) -> tuple[Stage, ...]:
-    """A path's stages as the store keeps them: each struct's fields in order, in one C call a stage (the struct
-    reads stage names and reasons as their string values; probe/aggregator/wire.py)."""
-    return tuple(map(_astuple, stages))  # a Stage by the mirror check (probe/aggregator/wire.py)
+# A stage as the store keeps it: the struct the result was read into (probe/aggregator/wire.py), its name and reason
+# as their string values. The structs are not tracked by the cyclic garbage collector (gc=False: they hold only
+# strings, numbers and None): a 1,000-relay, 3-agent store holds ~180,000 stages, and as tracked objects (named
+# tuples, dataclasses, tuples holding enum members) the collector's passes over them took ~15% of ingest time.
+Stage = WireStage
 
 
 def stage_result(stage: Stage) -> StageResult:
-    return StageResult.model_validate(dict(zip(_STAGE_FIELDS, stage, strict=True)))
+    return StageResult.model_validate(msgspec.structs.asdict(stage))
 
 
 _new_tuple = tuple.__new__
-_astuple = msgspec.structs.astuple
 
 
 class PathRecord(NamedTuple):
@@ -165,7 +148,7 @@ class PathRecord(NamedTuple):
                 path.reason,
                 path.identity,
                 path.evidence,
-                stages_of(path.stages),
+                path.stages,
                 taken_at,
                 round,
                 control_ok,
@@ -175,7 +158,7 @@ class PathRecord(NamedTuple):
 
     @property
     def failed_stage(self) -> Stage | None:
-        return next((stage for stage in self.stages if not stage[OK]), None)
+        return next((stage for stage in self.stages if not stage.ok), None)
 
 
 def worst_reason(paths: Iterable[PathRecord]) -> Reason | None:
@@ -183,10 +166,10 @@ def worst_reason(paths: Iterable[PathRecord]) -> Reason | None:
     worst: tuple[int, str] | None = None
     for path in paths:
         failed = path.failed_stage
-        if failed is not None and failed[REASON] is not None:
-            rank = STAGE_RANK[failed[NAME]]
+        if failed is not None and failed.reason is not None:
+            rank = STAGE_RANK[failed.name]
             if worst is None or rank < worst[0]:
-                worst = (rank, failed[REASON])
+                worst = (rank, failed.reason)
     return None if worst is None else Reason(worst[1])
 
 
@@ -283,10 +266,10 @@ class PacketCounts:
         sent, received, judged = self.sent, self.received, self.judged
         for stages in paths:
             for stage in stages:
-                if stage[JUDGED]:
-                    index = STAGE_RANK[stage[NAME]]
-                    sent[index] += stage[SENT]
-                    received[index] += stage[RECEIVED]
+                if stage.judged:
+                    index = STAGE_RANK[stage.name]
+                    sent[index] += stage.sent
+                    received[index] += stage.received
                     judged[index] = True
 
     def for_stage(self, stage: StageName) -> tuple[int, int] | None:

@@ -44,8 +44,6 @@ from probe.aggregator.intake import (
     status_topic_agent,
 )
 from probe.aggregator.records import (
-    DETAIL,
-    NAME,
     STAGE_RANK,
     AgentChange,
     AgentInfo,
@@ -399,8 +397,8 @@ class ResultStore:
         worst: tuple[int, PathRecord, Stage] | None = None
         for path in paths:
             failed = None if path.ok else path.failed_stage
-            if failed is not None and (worst is None or STAGE_RANK[failed[NAME]] < worst[0]):
-                worst = (STAGE_RANK[failed[NAME]], path, failed)
+            if failed is not None and (worst is None or STAGE_RANK[failed.name] < worst[0]):
+                worst = (STAGE_RANK[failed.name], path, failed)
         if worst is None:
             return
         _, path, stage = worst
@@ -408,10 +406,10 @@ class ResultStore:
             at=taken_at,
             agent=agent,
             reason=path.reason,
-            stage=StageName(stage[NAME]),
+            stage=StageName(stage.name),
             port=path.port,
             family=path.family,
-            detail=stage[DETAIL],
+            detail=stage.detail,
             evidence=path.evidence,
         )
 
