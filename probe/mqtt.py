@@ -9,8 +9,9 @@ one future per message id with it.
 
 Incoming PUBLISH packets take a lean path (`_lean_publish`): paho reads them and keeps the session, CONNECT,
 SUBSCRIBE and keepalive, but a PUBLISH is decoded here (`decode_publish`, properties stepped over) and
-acknowledged with paho's own PUBACK once it is in the consumer's queue; whole packets in the read buffer are taken
-in one call. paho's own handling of a PUBLISH was a sixth of the aggregator's CPU at thousands of results a second.
+acknowledged once it is in the consumer's queue; whole packets in the read buffer are taken in one call, and their
+PUBACKs written in one. paho's own handling of a PUBLISH was a sixth of the aggregator's CPU at thousands of results
+a second.
 
 Imported only by the agent's outbox and the aggregator's subscriber: aiomqtt and paho stay out of `import probe`.
 """
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import random
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ from probe.mqtt_publish import MAX_VARIABLE_BYTES, PUBLISH, QOS_0_OR_1, Malforme
 from probe.service_config import MqttSection
 
 KEEPALIVE_SECONDS = 20
+PUBACK_BYTE = 0x40  # the fixed header's first byte: PUBACK (v5 section 3.4), no flags
+_PUBACK = struct.Struct("!BBH")  # that byte, Remaining Length 2, the packet id: success, no properties (3.4.2.1)
 TIMEOUT_SECONDS = 10.0  # CONNACK, SUBACK and a clean DISCONNECT; a PUBACK's wait is the caller's
 FAILURE = 0x80  # MQTT v5 (section 2.4): a reason code of 0x80 or more is a failure
 
@@ -311,7 +315,8 @@ def _buffer_reads(client: paho.Client) -> None:
 def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> None:
     """Take PUBLISH packets off paho's hands. paho keeps everything else (CONNECT, SUBSCRIBE, keepalive, the PUBACKs
     of our own publishes, the session), but a PUBLISH is decoded by `decode_publish` and handed to `deliver`, then
-    acknowledged with paho's own PUBACK (QoS 1), queued in paho's outgoing queue in order with everything else.
+    acknowledged (QoS 1) through paho's outgoing queue, in order with everything else: the PUBACKs of the packets
+    one call takes from the buffer as one queued write, once all of them are delivered.
 
     Two hooks. `_packet_read`: when paho is between packets and the socket's buffer (BufferedReads) holds whole
     PUBLISH packets of QoS 0 or 1, they are all taken from it in one call, each decoded and delivered, rather than
@@ -322,8 +327,9 @@ def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> No
     line formatted, the topic matched against per-topic callbacks (none are registered), and paho's per-packet
     read path. That was about a sixth of the aggregator's CPU (README, Ingest).
 
-    The acknowledgement keeps paho's semantics exactly: sent once `deliver` returned (the message is in the
-    consumer's queue), as paho sends it once on_message returned. A malformed PUBLISH is MQTT_ERR_PROTOCOL, which
+    The acknowledgement keeps paho's semantics: sent once `deliver` returned (the message is in the consumer's
+    queue), as paho sends it once on_message returned; a PUBACK for a packet taken from the buffer waits only for the
+    others of the same call (microseconds), and is queued even when a later one of them is malformed. A malformed PUBLISH is MQTT_ERR_PROTOCOL, which
     closes the connection as paho does for the malformed packets it finds itself (MQTT v5 section 4.13); the
     caller reconnects. QoS 2 (never asked for here: subscriptions are QoS 1 at most) goes to paho's own handler
     and its PUBREC/PUBREL exchange. A topic that is not UTF-8 (which the broker should have refused) cannot be
@@ -337,7 +343,8 @@ def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> No
     log = logging.getLogger("wgprobe.mqtt")
     clock: Callable[[], float] = getattr(paho, "time_func", time.monotonic)
 
-    def publish(header: int, body: bytes | bytearray) -> MQTTErrorCode:
+    def publish(header: int, body: bytes | bytearray) -> int | MQTTErrorCode:
+        """Decode and deliver one PUBLISH: the packet id to acknowledge (0 for none, QoS 0), or an error code."""
         try:
             packet = decode_publish(header, body)
         except MalformedPublish as e:
@@ -351,24 +358,36 @@ def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> No
             pass  # nothing to route it by
         else:
             deliver(Inbound(topic, bytes(packet.payload), packet.retain))
-        if packet.qos == 1:
-            return client._send_puback(packet.mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return packet.mid if packet.qos == 1 else 0
 
     def handle_publish() -> MQTTErrorCode:
         packet = client._in_packet
-        return publish(packet["command"], packet["packet"])
+        got = publish(packet["command"], packet["packet"])
+        if isinstance(got, MQTTErrorCode):
+            return got
+        return client._send_puback(got) if got else MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def packet_read() -> MQTTErrorCode:
         sock = client._sock
         if client._in_packet["command"] == 0 and isinstance(sock, BufferedReads):
             taken = sock.whole_packet(PUBLISH, QOS_0_OR_1)
             if taken is not None:
-                while taken is not None:
-                    rc = publish(*taken)
-                    if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                        return rc
-                    taken = sock.whole_packet(PUBLISH, QOS_0_OR_1)
+                acks = bytearray()
+                try:
+                    while taken is not None:
+                        got = publish(*taken)
+                        if isinstance(got, MQTTErrorCode):
+                            return got
+                        if got:
+                            acks += _PUBACK.pack(PUBACK_BYTE, 2, got)
+                        taken = sock.whole_packet(PUBLISH, QOS_0_OR_1)
+                finally:
+                    if acks:
+                        # One write for every PUBACK of this read, in order, each still queued after its message
+                        # was delivered: paho queues one packet per PUBACK, and writes each with a send of its
+                        # own after waking its loop through its socket pair with another (two system calls a
+                        # message, and a read of 4 bytes for the broker).
+                        client._packet_queue(PUBACK_BYTE, bytes(acks), 0, 0)
                 client._last_bytes_received = clock()  # what paho's reader notes for its keepalive
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
         return cast(MQTTErrorCode, own_read())

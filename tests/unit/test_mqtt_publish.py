@@ -301,3 +301,49 @@ def test_paho_s_reader_takes_every_whole_publish_of_a_read_at_once() -> None:
         assert sent == pubacks  # one PUBACK per message, in order
         assert client._in_packet["command"] == 0  # the PINGRESP read and handled by paho, nothing half-read
         client._sock = None
+
+
+def read_in_one_call(packets: list[bytes]) -> tuple[paho.Client, list[Inbound], list[list[bytes]], MQTTErrorCode]:
+    """`packets` whole in the read buffer, taken by one call of paho's reader with an event loop's write callback
+    registered (as aiomqtt does), so what is queued stays queued: the client, what was delivered, what was queued
+    at each delivery, and the reader's return code."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    delivered: list[Inbound] = []
+    seen: list[list[bytes]] = []
+
+    def deliver(inbound: Inbound) -> None:
+        delivered.append(inbound)
+        seen.append(queued(client))
+
+    _lean_publish(client, deliver)
+    client.on_socket_register_write = lambda *_: None
+    near, far = socket.socketpair()
+    near.setblocking(False)
+    with near, far:
+        sock = BufferedReads(near)
+        client._sock = sock
+        far.sendall(b"".join(packets))
+        assert sock.recv(0) == b""  # all of it in the buffer, nothing handed out
+        code = client._packet_read()
+        client._sock = None
+    return client, delivered, seen, code
+
+
+def test_the_pubacks_of_one_read_are_queued_as_one_write_after_every_delivery() -> None:
+    # paho queued a packet (and woke its loop with a system call) per PUBACK, and wrote each with a send of its own.
+    packets = [wire(*publish_packet(b"t/%d" % n, b"p", qos=1, mid=n + 1)) for n in range(30)]
+    packets.insert(10, wire(*publish_packet(b"q0", b"p", qos=0)))  # no acknowledgement at QoS 0
+    client, delivered, seen, code = read_in_one_call(packets)
+    assert code is MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert len(delivered) == 31
+    assert seen == [[]] * 31  # nothing acknowledged before every message of the read is in the consumer's queue
+    assert queued(client) == [b"".join(b"\x40\x02" + struct.pack("!H", n + 1) for n in range(30))]
+
+
+def test_a_malformed_publish_in_a_read_still_acknowledges_those_delivered_before_it() -> None:
+    good = [wire(*publish_packet(b"t/%d" % n, b"p", qos=1, mid=n + 1)) for n in range(3)]
+    malformed = wire(0x32, b"\x00\x09t\x00\x01\x00")
+    client, delivered, _, code = read_in_one_call([*good[:2], malformed, good[2]])
+    assert code is MQTTErrorCode.MQTT_ERR_PROTOCOL  # paho closes the connection
+    assert [m.topic for m in delivered] == ["t/0", "t/1"]
+    assert queued(client) == [b"\x40\x02\x00\x01\x40\x02\x00\x02"]  # the broker need not send those two again
