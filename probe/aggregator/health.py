@@ -93,11 +93,25 @@ class Verdict:
     needed: int  # `failing` votes that make it down
 
 
+_VERDICTS: dict[tuple[int, int, int, int], Verdict] = {}
+_VERDICTS_KEPT = 4096  # a handful in any real fleet; the bound is for the theoretical one with hundreds of agents
+
+
 def judge(votes: Sequence[Vote], quorum: Quorum) -> Verdict:
     eligible = len(votes)
-    failing = sum(1 for vote in votes if vote is Vote.failing)
-    partial = sum(1 for vote in votes if vote is Vote.partial)
+    failing = votes.count(Vote.failing)
+    partial = votes.count(Vote.partial)
     needed = quorum_size(quorum, eligible)
+    key = (eligible, failing, partial, needed)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:  # immutable, and a handful in all: made once rather than for every relay at every pass
+        verdict = _verdict(eligible, failing, partial, needed)
+        if len(_VERDICTS) < _VERDICTS_KEPT:
+            _VERDICTS[key] = verdict
+    return verdict
+
+
+def _verdict(eligible: int, failing: int, partial: int, needed: int) -> Verdict:
     if eligible == 0:
         state = HealthState.unknown
     elif failing >= needed:

@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from probe.aggregator.health import HEALTH_STATES, AgentState, HealthState
 from probe.aggregator.intake import Outcome
-from probe.aggregator.records import AgentRecord, PacketCounts, PathRecord, Stage
+from probe.aggregator.records import AgentRecord, PacketCounts, PathRecord
 from probe.aggregator.store import ResultStore
 from probe.results import STAGE_ORDER
 
@@ -153,30 +153,37 @@ def _median(values: list[float]) -> float:
 def agent_series(record: AgentRecord, limit: float, now: float) -> tuple[list[PathSample], list[StageSample]]:
     """One agent's path and stage samples for one relay: its fresh paths (control check held), and each stage where
     it was judged on any of them. The one place these values are decided, for the collector and the renderer."""
-    paths: list[PathSample] = []
-    by_stage: dict[str, list[Stage]] = {}
+    paths, stages, _ = _series(record, limit, now)
+    return paths, stages
+
+
+def _series(record: AgentRecord, limit: float, now: float) -> tuple[list[PathSample], list[StageSample], float]:
+    """agent_series, and the first moment a line shown leaves: the oldest fresh_at of the paths shown (their staleness
+    is counted from it), or the agent's newest result if that is older (it takes them all out); inf if none is."""
     if now - record.newest.taken_at > limit:
-        return [], []  # the agent went quiet: a rotated path's longer freshness only holds while it reports
+        return [], [], math.inf  # the agent went quiet: a rotated path's longer freshness only holds while it reports
+    oldest = math.inf
+    paths: list[PathSample] = []
+    # Per stage, the seconds of the judged stages that passed and of those that failed: one append a stage (this
+    # runs for every result kept, ~60 stages each).
+    passed: dict[str, list[float]] = {name: [] for name in STAGE_NAMES}
+    failed: dict[str, list[float]] = {name: [] for name in STAGE_NAMES}
     for path in record.paths.values():
-        if not path.control_ok or now - path.fresh_at > limit:
+        fresh_at = path.fresh_at
+        if not path.control_ok or now - fresh_at > limit:
             continue
+        oldest = min(oldest, fresh_at)
         paths.append((path.slot, path.family, 1.0 if path.ok else 0.0))
         for stage in path.stages:
             if stage.judged:
-                judged = by_stage.get(stage.name)
-                if judged is None:
-                    by_stage[stage.name] = [stage]
-                else:
-                    judged.append(stage)
+                (passed if stage.ok else failed)[stage.name].append(stage.seconds)
     stages: list[StageSample] = []
     for stage_name in STAGE_NAMES:
-        judged = by_stage.get(stage_name)
-        if judged:
-            passed = [stage.seconds for stage in judged if stage.ok]
+        good, bad = passed[stage_name], failed[stage_name]
+        if good or bad:
             # Where it passed nowhere: the time it waited.
-            seconds = _median(passed or [stage.seconds for stage in judged])
-            stages.append((stage_name, 1.0 if len(passed) == len(judged) else 0.0, seconds))
-    return paths, stages
+            stages.append((stage_name, 0.0 if bad else 1.0, _median(good or bad)))
+    return paths, stages, min(oldest, record.newest.taken_at) if paths else math.inf
 
 
 def collect_samples(store: ResultStore) -> Samples:
@@ -557,15 +564,12 @@ def _server_block(name: str, state: HealthState) -> _ServerBlock:
 def _agent_block(
     labels: _AgentLabels, record: AgentRecord, paths: tuple[PathRecord, ...], limit: float, now: float
 ) -> _AgentBlock:
-    path_samples, stage_samples = agent_series(record, limit, now)
-    # When the first line shown leaves: a path going stale, or the agent's newest result (which takes them all out,
-    # as agent_series decides), whichever comes first.
-    shown: list[float] = []
-    if not now - record.newest.taken_at > limit:
-        shown = [p.fresh_at for p in paths if p.control_ok and not now - p.fresh_at > limit]
-        if shown:
-            shown.append(record.newest.taken_at)
-    success = [f"{labels.path(slot, family)}{_ZERO_ONE[value == 1.0]}\n" for slot, family, value in path_samples]
+    path_samples, stage_samples, oldest = _series(record, limit, now)
+    prefixes, path = labels.success, labels.path
+    success = [
+        f"{prefixes.get((slot, family)) or path(slot, family)}{_ZERO_ONE[value == 1.0]}\n"
+        for slot, family, value in path_samples
+    ]
     stage = labels.stage
     stage_success = [f"{stage[name]}{_ZERO_ONE[ok == 1.0]}\n" for name, ok, _ in stage_samples]
     duration = labels.duration
@@ -576,7 +580,7 @@ def _agent_block(
         paths=paths,
         limit=limit,
         built_at=now,
-        oldest=min(shown, default=math.inf),
+        oldest=oldest,
         success="".join(success).encode(),
         stage_success="".join(stage_success).encode(),
         duration="".join(durations).encode(),

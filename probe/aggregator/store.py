@@ -128,6 +128,8 @@ class ResultStore:
         self._agents: dict[str, AgentInfo] = {}
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._logged: set[tuple[str | None, Outcome]] = set()
+        self._accepted: dict[str, Ingested] = {}  # per agent: what ingest_result returns for an accepted result
+        self._judgements: dict[tuple[str, Vote | None, Exclusion | None], AgentJudgement] = {}
         self.messages: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.packets: dict[tuple[str, str], PacketCounts] = {}  # (relay, agent)
         # Every change `refresh` found, whoever called it (a scrape, a page, the shell), until the shell drains them
@@ -204,17 +206,20 @@ class ResultStore:
     def ingest_result(self, payload: bytes | bytearray, topic: str) -> Ingested:
         """Validate and keep one result message from `topic`. Never raises: a bad message is counted and dropped."""
         names = result_topic_names(topic)
-        sender = printable(names[0], 64) if names else None
         try:
             message, started_at = self._admit_result(payload, topic, names)
         except _Refused as refused:
-            return self._drop(refused.outcome, sender, refused.detail)
+            return self._drop(refused.outcome, printable(names[0], 64) if names else None, refused.detail)
         self._remember((message.agent, message.result_id))
         server = self._servers[message.server]
         now = self.now()
         self._keep(server, message, epoch(started_at), now)
         self.messages[Outcome.accepted] += 1
-        return Ingested(Outcome.accepted, sender=sender)
+        accepted = self._accepted.get(message.agent)
+        if accepted is None:  # one per agent (they are bounded: max_agents), not one per result
+            # The topic's agent, which the message's matched, in the agent config's alphabet: printable as it is.
+            accepted = self._accepted[message.agent] = Ingested(Outcome.accepted, sender=message.agent)
+        return accepted
 
     def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
         """Validate and keep one agent status (or last will). Never raises."""
@@ -493,13 +498,24 @@ class ResultStore:
             exclusion = self._exclusion(agent, record, now, limit)
             vote = None
             if exclusion is None:
-                fresh = [p for p in record.paths.values() if p.control_ok and now - p.fresh_at <= limit]
-                due = min([due, *(p.fresh_at + limit for p in fresh)])
-                vote = agent_vote(record.newest.paths, fresh)
+                # One pass over the agent's paths: when the first fresh one goes stale, and which fresh ones fail
+                # (all agent_vote needs of them: whether any fails).
+                fresh_failing: list[PathRecord] = []
+                for path in record.paths.values():
+                    fresh_at = path.fresh_at
+                    if path.control_ok and now - fresh_at <= limit:
+                        due = min(due, fresh_at + limit)
+                        if not path.ok:
+                            fresh_failing.append(path)
+                vote = agent_vote(record.newest.paths, fresh_failing)
                 if vote is not None:
                     votes.append(vote)
-                    failing += [path for path in (*record.newest.paths, *fresh) if not path.ok]
-            judgements.append(AgentJudgement(agent, vote, exclusion))
+                    failing += [path for path in record.newest.paths if not path.ok]
+                    failing += fresh_failing
+            judgement = self._judgements.get((agent, vote, exclusion))
+            if judgement is None:  # a few per agent, immutable: made once rather than at every judging pass
+                judgement = self._judgements[(agent, vote, exclusion)] = AgentJudgement(agent, vote, exclusion)
+            judgements.append(judgement)
         verdict = judge(votes, self.health.quorum)
         server.verdict, server.judgements, server.due = verdict, tuple(judgements), due
         server.reason = worst_reason(failing)
