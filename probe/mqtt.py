@@ -203,6 +203,9 @@ def _cancelled_meanwhile() -> None:
 READ_SIZE = 64 * 1024  # bytes asked of the kernel per read: a few dozen results, or thousands of PUBACKs
 
 
+_EOF = OSError("end of stream")  # BufferedReads._end at the end of the stream: recv returns b"" there, as a socket does
+
+
 class BufferedReads:
     """paho's socket, with reads served from a buffer filled up to READ_SIZE bytes at a time.
 
@@ -227,18 +230,23 @@ class BufferedReads:
     socket's.
     """
 
-    __slots__ = ("_buffer", "_may_read", "_offset", "_sock", "reads")
+    __slots__ = ("_buffer", "_end", "_may_read", "_offset", "_sock", "reads")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buffer = b""
         self._offset = 0
         self._may_read = True
+        self._end: OSError | None = None  # what `fill` met instead of bytes (_EOF: the end of the stream), for recv
         self.reads = 0  # recv calls on the socket itself (tests and benchmarks)
 
     def recv(self, size: int) -> bytes:
         buffer, start = self._buffer, self._offset
         if start >= len(buffer):
+            if self._end is not None:
+                if self._end is _EOF:
+                    return b""
+                raise self._end
             if not self._may_read and not self._below():
                 raise BlockingIOError("read once since the last wait")
             data: bytes = self._sock.recv(max(size, READ_SIZE))
@@ -250,6 +258,29 @@ class BufferedReads:
         end = start + size
         self._offset = end
         return buffer[start:end]
+
+    def fill(self) -> None:
+        """The read `recv` would make next, made now, without handing anything out: so that the lean PUBLISH path
+        finds the packets of a new read whole in the buffer, rather than paho's reader taking the first of them
+        byte by byte (a third of all messages, at a few per read). Nothing when the buffer still holds bytes or a
+        read is not allowed yet; the end of the stream or a socket error is kept for `recv` to hand to paho, which
+        closes the connection on it as before; nothing there yet (BlockingIOError, ssl.SSLWantReadError) is left
+        for recv to meet again."""
+        if self._offset < len(self._buffer) or self._end is not None or not self._may_read:
+            return
+        try:
+            data: bytes = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError as e:
+            self._end = e
+            return
+        self.reads += 1
+        self._may_read = False
+        if data:
+            self._buffer, self._offset = data, 0
+        else:
+            self._end = _EOF
 
     def whole_packet(self, kind: int, mask: int = 0xF0) -> tuple[int, bytes] | None:
         """The next MQTT packet, taken from the buffer, when its first byte under `mask` is `kind` (by default: its
@@ -329,7 +360,8 @@ def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> No
 
     The acknowledgement keeps paho's semantics: sent once `deliver` returned (the message is in the consumer's
     queue), as paho sends it once on_message returned; a PUBACK for a packet taken from the buffer waits only for the
-    others of the same call (microseconds), and is queued even when a later one of them is malformed. A malformed PUBLISH is MQTT_ERR_PROTOCOL, which
+    others of the same call (microseconds), and is queued even when a later one of them is malformed. A malformed
+    PUBLISH is MQTT_ERR_PROTOCOL, which
     closes the connection as paho does for the malformed packets it finds itself (MQTT v5 section 4.13); the
     caller reconnects. QoS 2 (never asked for here: subscriptions are QoS 1 at most) goes to paho's own handler
     and its PUBREC/PUBREL exchange. A topic that is not UTF-8 (which the broker should have refused) cannot be
@@ -370,6 +402,7 @@ def _lean_publish(client: paho.Client, deliver: Callable[[Inbound], None]) -> No
     def packet_read() -> MQTTErrorCode:
         sock = client._sock
         if client._in_packet["command"] == 0 and isinstance(sock, BufferedReads):
+            sock.fill()
             taken = sock.whole_packet(PUBLISH, QOS_0_OR_1)
             if taken is not None:
                 acks = bytearray()

@@ -271,8 +271,9 @@ def test_a_packet_not_held_whole_stays_in_the_buffer(data: bytes) -> None:
 
 
 def test_paho_s_reader_takes_every_whole_publish_of_a_read_at_once() -> None:
-    """Through paho's own loop_read: publishes whole in the buffer go in one call, a packet cut by the end of the
-    read is finished by paho's reader from the next read, and other packets (a PINGRESP) stay paho's."""
+    """Through paho's own loop_read: publishes whole in a read go in one call (the first of them too: paho's reader
+    took it byte by byte, a third of all messages at a few per read), a packet cut by the end of the read is
+    finished by paho's reader from the next read, and other packets (a PINGRESP) stay paho's."""
     client, delivered = hooked()
     near, far = socket.socketpair()
     near.setblocking(False)
@@ -283,10 +284,9 @@ def test_paho_s_reader_takes_every_whole_publish_of_a_read_at_once() -> None:
     cut = len(data) - len(packets[-1]) // 2 - 2  # inside the last publish
     with near, far:
         far.sendall(data[:cut])
-        client._packet_read()  # the first packet by paho's reader (its first read filled the buffer)
-        assert len(delivered) == 1
-        client._packet_read()  # every whole publish left in the buffer, in one call
+        client._packet_read()  # the read made first, then every whole publish it brought, in one call
         assert len(delivered) == 49
+        assert sock.reads == 1
         far.sendall(data[cut:])
         for _ in range(10):  # what aiomqtt's reader does: read, and again while the buffer holds anything
             client._packet_read()
@@ -347,3 +347,51 @@ def test_a_malformed_publish_in_a_read_still_acknowledges_those_delivered_before
     assert code is MQTTErrorCode.MQTT_ERR_PROTOCOL  # paho closes the connection
     assert [m.topic for m in delivered] == ["t/0", "t/1"]
     assert queued(client) == [b"\x40\x02\x00\x01\x40\x02\x00\x02"]  # the broker need not send those two again
+
+
+def test_the_end_of_the_stream_met_by_the_lean_path_s_read_closes_the_connection() -> None:
+    client, delivered = hooked()
+    near, far = socket.socketpair()
+    near.setblocking(False)
+    sock = BufferedReads(near)
+    client._sock = sock
+    with near:
+        far.sendall(b"".join(wire(*publish_packet(b"t/%d" % n, b"p", qos=0)) for n in range(3)))
+        far.close()
+        assert client._packet_read() is MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert len(delivered) == 3
+        assert sock.pending() == 0  # the reader goes back to waiting: the socket is readable (its end)
+        assert client._packet_read() is MQTTErrorCode.MQTT_ERR_CONN_LOST  # as paho's own reader says for b""
+        assert client._packet_read() is MQTTErrorCode.MQTT_ERR_CONN_LOST  # and again: the end is kept, not lost
+    client._sock = None
+
+
+class _Failing:
+    """A socket whose reads fail as `error` says."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.reads = 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConnectionResetError(104, "reset by peer"), MQTTErrorCode.MQTT_ERR_CONN_LOST),
+        (BlockingIOError(11, "nothing yet"), MQTTErrorCode.MQTT_ERR_AGAIN),
+    ],
+)
+def test_what_the_lean_path_s_read_meets_reaches_paho_as_its_own_read_would(error: OSError, code: int) -> None:
+    client, delivered = hooked()
+    failing = _Failing(error)
+    client._sock = BufferedReads(failing)
+    assert client._packet_read() == code
+    # A socket error is kept and handed to paho's reader, not read for again (a second read of a reset socket would
+    # say only "end of stream"); nothing there yet is asked again by paho's reader, as before.
+    assert failing.reads == (1 if isinstance(error, ConnectionResetError) else 2)
+    assert delivered == []
+    client._sock = None
