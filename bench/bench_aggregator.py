@@ -3,7 +3,8 @@ and the JSON API cost, at the size the aggregator is built for (1,000 relays x 3
 every 15 s).
 
 Baselines measured in the same run: `ResultMessage.model_validate_json` on the same payloads for ingest (parsing and
-validating the JSON is the cost a store cannot avoid, so "ingest / validation" says what the store adds);
+validating the JSON is the cost a store cannot avoid, so "ingest / validation" says what the store adds), and the
+compiled reader the store runs instead (probe/aggregator/wire.py: the same checks, `read_json_us_median`);
 prometheus_client's `generate_latest` and a renderer without history for /metrics; the fleet view built and dumped
 in-process for the API's answers. CPU time where the work is ours alone, wall time for HTTP round trips on loopback.
 No lab and no root needed:  .venv/bin/python -m bench.bench_aggregator [--relays 1000] [--rounds 8]
@@ -32,6 +33,7 @@ from probe.aggregator.metrics import MetricsRenderer, collect_samples, expositio
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import MULLVAD_PORT_RANGES, FakeClock, make_inventory, make_path, make_result
 from probe.aggregator.views import fleet_view
+from probe.aggregator.wire import read_result
 from probe.http import serving
 from probe.inventory import Inventory
 from probe.messages import ResultMessage, result_topic
@@ -107,19 +109,28 @@ def validate(data: bytes, _topic: str) -> None:
     ResultMessage.model_validate_json(data)
 
 
+def read(data: bytes, _topic: str) -> None:
+    # What the store's ingest runs first: the compiled reader (pydantic decides only what it refuses).
+    if read_result(data) is None:
+        raise AssertionError("the compiled reader refused an agent's result")
+
+
 def ingest_figures(store: ResultStore, rounds: list[list[tuple[bytes, str]]], clock: FakeClock) -> dict[str, float]:
-    """Each round arrives in its own interval; validation alone and ingest alternate chunk by chunk, so both see
-    the same machine."""
+    """Each round arrives in its own interval; validation alone (pydantic's, the contract's model), the compiled
+    reader alone (what the store runs) and ingest alternate chunk by chunk, so all three see the same machine."""
     validated: list[float] = []
+    were_read: list[float] = []
     ingested: list[float] = []
     for number, batch in enumerate(rounds):
         clock.advance(INTERVAL)
         for start in range(0, len(batch), 100):
             part = batch[start : start + 100]
             validate_s = cpu_per_message(part, validate)
+            read_s = cpu_per_message(part, read)
             ingest_s = cpu_per_message(part, store.ingest_result)
             if number > 0:  # the first round creates every record: not the steady state
                 validated += validate_s
+                were_read += read_s
                 ingested += ingest_s
     assert store.messages[Outcome.accepted] == sum(len(b) for b in rounds), store.messages
     # A spool replayed after an outage: an agent's oldest round arriving after the newer ones, with new ids.
@@ -127,6 +138,7 @@ def ingest_figures(store: ResultStore, rounds: list[list[tuple[bytes, str]]], cl
     garbage = [(b'{"server": 1' + bytes(200), topic) for _, topic in rounds[0]]
     return {
         "validate_us": median(validated) * 1e6,
+        "read_us": median(were_read) * 1e6,
         "ingest_us": median(ingested) * 1e6,
         "duplicate_us": median(cpu_per_message(rounds[-1], store.ingest_result)) * 1e6,
         "replay_us": median(cpu_per_message(replay, store.ingest_result)) * 1e6,
@@ -300,6 +312,7 @@ def main() -> None:
         "rounds": args.rounds,
         "payload_bytes_median": median(sizes),
         "validate_json_us_median": ingest["validate_us"],
+        "read_json_us_median": ingest["read_us"],
         "ingest_us_median": ingest["ingest_us"],
         "ingest_over_validate": ingest["ingest_us"] / ingest["validate_us"],
         "ingest_results_per_cpu_s": 1e6 / ingest["ingest_us"],
