@@ -21,7 +21,8 @@ one core. msgspec decodes and checks the same message into these structs in ~20 
 Stage names and reasons come out as their string values (the store keeps these stage structs as they are, see
 probe.aggregator.records.Stage); a path's and a result's reason as `Reason` members, as the models do. None of the
 structs is tracked by the cyclic garbage collector (gc=False): they hold strings, numbers, None, enum members, tuples
-of structs and a dict of strings, so no cycle can pass through them, and a store holds ~200,000 of them.
+of structs and a dict of strings, so no cycle can pass through them, and a store holds ~200,000 of them. They
+are frozen: the store's records, its metrics blocks and its views share them.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ ReasonText = Literal[
 Count = Annotated[int, Meta(ge=0)]
 
 
-class WireStage(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class WireStage(Struct, kw_only=True, forbid_unknown_fields=True, gc=False, frozen=True):
     name: StageNameText
     ok: bool
     reason: ReasonText | None = None
@@ -83,7 +84,7 @@ class WireStage(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     rejected: Count = 0
 
 
-class WirePath(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class WirePath(Struct, kw_only=True, forbid_unknown_fields=True, gc=False, frozen=True):
     port: int
     family: Literal["ipv4", "ipv6"]
     ok: bool
@@ -95,7 +96,7 @@ class WirePath(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     rejected: Count = 0
 
 
-class WireResult(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+class WireResult(Struct, kw_only=True, forbid_unknown_fields=True, gc=False, frozen=True):
     schema_version: int = SCHEMA_VERSION
     server: str
     agent: str
