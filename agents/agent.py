@@ -93,12 +93,16 @@ class Agent:
         now: Callable[[], float] = time.time,
         http: Callable[[Agent, Callable[[], None]], Coroutine[object, object, None]] | None = None,
         skipped: Callable[[Inventory], list[tuple[str, str]]] = entry_problems,
+        adopted: Callable[[Inventory | None], None] | None = None,
     ) -> None:
         self.config = config
         self.inventory = inventory
         self.outbox = outbox
         self.load_inventory = load_inventory
         self.skipped = skipped  # what a load left out, to log: ConfiguredInventory.skipped, with its labels'
+        # Told of every load, on the event loop: the inventory, or None when the load failed. `probe serve`'s
+        # aggregator follows the agent's loads this way rather than loading (and logging) each one a second time.
+        self.adopted = adopted
         self.log = log
         self.now = now
         self.http = http
@@ -363,6 +367,8 @@ class Agent:
             self.counters.inventory_failures += 1
             self.counters.inventory_error = str(exc)
             self.log.warning("inventory_kept", reason=str(exc), relays=len(self.inventory.relays))
+            if self.adopted is not None:
+                self.adopted(None)
             return
         self.inventory = inventory
         self.prober.inventory = inventory
@@ -371,6 +377,8 @@ class Agent:
         added, removed = self.schedule.set_relays(inventory.names, self.now())
         for event, problem in self.skipped(inventory):
             self.log.warning(event, problem=problem)
+        if self.adopted is not None:
+            self.adopted(inventory)
         if added or removed:
             self.log.info("inventory_changed", relays=len(inventory.relays), added=len(added), removed=len(removed))
         elif asked:

@@ -171,18 +171,17 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     verifications = Verifications(now=time.time)
     sink = Tagged(store, verifications)
     bus = LocalOutbox(config.agent.name, lambda topic, payload: _deliver(sink, topic, payload))
-    agent = Agent(config, inventory, outbox=bus, load_inventory=source.load, skipped=source.skipped, log=log)
+    # The agent loads the inventory for both (on its schedule and on SIGHUP) and hands each load to the shell.
+    agent = Agent(
+        config, inventory, outbox=bus, load_inventory=source.load, skipped=source.skipped, log=log, adopted=shell.adopt
+    )
     app = make_app(store, verifications=verifications, send=_local_commands(agent))
     app.add_subapp("/agent/", agent_http(agent))
     loop = asyncio.get_running_loop()
 
-    def reload() -> None:
-        agent.reload()
-        shell.reload()
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload)
     if signals.take(signal.SIGHUP):  # a reload asked for while starting
-        reload()
+        agent.reload()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.stop)
     if stopping.is_set():
@@ -197,7 +196,6 @@ async def _serve(config: AgentConfig, log: Log) -> None:
     try:
         async with asyncio.TaskGroup() as tree:
             tree.create_task(shell.judging(settled), name="judging")
-            tree.create_task(shell.following_inventory(), name="inventory")
             tree.create_task(serve(app, config.http.listen, ready=serving), name="http")
             tree.create_task(_after(run_agent(agent)), name="agent")
     except* _Done:

@@ -3,7 +3,8 @@
 - `judging`: once the first burst of retained messages is in (the subscriber's `settled`; at once for the
   in-process bus), the store judges every second, and every health change is logged, whoever's call found it.
 - `following_inventory`: the inventory (with its labels) is loaded again every `refresh_seconds` and on SIGHUP;
-  a failed load keeps the last good one and says so.
+  a failed load keeps the last good one and says so. `probe serve` runs its agent's loads instead, each handed to
+  `adopt`: one load and one log line per reload, not one from each.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from agents.log import Log
 from probe.aggregator.records import AgentChange, HealthChange
 from probe.aggregator.store import ResultStore
 from probe.errors import WgProbeError
+from probe.inventory import Inventory
 from probe.inventory.configured import ConfiguredInventory
 
 JUDGE_EVERY = 1.0  # seconds: staleness and changes show within a second
@@ -50,6 +52,14 @@ class AggregatorShell:
                     self.log.info("agent_state", agent=change.agent, state=str(change.state), was=str(change.previous))
             await asyncio.sleep(JUDGE_EVERY)
 
+    def adopt(self, inventory: Inventory | None) -> None:
+        """A load's outcome for the store: the new inventory, or None when the load failed (the last good one stays
+        in use, and wgprobe_inventory_ok is 0 until a load succeeds)."""
+        if inventory is None:
+            self.store.inventory_ok = False
+        else:
+            self.store.set_inventory(inventory)
+
     async def following_inventory(self) -> None:
         while True:
             await wait_event(self._reload, self.source.section.refresh_seconds)
@@ -59,11 +69,11 @@ class AggregatorShell:
                 inventory = await asyncio.to_thread(self.source.load)
             except WgProbeError as exc:
                 self.log.warning("inventory_kept", reason=str(exc), relays=len(self.store.inventory.relays))
-                self.store.inventory_ok = False  # wgprobe_inventory_ok 0 until a load succeeds
+                self.adopt(None)
                 continue
             say_skipped(self.source, inventory, self.log)
             before = set(self.store.inventory.names)
-            self.store.set_inventory(inventory)
+            self.adopt(inventory)
             after = set(inventory.names)
             if before != after:
                 added, removed = len(after - before), len(before - after)

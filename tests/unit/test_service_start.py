@@ -5,12 +5,14 @@ fleet on loopback, no root."""
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,47 @@ def test_an_agent_whose_listen_address_is_in_use_exits_before_it_is_on_the_broke
         assert "already in use" in done.stderr
         with pytest.raises(TimeoutError):
             broker.accept()[0].close()  # nobody knocked
+
+
+def _servers(port: int) -> int | None:
+    """How many relays `probe serve`'s aggregator holds (its fleet view), None while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/servers", timeout=5) as answer:
+            count: int = json.load(answer)["servers"]
+            return count
+    except OSError:
+        return None
+
+
+def _until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_serve_loads_the_inventory_once_per_reload_for_its_agent_and_its_aggregator(sim: Sim) -> None:
+    # The agent and the aggregator in `probe serve` each loaded the inventory and logged it: every SIGHUP and every
+    # refresh said "inventory_changed" (and any skipped entry) twice. Now the agent loads and the aggregator adopts.
+    document = json.loads((sim.directory / "relays.json").read_text())
+    inventory = sim.directory / "relays-reloaded.json"
+    inventory.write_text(json.dumps(document))
+    port = free_port()
+    proc = serve(serve_config(sim, f"127.0.0.1:{port}", inventory=str(inventory)))
+    try:
+        _until(lambda: _servers(port) == 2, "serving the two relays")
+        document["wireguard"]["relays"] = document["wireguard"]["relays"][:1]
+        inventory.write_text(json.dumps(document))
+        proc.send_signal(signal.SIGHUP)
+        _until(lambda: _servers(port) == 1, "the aggregator following the agent's reload")
+        proc.send_signal(signal.SIGHUP)  # nothing changed: answered in the log, once
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert err.count("inventory_changed") == 1, err
+    assert err.count("inventory_reloaded") == 1, err
