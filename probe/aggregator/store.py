@@ -229,6 +229,8 @@ class ResultStore:
             if agent is None:
                 self._check_size(payload)
                 raise _Refused(Outcome.topic_mismatch, f"not a status topic: {printable(topic, 120)}")
+            if not payload:
+                raise _Refused(Outcome.cleared, "an empty payload: a retained status cleared")
             status = self._parse(AgentStatus, payload)
             if status.agent != agent:
                 raise _Refused(Outcome.topic_mismatch, f"payload is from {printable(status.agent, 64)}")
@@ -277,6 +279,8 @@ class ResultStore:
         self._check_size(payload)
         if names is None:
             raise _Refused(Outcome.topic_mismatch, f"not a results topic: {printable(topic, 120)}")
+        if not payload:
+            raise _Refused(Outcome.cleared, "an empty payload: a retained result cleared")
         # A re-send (QoS 1 redelivery, the retained results on every resubscribe) is dropped before it costs a parse
         # (~12 us rather than ~200 us). The id is only read, not validated, so a malformed payload carrying an id
         # its agent already sent is counted as a duplicate, not as malformed: either way it is dropped, and only that

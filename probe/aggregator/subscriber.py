@@ -45,6 +45,9 @@ SHORT_LIVED = 10.0  # seconds: a connection the broker drops sooner than this co
 FLAPPING = 3  # short-lived connections in a row before the log asks about a shared client id
 FLAPPING_EVENT = "connection dropped soon after connecting, again and again"
 _RESULTS_PREFIX = f"{TOPIC_ROOT}/results/"
+# Drops that are MQTT at work, not a problem: a re-send (QoS 1, the retained results on every reconnect) and a
+# retained message cleared (an empty payload).
+_ROUTINE = frozenset({Outcome.duplicate, Outcome.cleared})
 
 
 class MessageSink(Protocol):
@@ -169,10 +172,9 @@ class Subscriber:
         else:
             ingested = self.store.ingest_status(message.payload, message.topic)
         if not ingested.accepted and ingested.first_from_sender:
-            # A duplicate is QoS 1 at work (a redelivery, the retained results again on every reconnect): worth a
-            # line, not a warning.
+            # A duplicate or a cleared retained message is MQTT at work (_ROUTINE): worth a line, not a warning.
             self._log(
-                logging.INFO if ingested.outcome is Outcome.duplicate else logging.WARNING,
+                logging.INFO if ingested.outcome in _ROUTINE else logging.WARNING,
                 "message dropped",
                 reason=str(ingested.outcome),
                 sender=ingested.sender or "-",

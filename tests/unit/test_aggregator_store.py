@@ -103,7 +103,9 @@ def _malformed_cases(clock: FakeClock) -> list[tuple[str, bytes, str, Outcome, s
     future = good(clock, schema_version=2)
     future_shape = {"schema_version": 2, "relay": RELAYS[0], "verdicts": []}
     return [
-        ("empty", b"", topic, Outcome.malformed, "not JSON"),
+        # An empty payload is how MQTT deletes a retained message, and the broker hands it on: not malformed.
+        ("empty", b"", topic, Outcome.cleared, "a retained result cleared"),
+        ("blank", b" ", topic, Outcome.malformed, "not JSON"),
         ("not json", b"hello", topic, Outcome.malformed, "not JSON"),
         ("not utf-8", b'{"server": "\xff\xfe"}', topic, Outcome.malformed, ""),
         ("array", b"[1, 2, 3]", topic, Outcome.malformed, "not a valid message"),
@@ -344,6 +346,7 @@ def test_statuses_are_validated_like_results(store: ResultStore, clock: FakeCloc
         (payload(status), status_topic(B), Outcome.topic_mismatch),
         (payload(status), result_topic(A, RELAYS[0]), Outcome.topic_mismatch),
         (b"{", status_topic(A), Outcome.malformed),
+        (b"", status_topic(A), Outcome.cleared),  # a retired agent's status deleted: its last one stays
         (_json({**json.loads(payload(status)), "schema_version": 7}), status_topic(A), Outcome.unknown_schema),
         (b" " * (MAX_PAYLOAD + 1), status_topic(A), Outcome.oversized),
     ]
