@@ -24,6 +24,7 @@ default) and has no authentication of its own. POST /api/v1/verifications is its
 costs every online agent a probe of every path of the servers named (inventory names only, at most
 probe.verify.api.MAX_SERVERS, at most verifications.PER_MINUTE a minute) and changes nothing else. It takes only
 `application/json`, which a page of another site cannot send here without a CORS preflight this server never grants.
+Its body must arrive within BODY_SECONDS of its head (408 otherwise), so a client cannot hold a handler open.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ log = logging.getLogger("wgprobe.aggregator.http")
 
 METRICS_UPDATE_SECONDS = 1.0  # how often metrics blocks that time moved (stale paths) are written between scrapes
 MAX_BODY = 512 * 1024  # a verification naming its 1,000 servers at their longest fits; nothing else has a body
+# Seconds a POST's body may take to arrive once its head has: a client that declares a body and never sends it (or
+# sends it a byte at a time) held its connection and handler open for as long as it liked.
+BODY_SECONDS = 10.0
 _SUGGESTIONS = 3
 _RELAY_NAME = re.compile(RELAY_NAME_PATTERN)
 _NO_STORE = "no-store"
@@ -365,7 +369,14 @@ async def _verification_request(request: web.Request) -> VerificationRequest:
         detail = "send the request body as application/json"
         raise _Problem(415, ApiError(error="unsupported_media_type", detail=detail))
     try:
-        return VerificationRequest.model_validate_json(await request.read())
+        async with asyncio.timeout(BODY_SECONDS):
+            body = await request.read()
+        return VerificationRequest.model_validate_json(body)
+    except TimeoutError:
+        detail = f"the request body did not arrive within {BODY_SECONDS:g} s"
+        late = _Problem(408, ApiError(error="request_timeout", detail=detail))
+        late.headers["Connection"] = "close"  # what may still come of the body must not be read as a request
+        raise late from None
     except ConnectionResetError:
         # The client left before its body was all sent (aiohttp: "Connection lost"): its doing, not a bug of ours,
         # and nobody is left to read the answer.

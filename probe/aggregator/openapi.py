@@ -58,6 +58,7 @@ class ApiError(_Shape):
         "not_found",
         "method_not_allowed",
         "unsupported_media_type",
+        "request_timeout",
         "too_many_requests",
         "unavailable",
         "internal_error",
@@ -90,6 +91,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     words = {
         400: "Invalid input (a query parameter, a malformed name).",
         404: "No such resource.",
+        408: "The request body did not arrive in time.",
         415: "The body is not application/json.",
         429: "Too many verifications in the last minute: try again after Retry-After seconds.",
         503: "No agent can be asked (none online with a good control check, or no broker connection).",
@@ -194,7 +196,7 @@ def _verification_paths() -> dict[str, Any]:
                 "every path; they answer with ordinary results tagged with the request id. The one state-changing "
                 "endpoint: inventory names only, at most 1,000 a request, a bounded number of requests a minute.",
                 "requestBody": body,
-                "responses": {"202": started, **_errors(400, 404, 415, 429, 503)},
+                "responses": {"202": started, **_errors(400, 404, 408, 415, 429, 503)},
             }
         },
         "/api/v1/verifications/{request_id}": _get(

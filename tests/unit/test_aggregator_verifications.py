@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from probe.addresses import Endpoint
+from probe.aggregator import http as aggregator_http
 from probe.aggregator.config import HealthSection
 from probe.aggregator.health import AgentState
 from probe.aggregator.http import make_app
@@ -265,6 +266,29 @@ async def test_a_client_that_leaves_mid_body_is_not_a_bug(caplog: pytest.LogCapt
             while not [r for r in caplog.records if r.name == "test.access"]:
                 await asyncio.sleep(0.01)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_never_arrives_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that declares a body and never sends it held its connection and the handler open for as long as it
+    # stayed: nothing timed the body out.
+    monkeypatch.setattr(aggregator_http, "BODY_SECONDS", 0.3)
+    store, agents = ResultStore(make_inventory(RELAYS), now=FakeClock()), Agents()
+    app = make_app(store, metrics_update_seconds=None, verifications=Verifications(now=FakeClock()), send=agents.send)
+    async with serving(app, LOOPBACK) as bound:
+        reader, writer = await asyncio.open_connection(str(bound.host), bound.port)
+        head = "POST /api/v1/verifications HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(f'{head}Content-Length: 1000\r\n\r\n{{"servers": ['.encode())
+        await writer.drain()
+        async with asyncio.timeout(10):  # a hang guard: the answer comes after BODY_SECONDS
+            answer = (await reader.readuntil(b"\r\n\r\n")).decode()
+            length = int(next(line for line in answer.split("\r\n") if line.startswith("Content-Length:")).split()[1])
+            body = json.loads(await reader.readexactly(length))
+        writer.close()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "Connection: close" in answer  # what may still come of the body is not read as a next request
+    assert body["error"] == "request_timeout" and "0.3 s" in body["detail"]
+    assert not agents.sent  # nothing was asked of anyone
 
 
 @pytest.mark.asyncio
