@@ -84,6 +84,12 @@ AGENT_CONTROL_OK = MetricSpec(
     "1 when the agent's own control check (its reach through no relay) held, else 0: its results are then left out.",
     ("agent",),
 )
+AGENT_CLOCK_OFFSET = MetricSpec(
+    "wgprobe_agent_clock_offset_seconds",
+    "Seconds the agent's clock is ahead of the aggregator's (negative: behind), from its newest status that arrived "
+    "live; absent until one has.",
+    ("agent",),
+)
 MESSAGES = MetricSpec(
     "wgprobe_messages_total",
     "Messages received (results and agent statuses) by what became of them: accepted, or why they were dropped.",
@@ -126,6 +132,7 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     RESULT_AGE,
     AGENT_UP,
     AGENT_CONTROL_OK,
+    AGENT_CLOCK_OFFSET,
     MESSAGES,
     PACKETS_SENT,
     PACKETS_RECEIVED,
@@ -229,6 +236,8 @@ def _agents(store: ResultStore, out: Samples) -> None:
         out[AGENT_UP.name].append(((name,), 1.0 if up else 0.0))
         control_ok = info.newest_control_ok and info.status_control_ok
         out[AGENT_CONTROL_OK.name].append(((name,), 1.0 if control_ok else 0.0))
+        if info.clock_offset is not None:
+            out[AGENT_CLOCK_OFFSET.name].append(((name,), info.clock_offset))
     out[AGENTS.name] = [((state.value,), float(count)) for state, count in counts.items()]
 
 
@@ -525,7 +534,7 @@ class MetricsRenderer:
     def _small(self) -> tuple[bytes, bytes]:
         """The families of a handful of lines, written every time: (agents and messages, relay and agent counts)."""
         store = self.store
-        samples: Samples = {spec.name: [] for spec in (AGENT_UP, AGENT_CONTROL_OK, AGENTS)}
+        samples: Samples = {spec.name: [] for spec in (AGENT_UP, AGENT_CONTROL_OK, AGENT_CLOCK_OFFSET, AGENTS)}
         _agents(store, samples)
         _own_state(store, samples)
         samples[MESSAGES.name] = [((o.value,), float(store.messages[o])) for o in Outcome]
@@ -533,7 +542,8 @@ class MetricsRenderer:
         for server in store.servers.values():
             states[server.state] += 1
         samples[SERVERS.name] = [((s.value,), float(n)) for s, n in states.items()]
-        head = b"".join(_lines(spec, samples[spec.name]) for spec in (AGENT_UP, AGENT_CONTROL_OK, MESSAGES))
+        head_specs = (AGENT_UP, AGENT_CONTROL_OK, AGENT_CLOCK_OFFSET, MESSAGES)
+        head = b"".join(_lines(spec, samples[spec.name]) for spec in head_specs)
         tail_specs = (SERVERS, AGENTS, INVENTORY_OK, INVENTORY_AGE, BROKER_CONNECTED)
         tail = b"".join(_lines(spec, samples[spec.name]) for spec in tail_specs)
         return head, tail

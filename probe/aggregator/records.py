@@ -79,7 +79,17 @@ class AgentChange:
     previous: AgentState | None
 
 
-Change = HealthChange | AgentChange
+@dataclass(frozen=True, slots=True)
+class ClockChange:
+    """An agent's clock found off (or back within CLOCK_TOLERANCE) by its statuses' times against their arrival."""
+
+    agent: str
+    at: float
+    offset: float  # seconds the agent's clock is ahead of ours (negative: behind), by its newest live status
+    off: bool
+
+
+Change = HealthChange | AgentChange | ClockChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +255,9 @@ class AgentInfo:
     # An offline status not in effect yet, because the broker may have published it at its own shutdown (see
     # probe.aggregator.store.WILL_GRACE): the status, its status_at, and when it takes effect unless a newer one comes.
     held: tuple[AgentStatus, float, float] | None = None
+    # Seconds its clock is ahead of ours (negative: behind): its newest live status's updated_at against its arrival.
+    clock_offset: float | None = None
+    clock_off: bool = False  # said off (a ClockChange) and not said back yet
 
     @property
     def status_control_ok(self) -> bool:

@@ -50,6 +50,16 @@ class AggregatorShell:
                     )
                 elif isinstance(change, AgentChange):
                     self.log.info("agent_state", agent=change.agent, state=str(change.state), was=str(change.previous))
+                elif change.off:
+                    self.log.warning(
+                        "agent_clock_off",
+                        agent=change.agent,
+                        offset_seconds=round(change.offset, 1),
+                        hint="its clock (or the delivery of its messages) is off by this much against this host's: "
+                        "results are judged by the times they carry, and commands expire by the agent's clock",
+                    )
+                else:
+                    self.log.info("agent_clock_ok", agent=change.agent, offset_seconds=round(change.offset, 1))
             await asyncio.sleep(JUDGE_EVERY)
 
     def adopt(self, inventory: Inventory | None) -> None:

@@ -50,6 +50,7 @@ from probe.aggregator.records import (
     AgentJudgement,
     AgentRecord,
     Change,
+    ClockChange,
     Failure,
     HealthChange,
     PacketCounts,
@@ -86,6 +87,12 @@ _MAX_LOGGED = 4096  # (sender, outcome) pairs remembered for "log once per sende
 # judging pass in between would otherwise flip every verdict for a moment, which a scrape or the log could catch.
 WILL_GRACE = 3.0
 REDELIVERY_WINDOW = 30.0
+# An agent's clock is off when two of its live statuses in a row are dated more than this ahead of their arrival,
+# or behind it, the same way: results are judged by their own times (a clock behind makes them stale early, one
+# ahead is held to arrival), and commands expire by the agent's clock. One late status (queued while the agent or
+# we were away) reads as behind by its wait: two in a row, and none in the REDELIVERY_WINDOW after we (re)connect,
+# when the broker hands out what it queued. Transit is milliseconds; a backlog of seconds is itself worth a word.
+CLOCK_TOLERANCE = 10.0
 
 
 class _Refused(Exception):
@@ -144,6 +151,7 @@ class ResultStore:
         self.broker_connected: bool | None = None
         self._lost_broker = False  # the connection dropped at least once: what comes after a reconnect is suspect
         self._suspect_until = -math.inf  # offline statuses arriving before this are held (REDELIVERY_WINDOW)
+        self._clock_from = -math.inf  # statuses arriving before this do not measure their agent's clock
         self.set_inventory(inventory)
 
     # -- reading ---------------------------------------------------------------------------------------------------
@@ -221,8 +229,9 @@ class ResultStore:
             accepted = self._accepted[message.agent] = Ingested(Outcome.accepted, sender=message.agent)
         return accepted
 
-    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
-        """Validate and keep one agent status (or last will). Never raises."""
+    def ingest_status(self, payload: bytes | bytearray, topic: str, *, live: bool = True) -> Ingested:
+        """Validate and keep one agent status (or last will). Never raises. `live`: published now, not a retained
+        message handed out at subscription (only a live one says how the agent's clock stands against ours)."""
         agent = status_topic_agent(topic)
         sender = printable(agent, 64) if agent else None
         try:
@@ -243,6 +252,8 @@ class ResultStore:
         # its arrival, as a result's time is: a status dated ahead would keep its agent from going silent for ever.
         status_at = min(epoch(status.updated_at), now) if status.updated_at else now
         info.held = None  # a held will is superseded by anything newer from its agent
+        if live and status.online and status.updated_at is not None and now >= self._clock_from:
+            self._clock(info, epoch(status.updated_at) - now, now)
         if status.online or self.broker_connected is None:  # no broker (`probe serve`): no will but the agent's own
             info.status, info.status_at = status, status_at
         else:
@@ -262,6 +273,7 @@ class ResultStore:
             return 0
         self.broker_connected = up
         if up:
+            self._clock_from = now + REDELIVERY_WINDOW  # what the broker queued for us comes first, late
             if self._lost_broker:
                 self._suspect_until = now + REDELIVERY_WINDOW
             return 0
@@ -308,6 +320,20 @@ class ResultStore:
         if (message.agent, message.result_id) in self._seen:
             raise _Refused(Outcome.duplicate, f"result_id {printable(message.result_id, 64)}")
         return read
+
+    def _clock(self, info: AgentInfo, offset: float, now: float) -> None:
+        previous, info.clock_offset = info.clock_offset, offset
+        if not info.clock_off:
+            if (
+                previous is not None
+                and min(abs(previous), abs(offset)) > CLOCK_TOLERANCE
+                and (previous > 0) == (offset > 0)
+            ):
+                info.clock_off = True
+                self._changes.append(ClockChange(info.name, now, offset, off=True))
+        elif abs(offset) <= CLOCK_TOLERANCE:
+            info.clock_off = False
+            self._changes.append(ClockChange(info.name, now, offset, off=False))
 
     def _check_size(self, payload: bytes | bytearray) -> None:
         if len(payload) > self._max_payload:

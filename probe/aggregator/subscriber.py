@@ -55,7 +55,7 @@ class MessageSink(Protocol):
 
     def ingest_result(self, payload: bytes | bytearray, topic: str) -> Ingested: ...
 
-    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested: ...
+    def ingest_status(self, payload: bytes | bytearray, topic: str, *, live: bool = True) -> Ingested: ...
 
     def broker_connection(self, up: bool) -> int: ...
 
@@ -170,7 +170,9 @@ class Subscriber:
         if message.topic.startswith(_RESULTS_PREFIX):
             ingested = self.store.ingest_result(message.payload, message.topic)
         else:
-            ingested = self.store.ingest_status(message.payload, message.topic)
+            # A retained status is handed out at subscription, whenever it was published: only a live one says how
+            # its agent's clock stands against ours.
+            ingested = self.store.ingest_status(message.payload, message.topic, live=not message.retain)
         if not ingested.accepted and ingested.first_from_sender:
             # A duplicate or a cleared retained message is MQTT at work (_ROUTINE): worth a line, not a warning.
             self._log(

@@ -205,8 +205,8 @@ class Tagged:
             self.verifications.record(ResultMessage.model_validate_json(payload))
         return ingested
 
-    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
-        return self.store.ingest_status(payload, topic)
+    def ingest_status(self, payload: bytes | bytearray, topic: str, *, live: bool = True) -> Ingested:
+        return self.store.ingest_status(payload, topic, live=live)
 
     def broker_connection(self, up: bool) -> int:
         return self.store.broker_connection(up)

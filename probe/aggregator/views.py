@@ -144,6 +144,10 @@ class AgentView(_View):
     status_at: datetime | None
     results: int  # results accepted from it since the aggregator started
     relays_voting: int  # relays on which its results count now
+    # Seconds its clock is ahead of the aggregator's (negative: behind), from its newest status that arrived live
+    # (None: none has yet); `clock_off` when two in a row were off by more than the store's CLOCK_TOLERANCE.
+    clock_offset_seconds: float | None = None
+    clock_off: bool = False
 
 
 class FleetView(_View):
@@ -331,6 +335,8 @@ def _agent(info: AgentInfo, relays_voting: int) -> AgentView:
         status_at=_time(info.status_at) if info.status_at is not None else None,
         results=info.results,
         relays_voting=relays_voting,
+        clock_offset_seconds=None if info.clock_offset is None else round(info.clock_offset, 3),
+        clock_off=info.clock_off,
     )
 
 

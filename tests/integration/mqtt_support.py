@@ -41,9 +41,9 @@ class Recorder:
         self.results.append(Arrival(topic, bytes(payload), result_id))
         return self.store.ingest_result(payload, topic)
 
-    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
+    def ingest_status(self, payload: bytes | bytearray, topic: str, *, live: bool = True) -> Ingested:
         self.statuses.append((topic, bytes(payload)))
-        return self.store.ingest_status(payload, topic)
+        return self.store.ingest_status(payload, topic, live=live)
 
     def broker_connection(self, up: bool) -> int:
         return self.store.broker_connection(up)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from probe.aggregator import store as store_module
 from probe.aggregator.health import AgentState, HealthState
 from probe.aggregator.intake import MAX_PAYLOAD, Ingested, Outcome
 from probe.aggregator.store import ResultStore
@@ -68,9 +69,9 @@ class SettleWatch(Recorder):
         self._note()
         return super().ingest_result(payload, topic)
 
-    def ingest_status(self, payload: bytes | bytearray, topic: str) -> Ingested:
+    def ingest_status(self, payload: bytes | bytearray, topic: str, *, live: bool = True) -> Ingested:
         self._note()
-        return super().ingest_status(payload, topic)
+        return super().ingest_status(payload, topic, live=live)
 
     def _note(self) -> None:
         if self.consumer is not None and self.consumer.settled.is_set():
@@ -94,6 +95,28 @@ async def test_results_and_statuses_feed_the_store(broker: Mosquitto) -> None:
         assert record.last_failure is not None and record.last_failure.stage is StageName.forward
     status = store.agents["agent-a"].status
     assert status is not None and status.online
+
+
+@pytest.mark.asyncio
+async def test_an_agent_clock_is_read_from_its_live_statuses_not_from_a_retained_one(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker hands a retained status out at every subscription, whenever it was published: a status an hour old
+    # must not read as a clock an hour behind. What agent-c publishes while we are subscribed does say its clock.
+    monkeypatch.setattr(store_module, "REDELIVERY_WINDOW", 0.0)  # nothing queued for us here: measure at once
+    await publish(broker, "agent-c", (status_topic("agent-c"), payload(make_status("agent-c", at=time.time() - 3600))))
+    store = new_store()
+    consumer = subscriber(broker, store)
+    async with running(consumer.run()):
+        await wait_until(consumer.settled.is_set, "subscribed and settled")
+        assert store.agents["agent-c"].status is not None  # the retained one came
+        assert store.agents["agent-c"].clock_offset is None
+        for _ in range(2):
+            ahead = payload(make_status("agent-c", at=time.time() + 120))
+            await publish(broker, "agent-c", (status_topic("agent-c"), ahead))
+        await wait_until(lambda: store.agents["agent-c"].clock_off, "two live statuses two minutes ahead")
+    offset = store.agents["agent-c"].clock_offset
+    assert offset is not None and 115 < offset <= 120
 
 
 @pytest.mark.asyncio

@@ -288,3 +288,36 @@ def _fleet_toml(names: Sequence[str]) -> str:
         f'[[relays]]\nname = "{name}"\npublic_key = "{key}"\nipv4 = "198.18.0.{n + 10}"\nmain_port = 51820\n'
         for n, name in enumerate(names)
     )
+
+
+@pytest.mark.asyncio
+async def test_an_agent_clock_off_is_a_warning_in_the_log_and_a_series(tmp_path: Path) -> None:
+    from agents.log import Log
+    from probe.aggregator.service import AggregatorShell
+    from probe.config import InventorySection
+    from probe.inventory.configured import ConfiguredInventory
+
+    fleet = tmp_path / "relays.toml"
+    fleet.write_text(_fleet_toml(RELAYS))
+    source = ConfiguredInventory(InventorySection(source=str(fleet)))
+    clock = FakeClock()
+    store = ResultStore(source.load(), now=clock)
+    said = io.StringIO()
+    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=said))
+    settled = asyncio.Event()
+    settled.set()
+    task = asyncio.create_task(shell.judging(settled))
+    try:
+        for ahead in (-90.0, -90.0, 0.0):
+            clock.advance(15)
+            store.ingest_status(payload(make_status("agent-a", at=clock() + ahead)), status_topic("agent-a"))
+            if ahead:
+                continue
+            await _until(lambda: '"agent_clock_ok"' in said.getvalue())
+    finally:
+        task.cancel()
+    lines = [line for line in said.getvalue().splitlines() if "agent_clock" in line]
+    assert len(lines) == 2 and '"agent_clock_off"' in lines[0] and '"offset_seconds": -90.0' in lines[0], lines
+    assert '"level": "warning"' in lines[0] and '"agent_clock_ok"' in lines[1]
+    assert value(scrape(store)[1], "wgprobe_agent_clock_offset_seconds", agent="agent-a") == 0.0
+    assert render(store) == exposition(make_registry(store))

@@ -14,9 +14,11 @@ import pytest
 
 import probe.aggregator
 from probe.aggregator.intake import MAX_PAYLOAD, Outcome, claimed_result_id
-from probe.aggregator.records import AgentRecord, port_slot
-from probe.aggregator.store import ResultStore
+from probe.aggregator.metrics import render
+from probe.aggregator.records import AgentRecord, ClockChange, port_slot
+from probe.aggregator.store import REDELIVERY_WINDOW, ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_path, make_result, make_status, payload
+from probe.aggregator.views import agent_views
 from probe.messages import ResultMessage, result_topic, status_topic
 from probe.results import StageName
 from tests.unit.test_wg_sans_io import imported_modules
@@ -353,6 +355,60 @@ def test_statuses_are_validated_like_results(store: ResultStore, clock: FakeCloc
     for data, topic, outcome in cases:
         assert store.ingest_status(data, topic).outcome is outcome
     assert store.agents[A].status == status
+
+
+def _status(store: ResultStore, clock: FakeClock, ahead: float, *, live: bool = True, online: bool = True) -> None:
+    """A status from agent A dated `ahead` seconds past its arrival (negative: before), a round after the last."""
+    clock.advance(15.0)
+    status = make_status(A, at=clock() + ahead, online=online)
+    assert store.ingest_status(payload(status), status_topic(A), live=live).accepted
+
+
+def _clock_changes(store: ResultStore) -> list[tuple[float, bool]]:
+    return [(round(c.offset), c.off) for c in store.drain_changes() if isinstance(c, ClockChange)]
+
+
+def test_an_agent_clock_off_is_measured_and_said_once_two_statuses_agree(store: ResultStore, clock: FakeClock) -> None:
+    # An agent whose clock runs behind read `silent` (its results stale on arrival) with nothing pointing at its
+    # clock; one ahead by 5 minutes has every command expire.
+    _status(store, clock, 120.0)
+    assert store.agents[A].clock_offset == pytest.approx(120.0)
+    assert _clock_changes(store) == []  # one status may be a late one: not yet
+    _status(store, clock, 121.0)
+    assert _clock_changes(store) == [(121, True)]
+    _status(store, clock, 119.0)
+    assert _clock_changes(store) == []  # said once
+    _status(store, clock, 0.0)
+    assert _clock_changes(store) == [(0, False)]
+    assert not store.agents[A].clock_off
+    assert 'wgprobe_agent_clock_offset_seconds{agent="agent-a"} 0.0' in render(store).decode()
+    # Behind the same way; a late status (queued while the agent was away) alone says nothing.
+    _status(store, clock, -300.0)
+    _status(store, clock, 0.5)
+    _status(store, clock, -40.0)
+    _status(store, clock, 30.0)  # off, but the other way from the one before
+    assert _clock_changes(store) == []
+    _status(store, clock, 28.0)
+    assert _clock_changes(store) == [(28, True)]
+    view = next(v for v in agent_views(store) if v.name == A)
+    assert view.clock_offset_seconds == pytest.approx(28.0) and view.clock_off
+
+
+def test_retained_statuses_wills_and_a_reconnect_s_backlog_do_not_measure_a_clock(
+    store: ResultStore, clock: FakeClock
+) -> None:
+    _status(store, clock, -3600.0, live=False)  # retained: handed out at subscription, published whenever
+    _status(store, clock, -3600.0, live=False)
+    _status(store, clock, -3600.0, online=False)  # a last will carries the time it was registered at
+    assert store.agents[A].clock_offset is None
+    assert 'wgprobe_agent_clock_offset_seconds{agent="agent-a"}' not in render(store).decode()
+    store.broker_connection(True)  # what the broker queued for us while we were away comes first, late
+    _status(store, clock, -600.0)
+    assert store.agents[A].clock_offset is None
+    clock.advance(REDELIVERY_WINDOW)
+    _status(store, clock, -600.0)
+    assert store.agents[A].clock_offset == pytest.approx(-600.0)
+    assert not store.agents[A].clock_off
 
 
 def test_the_last_will_replaces_a_newer_looking_status(store: ResultStore, clock: FakeClock) -> None:
