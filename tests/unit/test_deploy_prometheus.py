@@ -89,6 +89,8 @@ def test_every_alert_says_who_to_wake_and_what_broke() -> None:
         ("WgprobeManyServersFailing", ">= 0.05", ">= 0"),  # three failing in a large fleet page
         ("WgprobeAgentDown", "max without (instance) (wgprobe_agent_up)", "min without (instance) (wgprobe_agent_up)"),
         ("WgprobeResultsStale", "(max without (instance) (wgprobe_agent_up) == 1)", "(vector(1))"),
+        # Either aggregator alone would blame an agent for its own clock.
+        ("WgprobeAgentClockOff", "min without (instance) (abs(", "max without (instance) (abs("),
     ],
 )
 def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert: str, old: str, new: str) -> None:
