@@ -64,6 +64,10 @@ def fleet() -> ResultStore:
     )
     for agent in AGENTS:
         store.ingest_status(payload(make_status(agent, at=time.time())), status_topic(agent))
+    for _ in range(2):  # the last agent's clock runs two minutes ahead: two statuses in a row say so
+        late = make_status(AGENTS[-1], at=time.time() + 120)
+        store.ingest_status(payload(late), status_topic(AGENTS[-1]))
+    for agent in AGENTS:
         for name in RELAYS:
             if name in (BROKEN, *ALSO_BROKEN):
                 paths = [
@@ -135,6 +139,11 @@ async def test_the_broken_relay_is_red_with_its_reason_and_links_to_its_detail(s
     assert await row.locator("td .state-down").inner_text() == "down"
     assert "kernel=4.15" in await page.locator("#shared tbody tr").first.inner_text()
     assert await page.locator("#agents tbody tr").count() == 3
+    agent_rows = {
+        agent: page.locator("#agents tbody tr").filter(has=page.locator(f"td:text-is('{agent}')")) for agent in AGENTS
+    }
+    assert "its clock is off by 120 s" in await agent_rows[AGENTS[-1]].inner_text()
+    assert "clock" not in await agent_rows[AGENTS[0]].inner_text()
 
     await row.locator("a").click()
     await page.wait_for_selector(f"#detail h2:text-is('{BROKEN}')", timeout=WAIT_MS)

@@ -115,7 +115,8 @@
       row.append(el("td", null, a.name), el("td", null, badge(a.state === "ok" ? "up" : "down", a.state)));
       cells(row, [when(a.since), when(a.last_result_at), String(a.relays_voting), a.round ?? "", a.version || "",
         (a.control_ok ? "held" : "failed" + (a.control_detail ? ": " + a.control_detail : ""))
-          + (a.broker_ok === false ? " (broker out of reach at its last check)" : "")]);
+          + (a.broker_ok === false ? " (broker out of reach at its last check)" : "")
+          + (a.clock_off ? " (its clock is off by " + Math.round(a.clock_offset_seconds) + " s)" : "")]);
       return row;
     }));
   }
