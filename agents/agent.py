@@ -114,6 +114,8 @@ class Agent:
         self._control_task: asyncio.Task[None] | None = None
         self._control_began = float("-inf")
         self.started_at = datetime.fromtimestamp(now(), UTC)
+        # The round it started in holds only the relays whose slots were still ahead: never reported as a round.
+        self.started_round = math.floor(now() / config.schedule.interval_seconds)
         self._gate = asyncio.Semaphore(config.schedule.concurrency)
         self._reload = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -263,7 +265,8 @@ class Agent:
         current.jobs += 1
         for number in [n for n in self._rounds if n < job.round - 1]:  # a round is over once the next one ran
             done = self._rounds.pop(number)
-            self.counters.last_round, self.counters.last_round_seconds = number, done.ended - done.started
+            if number > self.started_round:
+                self.counters.last_round, self.counters.last_round_seconds = number, done.ended - done.started
 
     def _probe_totals(self) -> dict[str, int]:
         return {f"probes_{outcome}": count for outcome, count in sorted(self.counters.probes.items())}

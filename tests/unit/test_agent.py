@@ -15,7 +15,9 @@ import pytest
 
 from agents.agent import Agent, run_agent
 from agents.log import Log
+from agents.schedule import Job
 from probe.agent_config import AgentConfig, ScheduleSection
+from probe.aggregator.testing import make_result
 from probe.bus import LocalOutbox, OutboxStats
 from probe.inventory import load_inventory
 from probe.messages import AgentStatus, ResultMessage
@@ -291,3 +293,29 @@ async def test_the_control_check_reports_the_broker_link_without_failing_the_age
         await until(lambda: agent.control is not None and agent.control.broker_ok is True)
         agent.stop()
         await asyncio.wait_for(running, 10)
+
+
+@pytest.mark.asyncio
+async def test_the_round_it_started_in_is_never_reported_as_a_round(tmp_path: Path) -> None:
+    # It started partway through round 1000, which held only the relays whose slots were still ahead: its status
+    # reported that part as the last round, its duration as the round's.
+    async with agent_fleet(tmp_path / "sim", relays=1) as sim:
+        config = sim.config().model_copy(update={"schedule": ScheduleSection(interval_seconds=INTERVAL)})
+        inventory = load_inventory(config.inventory.source)
+        agent = Agent(
+            config,
+            inventory,
+            outbox=LocalOutbox(config.agent.name, lambda topic, payload: None),
+            load_inventory=lambda: inventory,
+            log=Log(stream=io.StringIO(), agent=config.agent.name),
+            now=lambda: 1000.6 * INTERVAL,
+        )
+    relay = inventory.relays[0].name
+    result = make_result(relay, config.agent.name, taken_at=1000.0)
+    for number in (1000, 1001, 1002):
+        job = Job(relay, number, number * INTERVAL, (number + 1) * INTERVAL, 0, 0)
+        agent._book(job, number * INTERVAL + 0.7, number * INTERVAL + 0.8, result)
+    assert agent.counters.last_round is None  # round 1000 is over (1002 began), and was not a whole round
+    agent._book(Job(relay, 1003, 1003 * INTERVAL, 1004 * INTERVAL, 0, 0), 1003.1, 1003.2, result)
+    assert agent.counters.last_round == 1001
+    assert agent.counters.last_round_seconds == pytest.approx(0.1)
