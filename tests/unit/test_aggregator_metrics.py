@@ -13,9 +13,13 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.log import Log
 from probe.aggregator.metrics import ALL_METRICS, exposition, make_registry, render
+from probe.aggregator.service import AggregatorShell
 from probe.aggregator.store import ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_result, make_stage, make_status, payload
+from probe.config import InventorySection
+from probe.inventory.configured import ConfiguredInventory
 from probe.messages import ResultMessage, result_topic, status_topic
 from probe.results import PathResult, StageName
 
@@ -193,21 +197,22 @@ def test_promtool_accepts_the_exposition(scenario: tuple[ResultStore, FakeClock]
         assert done.stdout.strip() == "" and done.stderr.strip() == ""  # no lint warnings either
 
 
-@pytest.mark.asyncio
-async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) -> None:
-    # The shell's reload against a real file: the inventory kept, and said so in /metrics (not only in the log).
-    from agents.log import Log
-    from probe.aggregator.service import AggregatorShell
-    from probe.config import InventorySection
-    from probe.inventory.configured import ConfiguredInventory
-
-    fleet = tmp_path / "fleet.toml"
+def _shell(fleet: Path) -> tuple[AggregatorShell, FakeClock, io.StringIO]:
+    """The aggregator's shell over a store of RELAYS from a real inventory file, its log (JSON lines) in a buffer."""
     fleet.write_text(_fleet_toml(RELAYS))
     source = ConfiguredInventory(InventorySection(source=str(fleet)))
     clock = FakeClock()
-    store = ResultStore(source.load(), now=clock)
     said = io.StringIO()
-    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=said))
+    store = ResultStore(source.load(), now=clock)
+    return AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=said)), clock, said
+
+
+@pytest.mark.asyncio
+async def test_a_failed_inventory_reload_shows_in_the_metrics(tmp_path: Path) -> None:
+    # The shell's reload against a real file: the inventory kept, and said so in /metrics (not only in the log).
+    fleet = tmp_path / "fleet.toml"
+    shell, clock, said = _shell(fleet)
+    store = shell.store
     task = asyncio.create_task(shell.following_inventory())
     try:
         clock.advance(30)
@@ -242,10 +247,6 @@ async def test_what_an_inventory_load_skips_is_logged_at_start_and_on_reload(tmp
     import json
 
     from agents.inventory import first_inventory
-    from agents.log import Log
-    from probe.aggregator.service import AggregatorShell
-    from probe.config import InventorySection
-    from probe.inventory.configured import ConfiguredInventory
 
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(_fleet_toml(RELAYS) + '[[relays]]\nname = "se-sto-wg-009"\npublic_key = "not-a-key"\n')
@@ -292,18 +293,8 @@ def _fleet_toml(names: Sequence[str]) -> str:
 
 @pytest.mark.asyncio
 async def test_an_agent_clock_off_is_a_warning_in_the_log_and_a_series(tmp_path: Path) -> None:
-    from agents.log import Log
-    from probe.aggregator.service import AggregatorShell
-    from probe.config import InventorySection
-    from probe.inventory.configured import ConfiguredInventory
-
-    fleet = tmp_path / "relays.toml"
-    fleet.write_text(_fleet_toml(RELAYS))
-    source = ConfiguredInventory(InventorySection(source=str(fleet)))
-    clock = FakeClock()
-    store = ResultStore(source.load(), now=clock)
-    said = io.StringIO()
-    shell = AggregatorShell(store, source, Log(json_lines=True, agent="aggregator", stream=said))
+    shell, clock, said = _shell(tmp_path / "relays.toml")
+    store = shell.store
     settled = asyncio.Event()
     settled.set()
     task = asyncio.create_task(shell.judging(settled))
