@@ -106,6 +106,11 @@ class _Refused(Exception):
 _M = TypeVar("_M", ResultMessage, AgentStatus)
 
 
+def _check_schema(version: int) -> None:
+    if version != SCHEMA_VERSION:
+        raise _Refused(Outcome.unknown_schema, f"schema_version {version}; this aggregator speaks {SCHEMA_VERSION}")
+
+
 class _Schedule(NamedTuple):
     interval_seconds: float | None
     rotation_rounds: int | None
@@ -306,9 +311,7 @@ class ResultStore:
             # accepts what msgspec is too strict for (1.0 for an int, say). See probe/aggregator/wire.py.
             read = from_model(self._parse(ResultMessage, payload))
         message = read.message
-        if message.schema_version != SCHEMA_VERSION:
-            detail = f"schema_version {message.schema_version}; this aggregator speaks {SCHEMA_VERSION}"
-            raise _Refused(Outcome.unknown_schema, detail)
+        _check_schema(message.schema_version)
         if names != (message.agent, message.server):
             detail = f"payload is from {printable(message.agent, 64)} on {printable(message.server, 64)}"
             raise _Refused(Outcome.topic_mismatch, detail)
@@ -345,9 +348,7 @@ class ResultStore:
             message = model.model_validate_json(payload)
         except ValidationError as e:
             raise _Refused(*classify(payload, e)) from None
-        if message.schema_version != SCHEMA_VERSION:
-            detail = f"schema_version {message.schema_version}; this aggregator speaks {SCHEMA_VERSION}"
-            raise _Refused(Outcome.unknown_schema, detail)
+        _check_schema(message.schema_version)
         return message
 
     def _check_agent(self, agent: str) -> None:

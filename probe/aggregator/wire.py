@@ -133,53 +133,16 @@ def read_result(payload: bytes | bytearray) -> Read | None:
 
 
 def from_model(message: ResultMessage) -> Read:
-    """A result that pydantic accepted and msgspec did not (lax input), as these structs: no validation needed."""
-    wire = WireResult(
-        schema_version=message.schema_version,
-        server=message.server,
-        agent=message.agent,
-        ok=message.ok,
-        reason=message.reason,
-        started_at=message.started_at.isoformat(),
-        duration_seconds=message.duration_seconds,
-        paths=tuple(_path(path) for path in message.paths),
-        labels=dict(message.labels),
-        evidence=message.evidence,
-        evidence_error=message.evidence_error,
-        result_id=message.result_id,
-        round=message.round,
-        control_ok=message.control_ok,
-        request_id=message.request_id,
-    )
+    """A result that pydantic accepted and msgspec did not (lax input), as these structs: no validation needed.
+    Field for field by name (check_mirror holds the names equal); only the stages' enums become their values."""
+    paths = tuple(WirePath(**{**dict(path), "stages": tuple(map(_stage, path.stages))}) for path in message.paths)
+    wire = WireResult(**{**dict(message), "started_at": message.started_at.isoformat(), "paths": paths})
     return Read(wire, message.started_at)
 
 
-def _path(path: PathResult) -> WirePath:
-    stages = tuple(
-        WireStage(
-            name=stage.name.value,
-            ok=stage.ok,
-            reason=None if stage.reason is None else stage.reason.value,
-            seconds=stage.seconds,
-            loss=stage.loss,
-            sent=stage.sent,
-            received=stage.received,
-            detail=stage.detail,
-            judged=stage.judged,
-            rejected=stage.rejected,
-        )
-        for stage in path.stages
-    )
-    return WirePath(
-        port=path.port,
-        family=path.family,
-        ok=path.ok,
-        reason=path.reason,
-        stages=stages,
-        entry=path.entry,
-        identity=path.identity,
-        evidence=path.evidence,
-        rejected=path.rejected,
+def _stage(stage: StageResult) -> WireStage:
+    return WireStage(
+        **{**dict(stage), "name": stage.name.value, "reason": None if stage.reason is None else stage.reason.value}
     )
 
 
