@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -66,6 +68,21 @@ def serve(config: Path) -> subprocess.Popen[str]:
     )
 
 
+def stderr_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """`proc`'s standard error a line at a time as it comes, "" at its end (read in a thread: a pipe read blocks)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        with proc.stderr:
+            for line in proc.stderr:
+                lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def test_a_listen_address_in_use_is_a_config_error_not_a_bug(sim: Sim) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -103,18 +120,22 @@ def test_sighup_and_sigterm_while_starting_neither_kill_nor_lose_the_stop(sim: S
     # SIGHUP's default action used to end it there (129, no word in the log); SIGTERM then stops it cleanly.
     proc = serve(serve_config(sim, f"127.0.0.1:{free_port()}", inventory="http://127.0.0.1:1/relays.json"))
     try:
-        time.sleep(1.5)  # past the interpreter's start (the hold is set when `probe` first runs)
+        # Signalled once it says it waits for the inventory: still starting, and past the interpreter's start (a
+        # fixed sleep of 1.5 s was not, once, on a loaded machine: SIGHUP's default ended the test instead).
+        lines = stderr_lines(proc)
+        while "inventory_unavailable" not in (line := lines.get(timeout=TIMEOUT)):
+            assert line, "probe serve ended while starting"
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, f"SIGHUP ended it ({proc.returncode})"
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
-        assert "inventory_unavailable" in err
+        assert proc.wait(timeout=TIMEOUT) == 0, "".join(iter(lines.get, ""))
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()  # stderr is the reading thread's to close, at its end
 
 
 def test_an_agent_whose_listen_address_is_in_use_exits_before_it_is_on_the_broker(sim: Sim, tmp_path: Path) -> None:
