@@ -7,7 +7,8 @@ Theory of operation. One tree of tasks per agent (`run`), each with one job:
   `result_id` (made once, so a re-send carries the same one), its round, and whether the control check held.
 - inventory: reloaded every `refresh_seconds` and at once on SIGHUP (`reload()`); a failed or malformed load keeps
   the last good inventory and says so in the log, the metrics and the status. Relays added start at their next
-  slot, removed ones stop.
+  slot, removed ones stop, and their retained results are cleared on the broker (a probe in flight at the removal
+  publishes nothing).
 - control: the control check (probe/control.py) every interval: the agent's own reach, through no relay.
 - status: the agent's status to the outbox every interval (the outbox's last will says offline).
 - the outbox itself, and the HTTP endpoints when given.
@@ -245,7 +246,24 @@ class Agent:
         message = ResultMessage.model_validate(
             {**dict(result), "result_id": uuid.uuid4().hex, "round": job.round, "control_ok": control_ok}
         )
+        self._put(message)
+
+    def _put(self, message: ResultMessage) -> None:
+        """Hand a result to the outbox, unless its relay left the inventory while it was probed: the removal
+        cleared the relay's retained result, which this one would put back for good (see `_clear`)."""
+        if self.inventory.get(message.server) is None:
+            self.log.info("result_withheld", relay=message.server, reason="removed from the inventory")
+            return
         self.outbox.put_result(message)
+
+    def _clear(self, name: str) -> None:
+        """A relay left the inventory: clear this agent's retained result for it on the broker, so aggregators
+        (whose inventory drops it too) are not handed it as an unknown server at every start. Relays removed
+        while the agent was not running are not known here; the README says how to clear those."""
+        try:
+            self.outbox.put_clear(name)
+        except WgProbeError as exc:  # the spool refusing a write: the relay's last result stays retained, said so
+            self.log.warning("result_not_cleared", relay=name, error=str(exc))
 
     async def probe(self, relay: Relay, job: Job | None = None, *, finish_by: float | None = None) -> ServerResult:
         """One probe of `relay`: this round's paths for a scheduled job, every path for an ad-hoc one. A path that
@@ -337,7 +355,7 @@ class Agent:
         control_ok = await self._control_held(result)
         fields = {"result_id": uuid.uuid4().hex, "round": self._round_now(), "control_ok": control_ok}
         message = ResultMessage.model_validate({**dict(result), **fields, "request_id": request_id})
-        self.outbox.put_result(message)
+        self._put(message)
 
     def _command_paths(self, relay: Relay, all_paths: bool) -> list[PathSpec]:
         """Every path (the main port and one port of each range, both families), or the main port only. Each
@@ -378,6 +396,8 @@ class Agent:
         self.prober.settings = settings_from(self.config, inventory)
         self.counters.inventory_loaded_at, self.counters.inventory_error = self.now(), None
         added, removed = self.schedule.set_relays(inventory.names, self.now())
+        for name in removed:
+            self._clear(name)
         for event, problem in self.skipped(inventory):
             self.log.warning(event, problem=problem)
         if self.adopted is not None:

@@ -135,6 +135,12 @@ class MqttOutbox:
             self._log(logging.WARNING, "spool full: dropping the oldest results", max_bytes=self.spool.max_bytes)
         self._wake()
 
+    def put_clear(self, server: str) -> None:
+        """Spool the empty retained message that clears this agent's result for `server` (SpoolError as for a
+        result): in the spool's order, so it goes out after the relay's last result, never before it."""
+        self.spool.put(result_topic(self.agent, server), b"", f"clear {server}")
+        self._wake()
+
     def put_status(self, status: AgentStatus) -> None:
         self.spool.put_status(status.model_dump_json().encode())
         self._status = status
@@ -344,7 +350,7 @@ class MqttOutbox:
                 self._refused(error, row.topic)
             elif error is not None:
                 raise error
-            else:
+            elif row.payload:  # a clear (put_clear) is no result delivered
                 self._delivered += 1
             drain.settled.append(row.id)  # taken out of the spool by `_forget`
             drain.inflight.popleft()

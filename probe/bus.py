@@ -39,6 +39,11 @@ class Outbox(Protocol):
     def put_status(self, status: AgentStatus) -> None:
         """The agent's latest status (retained on the receiving side; only the newest matters)."""
 
+    def put_clear(self, server: str) -> None:
+        """Clear this agent's retained result for `server`, a relay dropped from its inventory: an empty retained
+        message on its result topic (MQTT's deletion), after every result put before it. Without it the broker
+        would hand the relay's last result to every aggregator start, for ever, to be refused as unknown_server."""
+
     async def run(self) -> None:
         """Deliver until cancelled; on cancellation, flush what can be delivered within its deadline and keep
         the rest persisted for the next start."""
@@ -62,6 +67,9 @@ class LocalOutbox:
 
     def put_status(self, status: AgentStatus) -> None:
         self._send(status_topic(self.agent), status.model_dump_json().encode())
+
+    def put_clear(self, server: str) -> None:
+        self._send(result_topic(self.agent, server), b"")
 
     def _send(self, topic: str, payload: bytes) -> None:
         try:

@@ -105,6 +105,7 @@ class Seen:
     results: list[ResultMessage] = field(default_factory=list)
     statuses: list[AgentStatus] = field(default_factory=list)
     topics: set[str] = field(default_factory=set)
+    cleared: list[str] = field(default_factory=list)  # topics of empty payloads: retained results deleted
 
     def of(self, relay: str) -> list[ResultMessage]:
         return [r for r in self.results if r.server == relay]
@@ -123,7 +124,9 @@ async def watching(broker: Mosquitto) -> AsyncIterator[Seen]:
                 if message is None:
                     continue
                 seen.topics.add(message.topic)
-                if "/results/" in message.topic:
+                if not message.payload:
+                    seen.cleared.append(message.topic)
+                elif "/results/" in message.topic:
                     seen.results.append(ResultMessage.model_validate_json(message.payload))
                 else:
                     seen.statuses.append(AgentStatus.model_validate_json(message.payload))
@@ -190,6 +193,9 @@ async def test_results_arrive_with_their_verdicts_a_live_fault_shows_and_sigterm
             relays.write_text(json.dumps(doc))
             agent.send_signal(signal.SIGHUP)
             await wait_until(lambda: seen.statuses[-1].inventory_size == 2, "the inventory reloaded on SIGHUP")
+            # The removed relay's retained result is deleted on the broker (an empty retained publish).
+            removed_topic = f"wgprobe/v1/results/{AGENT}/se-got-wg-003"
+            await wait_until(lambda: seen.cleared == [removed_topic], "the removed relay's result cleared")
             status = seen.statuses[-1]
             assert status.started_at is not None and status.updated_at is not None
             assert status.inventory_age_seconds is not None  # reloaded just now: well after the start

@@ -96,6 +96,29 @@ async def test_results_arrive_on_their_topics_retained_in_order(broker: Mosquitt
     assert status is not None and status.online is False
 
 
+@pytest.mark.asyncio
+async def test_a_relay_cleared_after_its_results_is_retained_no_more(broker: Mosquitto, tmp_path: Path) -> None:
+    # A relay left the agent's inventory: its retained result is deleted on the broker (an empty retained publish,
+    # after the results spooled before it), so a later aggregator is not handed it; the other relays' stay.
+    messages = [result("agent-a", n) for n in range(6)]  # two rounds of the three relays
+    with spool_at(tmp_path / "spool.sqlite") as spool:
+        outbox = MqttOutbox(broker.section("agent-a"), "agent-a", spool)
+        for message in messages:
+            outbox.put_result(message)
+        outbox.put_clear(SERVERS[1])
+        async with aggregator(broker) as (_, recorder), running(outbox.run()):
+            await wait_until(lambda: outbox.stats().pending == 0, "the spool emptied")
+            await wait_until(lambda: recorder.store.messages[Outcome.cleared] == 1, "the clear at the aggregator")
+            stats = outbox.stats()
+            assert (stats.delivered, stats.failures) == (6, {})  # a clear is no result delivered
+    assert [a.topic for a in recorder.results][-1] == result_topic("agent-a", SERVERS[1])  # after its results
+
+    async with aggregator(broker, "later-aggregator") as (_, later):
+        pass
+    retained = {a.topic: a.result_id for a in later.results}
+    assert retained == {result_topic("agent-a", m.server): m.result_id for m in messages[-3:] if m.server != SERVERS[1]}
+
+
 class CountingSpool(Spool):
     """A spool that counts the reads and deletes the outbox asks of it."""
 
