@@ -8,7 +8,8 @@ Theory of operation. One tree of tasks per agent (`run`), each with one job:
 - inventory: reloaded every `refresh_seconds` and at once on SIGHUP (`reload()`); a failed or malformed load keeps
   the last good inventory and says so in the log, the metrics and the status. Relays added start at their next
   slot, removed ones stop, and their retained results are cleared on the broker (a probe in flight at the removal
-  publishes nothing).
+  publishes nothing); at start, so are those of relays removed while the agent was not running (the spool keeps
+  which relays it has published results for).
 - control: the control check (probe/control.py) every interval: the agent's own reach, through no relay.
 - status: the agent's status to the outbox every interval (the outbox's last will says offline).
 - the outbox itself, and the HTTP endpoints when given.
@@ -149,6 +150,7 @@ class Agent:
             interval_seconds=self.interval,
             identities=len(self.config.identities),
         )
+        self._clear_retired()
         await self._check_control()  # the first results must already know whether the agent's network works
         try:
             async with asyncio.TaskGroup() as tree:
@@ -256,14 +258,17 @@ class Agent:
             return
         self.outbox.put_result(message)
 
-    def _clear(self, name: str) -> None:
-        """A relay left the inventory: clear this agent's retained result for it on the broker, so aggregators
-        (whose inventory drops it too) are not handed it as an unknown server at every start. Relays removed
-        while the agent was not running are not known here; the README says how to clear those."""
+    def _clear_retired(self) -> None:
+        """Clear this agent's retained result of every relay no longer in the inventory (at start, for relays removed
+        while it was not running; at each load, for those it drops), so aggregators are not handed them as
+        unknown servers at every start."""
         try:
-            self.outbox.put_clear(name)
-        except WgProbeError as exc:  # the spool refusing a write: the relay's last result stays retained, said so
-            self.log.warning("result_not_cleared", relay=name, error=str(exc))
+            cleared = self.outbox.clear_except(self.inventory.names)
+        except WgProbeError as exc:  # the spool refusing a write: those results stay retained; the next load retries
+            self.log.warning("results_not_cleared", error=str(exc))
+            return
+        if cleared:
+            self.log.info("results_cleared", relays=len(cleared), names=", ".join(cleared[:10]))
 
     async def probe(self, relay: Relay, job: Job | None = None, *, finish_by: float | None = None) -> ServerResult:
         """One probe of `relay`: this round's paths for a scheduled job, every path for an ad-hoc one. A path that
@@ -396,8 +401,7 @@ class Agent:
         self.prober.settings = settings_from(self.config, inventory)
         self.counters.inventory_loaded_at, self.counters.inventory_error = self.now(), None
         added, removed = self.schedule.set_relays(inventory.names, self.now())
-        for name in removed:
-            self._clear(name)
+        self._clear_retired()
         for event, problem in self.skipped(inventory):
             self.log.warning(event, problem=problem)
         if self.adopted is not None:

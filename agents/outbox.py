@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,11 +135,23 @@ class MqttOutbox:
             self._log(logging.WARNING, "spool full: dropping the oldest results", max_bytes=self.spool.max_bytes)
         self._wake()
 
-    def put_clear(self, server: str) -> None:
-        """Spool the empty retained message that clears this agent's result for `server` (SpoolError as for a
-        result): in the spool's order, so it goes out after the relay's last result, never before it."""
-        self.spool.put(result_topic(self.agent, server), b"", f"clear {server}")
-        self._wake()
+    def clear_except(self, keep: Collection[str]) -> list[str]:
+        """Spool the empty retained message that clears this agent's result on every topic the spool remembers
+        (from this run or an earlier one) whose relay is not in `keep` (SpoolError as for a result): in the spool's
+        order, so each goes out after the relay's last result, never before it. The relays cleared, sorted."""
+        prefix = result_topic(self.agent, "")
+        wanted = {result_topic(self.agent, server) for server in keep}
+        gone = []
+        for topic in sorted(self.spool.retained - wanted):
+            if topic.startswith(prefix):
+                self.spool.put(topic, b"", f"clear {topic}")
+                gone.append(topic.removeprefix(prefix))
+            # else a topic of this agent's former name, which the broker's ACL no longer lets it publish to: the
+            # README says how to clear those by hand.
+            self.spool.forget_retained(topic)
+        if gone:
+            self._wake()
+        return gone
 
     def put_status(self, status: AgentStatus) -> None:
         self.spool.put_status(status.model_dump_json().encode())
@@ -350,7 +362,7 @@ class MqttOutbox:
                 self._refused(error, row.topic)
             elif error is not None:
                 raise error
-            elif row.payload:  # a clear (put_clear) is no result delivered
+            elif row.payload:  # a clear (clear_except) is no result delivered
                 self._delivered += 1
             drain.settled.append(row.id)  # taken out of the spool by `_forget`
             drain.inflight.popleft()

@@ -14,6 +14,10 @@ Past them the oldest results are dropped first and counted by reason; the counte
 survive restarts. The agent's latest status is kept apart (only the newest matters) and never counts against the
 bound.
 
+The spool also remembers the result topics the agent has published to (`retained`, a topic the first time a result
+for it is put): the broker keeps the last result on each, retained, until the agent clears it, which it does for a
+relay no longer in its inventory even when the relay was removed while the agent was not running.
+
 Sans-I/O in spirit: no network, and time only from the `now` passed in. One process owns a spool at a time (an
 exclusive lock, taken at open): a second agent pointed at the same file gets a clear error, not shared rows.
 """
@@ -48,6 +52,10 @@ _SCHEMA = (
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+
+
+# Added after schema version 1 shipped, so made when missing at every open; a wgprobe from before ignores it.
+_RETAINED_TABLE = "CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY)"
 
 
 class SpoolError(ConfigError):
@@ -91,6 +99,8 @@ class Spool:
             head = self._db.execute("SELECT created FROM results ORDER BY id LIMIT 1").fetchone()
             self._head_created: float | None = None if head is None else float(head[0])
             self.dropped_size, self.dropped_age = self._counter("dropped_size"), self._counter("dropped_age")
+            self._db.execute(_RETAINED_TABLE)
+            self._retained: set[str] = {str(row[0]) for row in self._db.execute("SELECT topic FROM retained")}
         except sqlite3.Error as e:
             self._db.close()
             raise self._error(e) from None
@@ -179,6 +189,10 @@ class Spool:
     def put(self, topic: str, payload: bytes, result_id: str) -> int | None:
         """Keep one result, in arrival order, committed before this returns; its id, or None if it alone is larger
         than the bound (dropped and counted). Drops the oldest results first to stay within the bounds."""
+        if payload and topic not in self._retained:
+            # Noted before the result: a crash in between leaves a topic to clear that holds nothing (clearing it
+            # is a no-op), never a retained result nobody knows to clear.
+            self._note_retained(topic)
         size = len(payload) + len(topic.encode())
         now = self.now()
         if self.bytes + size <= self.max_bytes and not self._age_due(now):
@@ -349,6 +363,28 @@ class Spool:
                 break
         if last is not None:
             self._db.execute("DELETE FROM results WHERE id <= ?", (last,))
+
+    # -- retained topics -------------------------------------------------------------------------------------------
+
+    @property
+    def retained(self) -> frozenset[str]:
+        """The result topics a result was put for and not forgotten since (`forget_retained`)."""
+        return frozenset(self._retained)
+
+    def _note_retained(self, topic: str) -> None:
+        try:
+            self._db.execute("INSERT OR IGNORE INTO retained (topic) VALUES (?)", (topic,))
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        self._retained.add(topic)
+
+    def forget_retained(self, topic: str) -> None:
+        """`topic` holds nothing of ours on the broker any more (its clear is spooled)."""
+        try:
+            self._db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        self._retained.discard(topic)
 
     # -- status ----------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ acknowledged it (for MQTT: the broker's PUBACK with a success reason code).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,10 +39,12 @@ class Outbox(Protocol):
     def put_status(self, status: AgentStatus) -> None:
         """The agent's latest status (retained on the receiving side; only the newest matters)."""
 
-    def put_clear(self, server: str) -> None:
-        """Clear this agent's retained result for `server`, a relay dropped from its inventory: an empty retained
-        message on its result topic (MQTT's deletion), after every result put before it. Without it the broker
-        would hand the relay's last result to every aggregator start, for ever, to be refused as unknown_server."""
+    def clear_except(self, keep: Collection[str]) -> list[str]:
+        """Clear this agent's retained result of every relay it has published one for that is not in `keep` (the
+        inventory): an empty retained message on the relay's result topic (MQTT's deletion), after every result put
+        before it. The relays cleared, sorted. Without it the broker hands a retired relay's last result to every
+        aggregator start, for ever, to be refused as unknown_server."""
+        ...
 
     async def run(self) -> None:
         """Deliver until cancelled; on cancellation, flush what can be delivered within its deadline and keep
@@ -60,16 +62,24 @@ class LocalOutbox:
         self.deliver = deliver
         self._delivered = 0
         self._failures: dict[str, int] = {}
+        self._published: set[str] = set()  # relays a result was delivered for
 
     def put_result(self, message: ResultMessage) -> None:
         self._send(result_topic(self.agent, message.server), message.model_dump_json().encode())
+        self._published.add(message.server)
         self._delivered += 1
 
     def put_status(self, status: AgentStatus) -> None:
         self._send(status_topic(self.agent), status.model_dump_json().encode())
 
-    def put_clear(self, server: str) -> None:
-        self._send(result_topic(self.agent, server), b"")
+    def clear_except(self, keep: Collection[str]) -> list[str]:
+        # Nothing outlives the process here, so only what this process published (the bus has no broker to keep
+        # anything, but the aggregator hears the clear as it would over MQTT).
+        gone = sorted(self._published.difference(keep))
+        for server in gone:
+            self._send(result_topic(self.agent, server), b"")
+            self._published.discard(server)
+        return gone
 
     def _send(self, topic: str, payload: bytes) -> None:
         try:

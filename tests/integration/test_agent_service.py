@@ -261,6 +261,36 @@ async def test_the_inventory_is_reloaded_every_refresh_seconds_without_a_signal(
 
 
 @pytest.mark.asyncio
+async def test_a_relay_removed_while_the_agent_was_stopped_is_cleared_at_its_next_start(
+    fleet: Path, broker: Mosquitto
+) -> None:
+    config = agent_config(fleet, broker)
+    relays = fleet / "relays.json"
+    fewer = json.loads(relays.read_text())
+    fewer["wireguard"]["relays"] = fewer["wireguard"]["relays"][:2]
+    removed_topic = f"wgprobe/v1/results/{AGENT}/se-got-wg-003"
+    async with watching(broker) as seen:
+        first = probe_process("agent", "--config", str(config), stderr=subprocess.DEVNULL)
+        try:
+            await wait_until(lambda: len(seen.of("se-got-wg-003")) >= 1, "se-got-wg-003 probed")
+        finally:
+            assert stop(first) == 0
+        write_atomically(relays, fewer)  # while no agent runs
+        second = probe_process("agent", "--config", str(config), "--log-format", "json", stderr=subprocess.PIPE)
+        try:
+            await wait_until(lambda: seen.cleared == [removed_topic], "se-got-wg-003's retained result cleared")
+        finally:
+            code = stop(second)
+            assert second.stderr is not None
+            log = second.stderr.read().decode()
+            second.stderr.close()
+        assert code == 0, log
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    cleared = [entry for entry in entries if entry["event"] == "results_cleared"]
+    assert [(entry["relays"], entry["names"]) for entry in cleared] == [(1, "se-got-wg-003")]
+
+
+@pytest.mark.asyncio
 async def test_sigkill_leaves_the_last_will_saying_offline(fleet: Path, broker: Mosquitto) -> None:
     config = agent_config(fleet, broker)
     async with watching(broker) as seen:

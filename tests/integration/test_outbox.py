@@ -97,15 +97,20 @@ async def test_results_arrive_on_their_topics_retained_in_order(broker: Mosquitt
 
 
 @pytest.mark.asyncio
-async def test_a_relay_cleared_after_its_results_is_retained_no_more(broker: Mosquitto, tmp_path: Path) -> None:
+async def test_relays_left_out_of_the_inventory_are_retained_no_more_even_after_a_restart(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
     # A relay left the agent's inventory: its retained result is deleted on the broker (an empty retained publish,
-    # after the results spooled before it), so a later aggregator is not handed it; the other relays' stay.
+    # after the results spooled before it), so a later aggregator is not handed it; the other relays' stay. The
+    # spool remembers what was published, so a relay removed while the agent was down is cleared at its next start.
     messages = [result("agent-a", n) for n in range(6)]  # two rounds of the three relays
-    with spool_at(tmp_path / "spool.sqlite") as spool:
+    path = tmp_path / "spool.sqlite"
+    with spool_at(path) as spool:
         outbox = MqttOutbox(broker.section("agent-a"), "agent-a", spool)
         for message in messages:
             outbox.put_result(message)
-        outbox.put_clear(SERVERS[1])
+        assert outbox.clear_except([SERVERS[0], SERVERS[2]]) == [SERVERS[1]]
+        assert outbox.clear_except([SERVERS[0], SERVERS[2]]) == []  # cleared once
         async with aggregator(broker) as (_, recorder), running(outbox.run()):
             await wait_until(lambda: outbox.stats().pending == 0, "the spool emptied")
             await wait_until(lambda: recorder.store.messages[Outcome.cleared] == 1, "the clear at the aggregator")
@@ -113,10 +118,23 @@ async def test_a_relay_cleared_after_its_results_is_retained_no_more(broker: Mos
             assert (stats.delivered, stats.failures) == (6, {})  # a clear is no result delivered
     assert [a.topic for a in recorder.results][-1] == result_topic("agent-a", SERVERS[1])  # after its results
 
-    async with aggregator(broker, "later-aggregator") as (_, later):
-        pass
-    retained = {a.topic: a.result_id for a in later.results}
-    assert retained == {result_topic("agent-a", m.server): m.result_id for m in messages[-3:] if m.server != SERVERS[1]}
+    async def retained(name: str) -> dict[str, str | None]:
+        """What a new subscriber is handed (a new name: a session of its own kept nothing queued for it)."""
+        async with aggregator(broker, name) as (_, later):
+            pass
+        return {a.topic: a.result_id for a in later.results}
+
+    assert await retained("later-aggregator") == {
+        result_topic("agent-a", m.server): m.result_id for m in messages[3:] if m.server != SERVERS[1]
+    }
+
+    # The agent stops; SERVERS[2] leaves the inventory meanwhile; the agent starts again on the same spool.
+    with spool_at(path) as spool:
+        outbox = MqttOutbox(broker.section("agent-a"), "agent-a", spool)
+        assert outbox.clear_except([SERVERS[0]]) == [SERVERS[2]]
+        async with running(outbox.run()):
+            await wait_until(lambda: outbox.stats().pending == 0, "the spool emptied")
+    assert await retained("restarted-aggregator") == {result_topic("agent-a", SERVERS[0]): messages[3].result_id}
 
 
 class CountingSpool(Spool):

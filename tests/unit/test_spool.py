@@ -166,6 +166,36 @@ def test_reopened_spool_keeps_results_counters_and_order(tmp_path: Path) -> None
         assert spool.dropped_size == 4
 
 
+def test_the_topics_results_were_put_for_are_remembered_across_restarts_until_forgotten(tmp_path: Path) -> None:
+    # What lets an agent clear a relay's retained result when the relay left the inventory while it was down.
+    clock = FakeClock()
+    path = tmp_path / "spool.sqlite"
+    with open_spool(path, clock) as spool:
+        for n in (1, 2, 2, 3):
+            put(spool, n)
+        spool.ack_through(spool.peek(10)[-1].id)  # delivered: gone from the spool, still retained on the broker
+        spool.put("wgprobe/v1/results/a/s004", b"", "clear")  # an empty payload (a clear) retains nothing
+        assert spool.retained == {f"wgprobe/v1/results/a/s{n:03d}" for n in (1, 2, 3)}
+        spool.forget_retained("wgprobe/v1/results/a/s002")
+    with open_spool(path, clock) as spool:
+        assert spool.retained == {"wgprobe/v1/results/a/s001", "wgprobe/v1/results/a/s003"}
+
+
+def test_a_spool_made_before_the_retained_table_opens_and_remembers(tmp_path: Path) -> None:
+    # Schema version 1 as first shipped had no `retained` table: made at open, the results in the file kept.
+    clock = FakeClock()
+    path = tmp_path / "spool.sqlite"
+    with open_spool(path, clock) as spool:
+        put(spool, 1)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE retained")
+    db.close()
+    with open_spool(path, clock) as spool:
+        assert spool.count == 1 and spool.retained == frozenset()
+        put(spool, 2)
+        assert spool.retained == {"wgprobe/v1/results/a/s002"}
+
+
 def test_status_is_kept_apart_and_only_the_newest(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite"
     clock = FakeClock()
