@@ -252,7 +252,7 @@ class Agent:
 
     def _put(self, message: ResultMessage) -> None:
         """Hand a result to the outbox, unless its relay left the inventory while it was probed: the removal
-        cleared the relay's retained result, which this one would put back for good (see `_clear`)."""
+        cleared the relay's retained result, which this one would put back for good (`_clear_retired`)."""
         if self.inventory.get(message.server) is None:
             self.log.info("result_withheld", relay=message.server, reason="removed from the inventory")
             return
