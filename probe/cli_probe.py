@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from probe.messages import ControlCheck
     from probe.results import ServerResult, StageResult
     from probe.runner import Prober
+    from probe.tally import Tally
     from probe.term import Style
 
 FAMILIES = ("ipv4", "ipv6")
@@ -123,54 +124,37 @@ def _lock_keys(config: ProbeConfig) -> None:
     lock_keys([identity.private_key_file for identity in config.identities])
 
 
-def could_not_judge(results: list[ServerResult]) -> bool:
-    """Every path of every result failed because the agent could not send at all: its own network is down."""
-    from probe.results import Reason
+def exit_code(results: list[ServerResult] | Tally, control: ControlCheck | None = None) -> int:
+    from probe.tally import Tally
 
-    paths = [path for result in results for path in result.paths]
-    return bool(paths) and all(path.reason is Reason.socket_error for path in paths)
-
-
-def nothing_blamed(results: list[ServerResult]) -> bool:
-    """Some path failed, but every failure is this host's or wgprobe's own (socket_error, internal_error): passing
-    paths beside them do not make those paths judged, and no relay failed (`probe verify` counts such a round
-    unjudged too)."""
-    from probe.results import blames_relay
-
-    return not all(result.ok for result in results) and not any(blames_relay(result) for result in results)
-
-
-def exit_code(results: list[ServerResult], control: ControlCheck | None = None) -> int:
-    if all(result.ok for result in results):
+    tally = results if isinstance(results, Tally) else Tally.of(results)
+    if tally.all_ok:
         return EXIT_OK
     # nothing_blamed covers could_not_judge too: a run that could send nothing blamed no relay.
-    if nothing_blamed(results) or (control is not None and not control.ok):
+    if tally.nothing_blamed or (control is not None and not control.ok):
         return EXIT_UNJUDGED
     return EXIT_FAILED
 
 
-def say_nothing_blamed(results: list[ServerResult]) -> None:
+def say_nothing_blamed(tally: Tally) -> None:
     """Why a run with passing paths still could not judge (`could_not_judge` speaks for a run that sent nothing)."""
     from probe.term import clean
 
-    if could_not_judge(results) or not nothing_blamed(results):
+    if tally.could_not_judge or not tally.nothing_blamed:
         return
-    failed = [path for result in results for path in result.paths if not path.ok]
-    reasons = ", ".join(sorted({str(path.reason) for path in failed}))
+    reasons = ", ".join(sorted(tally.failed_reasons))
     print(
-        f"could not judge: {len(failed)} path(s) failed for this host's or wgprobe's own reasons ({clean(reasons)}), "
-        "not the relays'",
+        f"could not judge: {tally.failed_paths} path(s) failed for this host's or wgprobe's own reasons "
+        f"({clean(reasons)}), not the relays'",
         file=sys.stderr,
     )
 
 
-async def own_reach(prober: Prober, results: list[ServerResult]) -> ControlCheck | None:
+async def own_reach(prober: Prober, tally: Tally) -> ControlCheck | None:
     """The control check (probe/control.py), asked only when a relay would be blamed: a failure seen while this
     host cannot reach the outside itself says nothing about the relay (README: exit 3, as the agent and `probe
     verify` judge it). Nothing is asked when every path passed, so a healthy run costs no extra packet."""
-    from probe.results import blames_relay
-
-    if not any(blames_relay(result) for result in results):
+    if not tally.blamed:
         return None
     from probe.control import control_check
 
@@ -193,6 +177,7 @@ def server(args: argparse.Namespace) -> int:
     import asyncio
 
     from probe.runner import Prober
+    from probe.tally import Tally
 
     config, inventory = _load(args.config)
     relay = inventory.require(args.name)
@@ -217,7 +202,7 @@ def server(args: argparse.Namespace) -> int:
         # ValueError's message is the handler's repr(), which holds the task and so its result. A returned
         # 12-path result was formatted twice for nothing: 8 M instructions, 1% of this command's cold start.
         result = await prober.probe_relay(relay, only_port=args.port, family=args.family)
-        outcome.append((result, await own_reach(prober, [result])))
+        outcome.append((result, await own_reach(prober, Tally.of([result]))))
 
     asyncio.run(probe_once())
     [(result, control)] = outcome
@@ -225,23 +210,25 @@ def server(args: argparse.Namespace) -> int:
         print(result.model_dump_json())
     else:
         print(render_server(result))
-    if could_not_judge([result]):
+    tally = Tally.of([result])
+    if tally.could_not_judge:
         print("could not judge: the agent could not send on any path (its own network is down)", file=sys.stderr)
-    say_nothing_blamed([result])
+    say_nothing_blamed(tally)
     say_unjudged(control)
-    return exit_code([result], control)
+    return exit_code(tally, control)
 
 
 def sweep(args: argparse.Namespace) -> int:
     import asyncio
 
     from probe.runner import Prober, rotation_now
+    from probe.tally import Tally
     from probe.term import Progress
 
     config, inventory = _load(args.config)
     _lock_keys(config)
     prober = Prober(config, inventory)
-    results: list[ServerResult] = []
+    tally = Tally()
     base = rotation_now()
     progress = Progress(args.rounds * len(inventory.relays), "probing")
 
@@ -252,24 +239,24 @@ def sweep(args: argparse.Namespace) -> int:
         async def one(relay: Relay, number: int) -> None:
             async with gate:
                 result = await prober.probe_relay(relay, rotation=base + number)
-            results.append(result)
+            tally.add(result)
             if args.json_out:
                 print(result.model_dump_json(), flush=True)
             progress.advance()
 
         for number in range(args.rounds):
             await asyncio.gather(*(one(relay, number) for relay in inventory.relays))
-        return await own_reach(prober, results)
+        return await own_reach(prober, tally)
 
     try:
         control = asyncio.run(run_rounds())
     finally:
         progress.close()
     if not args.json_out:
-        print(render_sweep(results, inventory))
-    say_nothing_blamed(results)
+        print(render_sweep(tally, inventory))
+    say_nothing_blamed(tally)
     say_unjudged(control)
-    return exit_code(results, control)
+    return exit_code(tally, control)
 
 
 def servers(args: argparse.Namespace) -> int:
@@ -374,27 +361,23 @@ def render_server(result: ServerResult) -> str:
     return "\n".join(lines)
 
 
-def render_sweep(results: list[ServerResult], inventory: Inventory) -> str:
+def render_sweep(tally: Tally, inventory: Inventory) -> str:
     from probe.term import clean, table
 
-    failed = [r for r in results if not r.ok]
-    names = sorted({r.server for r in results})
-    lines = [f"{len(names)} relays probed, {len({r.server for r in failed})} failing"]
-    if not failed:
+    failing_names = tally.failing_servers
+    lines = [f"{len(tally.servers)} relays probed, {len(failing_names)} failing"]
+    if not failing_names:
         return lines[0]
-    by_reason: dict[str, set[str]] = defaultdict(set)
-    for r in failed:
-        by_reason[str(r.reason)].add(r.server)
     rows = [
         [reason, str(len(relays)), clean(" ".join(sorted(relays)[:12])) + (" ..." if len(relays) > 12 else "")]
-        for reason, relays in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+        for reason, relays in sorted(tally.failing.items(), key=lambda kv: -len(kv[1]))
     ]
     lines.append(table(("reason", "relays", "names"), rows, title="\nfailures by reason"))
-    lines.append(labels_table(failed, inventory))
+    lines.append(labels_table(failing_names, inventory))
     return "\n".join(lines)
 
 
-def labels_table(failed: list[ServerResult], inventory: Inventory) -> str:
+def labels_table(failing_names: set[str], inventory: Inventory) -> str:
     """Which label values the failing relays share, against how common each is in the fleet: the post-mortem lost
     an hour finding that every failing relay ran one kernel version."""
     from probe.term import Style, clean, table
@@ -402,7 +385,6 @@ def labels_table(failed: list[ServerResult], inventory: Inventory) -> str:
     style = Style()
     fleet = Counter((k, v) for relay in inventory.relays for k, v in relay.labels.items())
     total = len(inventory.relays)
-    failing_names = {r.server for r in failed}
     # A label every relay carries (the provider of a one-provider fleet) tells nothing apart: leave it out.
     failing = Counter(
         (k, v)

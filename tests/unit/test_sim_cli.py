@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -10,12 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from probe.inventory import Relay
 from probe.sim.control import handle
 from probe.sim.fleet import SimFleet
 
@@ -124,6 +128,35 @@ def test_server_and_sweep_against_a_running_sim_with_live_faults(sim: Running) -
     assert probe_cli("sim", "heal", "se-got-wg-001", "ports", "--dir", str(sim.directory)).returncode == 0
     swept = probe_cli("sweep", "--config", str(sim.config), "--json")
     assert swept.returncode == 0, swept.stdout
+
+
+def test_a_sweep_of_many_rounds_keeps_no_result_past_its_handling(
+    sim: Running, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `probe sweep --rounds N` kept every result to the end: tens of kB each, gigabytes for a long sweep of a big
+    # fleet. It keeps a tally now; a result lives while it is printed and counted. In process, to watch them.
+    from probe import cli, cli_probe
+    from probe.results import ServerResult
+    from probe.runner import Prober
+
+    made: list[weakref.ref[ServerResult]] = []
+    alive_at_each_probe: list[int] = []
+    real = Prober.probe_relay
+
+    async def probe_relay(self: Prober, relay: Relay, **kw: Any) -> ServerResult:
+        gc.collect()
+        alive_at_each_probe.append(sum(ref() is not None for ref in made))
+        result = await real(self, relay, **kw)
+        made.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(Prober, "probe_relay", probe_relay)
+    monkeypatch.setattr(cli_probe, "_lock_keys", lambda config: None)  # a lock taken in process outlives the test
+    code = cli.run(["sweep", "--config", str(sim.config), "--rounds", "4", "--json"])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(printed) == len(made) == 12  # se-got-wg-002's NAT is broken
+    assert {doc["server"] for doc in printed if not doc["ok"]} == {"se-got-wg-002"}
+    assert max(alive_at_each_probe) == 0, alive_at_each_probe  # every earlier round's before: up to 9
 
 
 def test_control_errors_are_usage_errors(sim: Running) -> None:
