@@ -188,6 +188,8 @@ def test_serve_loads_the_inventory_once_per_reload_for_its_agent_and_its_aggrega
     inventory.write_text(json.dumps(document))
     port = free_port()
     proc = serve(serve_config(sim, f"127.0.0.1:{port}", inventory=str(inventory)))
+    lines = stderr_lines(proc)
+    said: list[str] = []
     try:
         _until(lambda: _servers(port) == 2, "serving the two relays")
         document["wireguard"]["relays"] = document["wireguard"]["relays"][:1]
@@ -195,13 +197,21 @@ def test_serve_loads_the_inventory_once_per_reload_for_its_agent_and_its_aggrega
         proc.send_signal(signal.SIGHUP)
         _until(lambda: _servers(port) == 1, "the aggregator following the agent's reload")
         proc.send_signal(signal.SIGHUP)  # nothing changed: answered in the log, once
-        time.sleep(1.0)
+        # Stopped once that answer is in the log (a fixed second's wait was not always enough on a loaded machine).
+        while "inventory_reloaded" not in (line := lines.get(timeout=TIMEOUT)):
+            assert line, "probe serve ended before answering the SIGHUP: " + "".join(said)
+            said.append(line)
+        said.append(line)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
+        code = proc.wait(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    said.extend(iter(lines.get, ""))  # the rest, to its end
+    err = "".join(said)
+    assert code == 0, err
     assert err.count("inventory_changed") == 1, err
     assert err.count("inventory_reloaded") == 1, err
