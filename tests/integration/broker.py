@@ -26,6 +26,8 @@ ACL_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "a
 AGGREGATOR_USER = "aggregator"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+RELOAD_GUARD = 10.0  # seconds: a hang guard for a reload, which takes milliseconds
+_RELOADING = "Reloading config."  # what mosquitto logs as it rereads its files on SIGHUP
 
 
 class BrokerMissing(RuntimeError):
@@ -170,10 +172,20 @@ class Mosquitto:
             process.wait(STOP_TIMEOUT)
 
     def reload(self) -> None:
-        """SIGHUP: mosquitto rereads its password and ACL files."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGHUP)
-            time.sleep(0.2)  # the reload is asynchronous and says nothing when done
+        """SIGHUP: mosquitto rereads its password and ACL files. Returns once it has: its one thread logs
+        "Reloading config." and rereads them before it serves the next packet (a fixed 0.2 s wait was a guess)."""
+        if self.process is None:
+            return
+        before = self._log_text().count(_RELOADING)
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_GUARD
+        while self._log_text().count(_RELOADING) == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload within {RELOAD_GUARD:g} s:\n{self.diagnostics()}")
+            time.sleep(0.02)
+
+    def _log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def diagnostics(self) -> str:
         parts = []
