@@ -244,6 +244,7 @@ class ResultStore:
                 self._check_size(payload)
                 raise _Refused(Outcome.topic_mismatch, f"not a status topic: {printable(topic, 120)}")
             if not payload:
+                self._forget_status(agent)
                 raise _Refused(Outcome.cleared, "an empty payload: a retained status cleared")
             status = self._parse(AgentStatus, payload)
             if status.agent != agent:
@@ -297,6 +298,7 @@ class ResultStore:
         if names is None:
             raise _Refused(Outcome.topic_mismatch, f"not a results topic: {printable(topic, 120)}")
         if not payload:
+            self._forget_result(*names)
             raise _Refused(Outcome.cleared, "an empty payload: a retained result cleared")
         # A re-send (QoS 1 redelivery, the retained results on every resubscribe) is dropped before it costs a parse
         # (~12 us rather than ~200 us). The id is only read, not validated, so a malformed payload carrying an id
@@ -323,6 +325,44 @@ class ResultStore:
         if (message.agent, message.result_id) in self._seen:
             raise _Refused(Outcome.duplicate, f"result_id {printable(message.result_id, 64)}")
         return read
+
+    # -- forgetting what was cleared ---------------------------------------------------------------------------------
+
+    def _forget_result(self, agent: str, relay: str) -> None:
+        """An agent cleared its retained result of `relay` (it dropped the relay from its inventory, or an operator
+        retired the agent): its record there is forgotten now rather than left to go stale, and the relay judged
+        again at the next refresh."""
+        server = self._servers.get(relay)
+        if server is None or server.agents.pop(agent, None) is None:
+            return
+        server.due = -math.inf
+        # New mappings, as set_inventory makes: the metrics renderer knows nothing moved while the store's servers
+        # and counters are the same objects, and would go on showing the forgotten lines. Its packet counters go
+        # too (a relay it may probe again starts them from 0: a counter reset, which rate() takes).
+        self._servers = dict(self._servers)
+        self.packets = {key: counts for key, counts in self.packets.items() if key != (relay, agent)}
+        self._forget_agent_if_gone(agent)
+
+    def _forget_status(self, agent: str) -> None:
+        """An agent's retained status cleared (an operator retiring it): what it said is forgotten."""
+        info = self._agents.get(agent)
+        if info is None:
+            return
+        info.status, info.status_at, info.held = None, None, None
+        self._forget_agent_if_gone(agent)
+
+    def _forget_agent_if_gone(self, agent: str) -> None:
+        """Forget an agent with neither a status nor a result left here: it leaves /api/v1/agents and its series
+        (wgprobe_agent_up 0 would otherwise page for an agent retired on purpose, until the aggregator restarted)."""
+        info = self._agents.get(agent)
+        if info is None or info.status is not None or info.held is not None:
+            return
+        if any(agent in server.agents for server in self._servers.values()):
+            return
+        del self._agents[agent]
+        self._accepted.pop(agent, None)
+        self.packets = {key: counts for key, counts in self.packets.items() if key[1] != agent}
+        self._judgements = {key: judged for key, judged in self._judgements.items() if key[0] != agent}
 
     def _clock(self, info: AgentInfo, offset: float, now: float) -> None:
         previous, info.clock_offset = info.clock_offset, offset

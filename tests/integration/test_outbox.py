@@ -116,6 +116,9 @@ async def test_relays_left_out_of_the_inventory_are_retained_no_more_even_after_
             await wait_until(lambda: recorder.store.messages[Outcome.cleared] == 1, "the clear at the aggregator")
             stats = outbox.stats()
             assert (stats.delivered, stats.failures) == (6, {})  # a clear is no result delivered
+            # ...and the aggregator forgot the agent's record of that relay at once, not when it went stale.
+            assert "agent-a" not in recorder.store.servers[SERVERS[1]].agents
+            assert "agent-a" in recorder.store.servers[SERVERS[0]].agents
     assert [a.topic for a in recorder.results][-1] == result_topic("agent-a", SERVERS[1])  # after its results
 
     async def retained(name: str) -> dict[str, str | None]:

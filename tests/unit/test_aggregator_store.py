@@ -14,7 +14,7 @@ import pytest
 
 import probe.aggregator
 from probe.aggregator.intake import MAX_PAYLOAD, Outcome, claimed_result_id
-from probe.aggregator.metrics import render
+from probe.aggregator.metrics import MetricsRenderer, render
 from probe.aggregator.records import AgentRecord, ClockChange, port_slot
 from probe.aggregator.store import REDELIVERY_WINDOW, ResultStore
 from probe.aggregator.testing import FakeClock, make_inventory, make_path, make_result, make_status, payload
@@ -348,13 +348,56 @@ def test_statuses_are_validated_like_results(store: ResultStore, clock: FakeCloc
         (payload(status), status_topic(B), Outcome.topic_mismatch),
         (payload(status), result_topic(A, RELAYS[0]), Outcome.topic_mismatch),
         (b"{", status_topic(A), Outcome.malformed),
-        (b"", status_topic(A), Outcome.cleared),  # a retired agent's status deleted: its last one stays
         (_json({**json.loads(payload(status)), "schema_version": 7}), status_topic(A), Outcome.unknown_schema),
         (b" " * (MAX_PAYLOAD + 1), status_topic(A), Outcome.oversized),
     ]
     for data, topic, outcome in cases:
         assert store.ingest_status(data, topic).outcome is outcome
     assert store.agents[A].status == status
+
+
+def shows(exposition: bytes, agent: str, relay: str) -> bool:
+    """Whether some line of the metrics is about `agent`'s view of `relay`."""
+    return any(f'agent="{agent}"' in line and f'server="{relay}"' in line for line in exposition.decode().splitlines())
+
+
+def test_what_an_agent_clears_is_forgotten_and_an_agent_with_nothing_left_leaves(
+    store: ResultStore, clock: FakeClock
+) -> None:
+    # An empty retained publish deletes a result or a status on the broker: an agent dropping a relay from its
+    # inventory, or an operator retiring an agent. The aggregator used to count it and keep what it held, so a
+    # retired agent stayed in /api/v1/agents and wgprobe_agent_up{agent} 0 paged until the aggregator restarted.
+    renderer = MetricsRenderer(store)
+    renderer.follow()  # as the HTTP app's does: its shortcut must see the forgetting too
+    for agent, relays in ((A, RELAYS[:2]), (B, RELAYS[:1])):
+        assert store.ingest_status(payload(make_status(agent, at=clock())), status_topic(agent)).accepted
+        for relay in relays:
+            assert ingest(store, make_result(relay, agent, taken_at=clock())) is Outcome.accepted
+    assert shows(renderer.render(), A, RELAYS[0])
+
+    assert store.ingest_result(b"", result_topic(A, RELAYS[0])).outcome is Outcome.cleared
+    assert list(store.servers[RELAYS[0]].agents) == [B]  # B alone judges it now
+    shown = renderer.render()
+    assert not shows(shown, A, RELAYS[0]) and shows(shown, A, RELAYS[1]) and shows(shown, B, RELAYS[0])
+
+    assert store.ingest_status(b"", status_topic(A)).outcome is Outcome.cleared
+    assert A in store.agents and store.agents[A].status is None  # its result of RELAYS[1] is still held
+
+    assert store.ingest_result(b"", result_topic(A, RELAYS[1])).outcome is Outcome.cleared
+    assert sorted(store.agents) == [B] and [view.name for view in agent_views(store)] == [B]
+    assert all(agent != A for _, agent in store.packets)
+    shown = renderer.render()
+    assert f'agent="{A}"'.encode() not in shown and shows(shown, B, RELAYS[0])
+    assert store.messages[Outcome.cleared] == 3
+
+    # Cleared twice, or for a relay or agent never heard of: counted, nothing else.
+    for topic in (result_topic(A, RELAYS[1]), result_topic("agent-z", RELAYS[0])):
+        assert store.ingest_result(b"", topic).outcome is Outcome.cleared
+    assert store.ingest_status(b"", status_topic("agent-z")).outcome is Outcome.cleared
+    assert sorted(store.agents) == [B]
+    # Back after all: taken as any new agent.
+    assert ingest(store, make_result(RELAYS[2], A, taken_at=clock())) is Outcome.accepted
+    assert sorted(store.agents) == [A, B]
 
 
 def _status(store: ResultStore, clock: FakeClock, ahead: float, *, live: bool = True, online: bool = True) -> None:
