@@ -124,10 +124,7 @@ def _lock_keys(config: ProbeConfig) -> None:
     lock_keys([identity.private_key_file for identity in config.identities])
 
 
-def exit_code(results: list[ServerResult] | Tally, control: ControlCheck | None = None) -> int:
-    from probe.tally import Tally
-
-    tally = results if isinstance(results, Tally) else Tally.of(results)
+def exit_code(tally: Tally, control: ControlCheck | None = None) -> int:
     if tally.all_ok:
         return EXIT_OK
     # nothing_blamed covers could_not_judge too: a run that could send nothing blamed no relay.
@@ -194,7 +191,7 @@ def server(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     prober = Prober(config, inventory)
-    outcome: list[tuple[ServerResult, ControlCheck | None]] = []
+    outcome: list[tuple[ServerResult, Tally, ControlCheck | None]] = []
 
     async def probe_once() -> None:
         # Handed out through `outcome`, not returned. Once the task is done, CPython 3.11's asyncio.run looks up
@@ -202,15 +199,15 @@ def server(args: argparse.Namespace) -> int:
         # ValueError's message is the handler's repr(), which holds the task and so its result. A returned
         # 12-path result was formatted twice for nothing: 8 M instructions, 1% of this command's cold start.
         result = await prober.probe_relay(relay, only_port=args.port, family=args.family)
-        outcome.append((result, await own_reach(prober, Tally.of([result]))))
+        tally = Tally.of([result])
+        outcome.append((result, tally, await own_reach(prober, tally)))
 
     asyncio.run(probe_once())
-    [(result, control)] = outcome
+    [(result, tally, control)] = outcome
     if args.json_out:
         print(result.model_dump_json())
     else:
         print(render_server(result))
-    tally = Tally.of([result])
     if tally.could_not_judge:
         print("could not judge: the agent could not send on any path (its own network is down)", file=sys.stderr)
     say_nothing_blamed(tally)

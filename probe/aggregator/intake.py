@@ -33,8 +33,9 @@ class Outcome(StrEnum):
     unknown_server = "unknown_server"  # a relay the aggregator's inventory does not hold
     duplicate = "duplicate"  # a result_id already ingested from that agent (an at-least-once re-send)
     agent_limit = "agent_limit"  # a new agent name past the store's bound on agents
-    # An empty payload: MQTT's way to delete a retained message (an operator clearing a retired agent's results or
-    # status); the broker hands it to subscribers too. Nothing to keep, and nothing wrong with it.
+    # An empty payload: MQTT's way to delete a retained message (an agent clearing a relay it dropped, an operator a
+    # retired agent's results or status); the broker hands it to subscribers too. Nothing wrong with it: the store
+    # forgets what it deleted.
     cleared = "cleared"
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from probe.cli_probe import exit_code
 from probe.results import PathResult, Reason, ServerResult, StageName, StageResult
+from probe.tally import Tally
 from probe.wireguard import PrivateKey
 
 KEY = base64.b64encode(PrivateKey.generate().public_key().raw).decode()
@@ -260,8 +261,8 @@ def test_failures_that_are_none_of_the_relays_could_not_judge_even_beside_passin
     # The agent lost its IPv6 route: IPv4 passed, IPv6 could not send. Nothing the relay did failed, so the run
     # could not judge it (3, as `probe verify` counts such a round); it exited 1, "a relay failed".
     half = result_of("xx-one-wg-001", ("ipv4", None), ("ipv6", Reason.socket_error))
-    assert exit_code([half]) == 3
-    assert exit_code([half, result_of("xx-two-wg-002", ("ipv4", None))]) == 3
+    assert exit_code(Tally.of([half])) == 3
+    assert exit_code(Tally.of([half, result_of("xx-two-wg-002", ("ipv4", None))])) == 3
     # A relay's own failure beside it is still the relay's (and the control check then decides).
-    assert exit_code([half, result_of("xx-two-wg-002", ("ipv4", Reason.port_unreachable))]) == 1
-    assert exit_code([result_of("xx-two-wg-002", ("ipv4", None))]) == 0
+    assert exit_code(Tally.of([half, result_of("xx-two-wg-002", ("ipv4", Reason.port_unreachable))])) == 1
+    assert exit_code(Tally.of([result_of("xx-two-wg-002", ("ipv4", None))])) == 0
